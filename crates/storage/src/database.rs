@@ -1,0 +1,292 @@
+//! The metadata database: media rows and pending (`/create`d) uploads, in SQLite (the
+//! default, a file next to the datastore) or Postgres, chosen by URL.
+//!
+//! Every query is written once in the SQL both backends accept (`$n` placeholders work in
+//! SQLite too) and expanded for each pool by [`with_pool!`], so the two backends cannot
+//! drift apart. SQLite work runs on sqlx's per-connection worker threads, never on the
+//! caller's async thread.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use tracing::info;
+
+use crate::error::{Error, Result};
+use crate::records::{self, MediaRecord, MediaRow, PendingRow, PendingUpload};
+
+/// Schema migrations, embedded at compile time; sqlx records applied ones in
+/// `_sqlx_migrations` (in the Postgres schema the URL's `search_path` selects).
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// How long a query waits for a free pool connection (and `connect` for the server to
+/// come up) before failing, instead of queueing requests behind a dead database.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Metadata database handle; cheap to clone (it wraps a connection pool).
+#[derive(Clone)]
+pub struct Database {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool the database uses. The body is
+/// written once and compiled per backend.
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match &$db.backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+const INSERT_MEDIA: &str = "INSERT INTO media (origin, media_id, user_id, content_type, \
+     upload_name, size_bytes, sha256, datastore_id, location, created_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+const SELECT_MEDIA: &str = "SELECT origin, media_id, user_id, content_type, upload_name, \
+     size_bytes, sha256, datastore_id, location, created_at_ms \
+     FROM media WHERE origin = $1 AND media_id = $2";
+
+/// Refuses an id that is already a finished media item, so `/create` can never hand out
+/// an id that would then be un-uploadable.
+const INSERT_PENDING: &str = "INSERT INTO pending_uploads \
+     (origin, media_id, user_id, created_at_ms, expires_at_ms) \
+     SELECT $1, $2, $3, $4, $5 \
+     WHERE NOT EXISTS (SELECT 1 FROM media WHERE origin = $1 AND media_id = $2)";
+
+const SELECT_PENDING: &str = "SELECT origin, media_id, user_id, created_at_ms, expires_at_ms \
+     FROM pending_uploads WHERE origin = $1 AND media_id = $2";
+
+const COUNT_PENDING_FOR_USER: &str =
+    "SELECT COUNT(*) FROM pending_uploads WHERE user_id = $1 AND expires_at_ms > $2";
+
+const DELETE_PENDING: &str = "DELETE FROM pending_uploads WHERE origin = $1 AND media_id = $2";
+
+const DELETE_EXPIRED_PENDING: &str = "DELETE FROM pending_uploads WHERE expires_at_ms <= $1";
+
+const COUNT_MEDIA: &str = "SELECT COUNT(*) FROM media";
+
+impl Database {
+    /// Connects (`sqlite:` file URL or `postgres://`/`postgresql://`) and applies pending
+    /// migrations. SQLite: the file and its parent directory are created when missing and
+    /// the database runs in WAL mode. Postgres: connection parameters in the URL are
+    /// honoured, including `?options=-c search_path=NAME` to use a schema other than
+    /// `public`.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Database> {
+        let max_connections = max_connections.max(1);
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite(connect_sqlite(url, max_connections).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?;
+            Backend::Postgres(pool)
+        } else {
+            let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+            return Err(Error::UnsupportedDatabase(scheme.to_owned()));
+        };
+        let db = Database { backend };
+        with_pool!(db, pool => MIGRATOR.run(pool).await?);
+        info!(backend = db.backend_name(), "metadata database ready");
+        Ok(db)
+    }
+
+    /// `"sqlite"` or `"postgres"`, for logs and status pages.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes the pool, waiting for checked-out connections to come back.
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+
+    /// Inserts a media row; [`Error::AlreadyExists`] if `(origin, media_id)` is taken.
+    pub async fn insert_media(&self, m: &MediaRecord) -> Result<()> {
+        let size = records::db_size(m)?;
+        let done = with_pool!(self, pool => {
+            sqlx::query(INSERT_MEDIA)
+                .bind(&m.origin)
+                .bind(&m.media_id)
+                .bind(&m.user_id)
+                .bind(&m.content_type)
+                .bind(&m.upload_name)
+                .bind(size)
+                .bind(&m.sha256)
+                .bind(&m.datastore_id)
+                .bind(&m.location)
+                .bind(m.created_at_ms)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        });
+        done.map_err(|e| conflict_or(e, &m.origin, &m.media_id))
+    }
+
+    pub async fn get_media(&self, origin: &str, media_id: &str) -> Result<Option<MediaRecord>> {
+        let row: Option<MediaRow> = with_pool!(self, pool => {
+            sqlx::query_as(SELECT_MEDIA)
+                .bind(origin)
+                .bind(media_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(MediaRecord::try_from).transpose()
+    }
+
+    /// Records a `/create`d id; [`Error::AlreadyExists`] if it is pending or already media.
+    pub async fn create_pending(&self, p: &PendingUpload) -> Result<()> {
+        let inserted = with_pool!(self, pool => {
+            sqlx::query(INSERT_PENDING)
+                .bind(&p.origin)
+                .bind(&p.media_id)
+                .bind(&p.user_id)
+                .bind(p.created_at_ms)
+                .bind(p.expires_at_ms)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        });
+        match inserted {
+            Ok(0) => Err(already_exists(&p.origin, &p.media_id)),
+            Ok(_) => Ok(()),
+            Err(e) => Err(conflict_or(e, &p.origin, &p.media_id)),
+        }
+    }
+
+    /// The pending row, expired or not (the caller compares `expires_at_ms` with its clock).
+    pub async fn get_pending(&self, origin: &str, media_id: &str) -> Result<Option<PendingUpload>> {
+        let row: Option<PendingRow> = with_pool!(self, pool => {
+            sqlx::query_as(SELECT_PENDING)
+                .bind(origin)
+                .bind(media_id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.map(PendingUpload::from))
+    }
+
+    /// How many ids this user has created that are neither uploaded (those rows are gone)
+    /// nor expired at `now_ms`: the number `/create`'s rate limit compares.
+    pub async fn count_pending_for_user(&self, user_id: &str, now_ms: i64) -> Result<u64> {
+        let n: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar(COUNT_PENDING_FOR_USER)
+                .bind(user_id)
+                .bind(now_ms)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(records::count(n))
+    }
+
+    /// Turns a pending upload into media in one transaction: the media row is inserted
+    /// first, so of two racing uploads to one id the loser gets [`Error::AlreadyExists`]
+    /// (409 `M_CANNOT_OVERWRITE_MEDIA`); [`Error::NoPendingUpload`] if there was no pending
+    /// row (never created, or swept). Expiry and ownership are the caller's checks.
+    pub async fn complete_pending(&self, m: &MediaRecord) -> Result<()> {
+        let size = records::db_size(m)?;
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(INSERT_MEDIA)
+                .bind(&m.origin)
+                .bind(&m.media_id)
+                .bind(&m.user_id)
+                .bind(&m.content_type)
+                .bind(&m.upload_name)
+                .bind(size)
+                .bind(&m.sha256)
+                .bind(&m.datastore_id)
+                .bind(&m.location)
+                .bind(m.created_at_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| conflict_or(e, &m.origin, &m.media_id))?;
+            let removed = sqlx::query(DELETE_PENDING)
+                .bind(&m.origin)
+                .bind(&m.media_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if removed == 0 {
+                tx.rollback().await?;
+                return Err(Error::NoPendingUpload {
+                    origin: m.origin.clone(),
+                    media_id: m.media_id.clone(),
+                });
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Removes pending uploads whose expiry is at or before `now_ms`; returns how many.
+    pub async fn delete_expired_pending(&self, now_ms: i64) -> Result<u64> {
+        let removed = with_pool!(self, pool => {
+            sqlx::query(DELETE_EXPIRED_PENDING)
+                .bind(now_ms)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(removed)
+    }
+
+    /// Number of media rows (tests and metrics).
+    pub async fn media_count(&self) -> Result<u64> {
+        let n: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar(COUNT_MEDIA).fetch_one(pool).await?
+        });
+        Ok(records::count(n))
+    }
+}
+
+async fn connect_sqlite(url: &str, max_connections: u32) -> Result<SqlitePool> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        // WAL lets downloads read while an upload commits. `synchronous` stays at sqlx's
+        // FULL: an acknowledged upload must survive a power cut.
+        .journal_mode(SqliteJournalMode::Wal);
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    if !in_memory {
+        if let Some(parent) = options.get_filename().parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+            }
+        }
+    }
+    Ok(SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await?)
+}
+
+fn already_exists(origin: &str, media_id: &str) -> Error {
+    Error::AlreadyExists {
+        origin: origin.to_owned(),
+        media_id: media_id.to_owned(),
+    }
+}
+
+/// A unique-key violation becomes [`Error::AlreadyExists`]; anything else stays a database error.
+fn conflict_or(e: sqlx::Error, origin: &str, media_id: &str) -> Error {
+    match e.as_database_error() {
+        Some(db) if db.is_unique_violation() => already_exists(origin, media_id),
+        _ => Error::Database(e),
+    }
+}

@@ -1,0 +1,7 @@
+//! Storage tests against real components: SQLite files in temp dirs, the machine's Postgres
+//! (one schema per test), and real directories for the file datastore.
+
+mod common;
+mod database;
+mod datastore;
+mod ids;
