@@ -1,0 +1,524 @@
+//! The shard actor: owns the connections to one Redis server, PINGs it, keeps the shared
+//! health flag and the shard's gauges current, and runs commands concurrently.
+
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
+use redis::{RedisError, RedisResult};
+
+use crate::error::{Result, ShardError};
+use crate::health::{HealthTracker, ShardHealth};
+use crate::messages::{Del, DelIfEq, Get, Info, Set, SetNx, ShardInfo};
+use crate::metrics;
+use crate::pool::{self, Pool, Slot};
+use crate::settings::ShardSettings;
+
+/// Messages that may wait in the mailbox. Handlers only start a future, so the mailbox drains
+/// fast; the bound keeps a burst from queueing without limit (senders wait instead).
+pub const MAILBOX_CAPACITY: usize = 1024;
+/// How often memory and key count are read while the shard is up.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// Failed PINGs in a row on one connection after which it is dropped and created anew,
+/// whatever the manager's own reconnect logic thinks of the error.
+const RECREATE_AFTER_FAILED_PINGS: u32 = 4;
+
+/// Releases a lease only if it is still ours: compare and delete in one atomic step.
+static DEL_IF_EQ: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+    )
+});
+
+/// One Redis shard. Start it supervised on its own arbiter; see the crate docs.
+pub struct ShardActor {
+    settings: ShardSettings,
+    tracker: Arc<HealthTracker>,
+    /// `Err` holds why the URL was rejected: the actor then stays down and says so.
+    client: std::result::Result<redis::Client, String>,
+    pool: Pool,
+    /// Source of slot generations, so answers about a replaced manager are ignored.
+    generation: u64,
+}
+
+impl ShardActor {
+    /// An actor for `settings` that reports into `health` (shared with the ring).
+    pub fn new(settings: ShardSettings, health: Arc<ShardHealth>) -> Self {
+        let client = redis::Client::open(settings.url.as_str()).map_err(|err| err.to_string());
+        let tracker = Arc::new(HealthTracker::new(
+            settings.name.clone(),
+            health,
+            settings.down_after_failures,
+        ));
+        let pool = Pool::new(settings.connections);
+        ShardActor {
+            settings,
+            tracker,
+            client,
+            pool,
+            generation: 0,
+        }
+    }
+
+    /// One health round: create missing connections, PING one ready connection.
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let client = match &self.client {
+            Ok(client) => client.clone(),
+            Err(why) => {
+                self.tracker.failure(&format_args!("unusable url: {why}"));
+                return;
+            }
+        };
+        for idx in 0..self.pool.slots.len() {
+            if matches!(self.pool.slots[idx], Slot::Empty) {
+                self.pool.slots[idx] = Slot::Connecting;
+                self.connect(ctx, idx, client.clone());
+            }
+        }
+        if let Some((idx, conn, generation)) = self.pool.pick() {
+            self.ping(ctx, idx, conn, generation);
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>, idx: usize, client: redis::Client) {
+        let config = pool::manager_config(&self.settings);
+        let bound = pool::connect_bound(&self.settings);
+        let fut = async move {
+            match tokio::time::timeout(bound, ConnectionManager::new_with_config(client, config))
+                .await
+            {
+                Ok(Ok(conn)) => Ok(conn),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err(format!("connect took longer than {bound:?}")),
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(conn) => {
+                act.generation += 1;
+                let generation = act.generation;
+                tracing::debug!(shard = %act.settings.name, slot = idx, "redis connection established");
+                act.pool.slots[idx] = Slot::Ready {
+                    conn: conn.clone(),
+                    generation,
+                    failed_pings: 0,
+                };
+                // Ping right away so a fresh shard is routable without waiting for the next tick.
+                act.ping(ctx, idx, conn, generation);
+            }
+            Err(why) => {
+                act.pool.slots[idx] = Slot::Empty;
+                act.tracker.failure(&format_args!("connect: {why}"));
+            }
+        }));
+    }
+
+    fn ping(
+        &mut self,
+        ctx: &mut Context<Self>,
+        idx: usize,
+        mut conn: ConnectionManager,
+        generation: u64,
+    ) {
+        let timeout = self.settings.response_timeout;
+        let name = self.settings.name.clone();
+        let fut = async move {
+            let started = Instant::now();
+            let res =
+                tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn))
+                    .await;
+            let res = match res {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err(format!("no PONG within {timeout:?}")),
+            };
+            metrics::observe(
+                &name,
+                "ping",
+                if res.is_ok() { "ok" } else { "error" },
+                started.elapsed(),
+            );
+            res
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            let current = match &mut act.pool.slots[idx] {
+                Slot::Ready {
+                    generation: g,
+                    failed_pings,
+                    ..
+                } if *g == generation => Some(failed_pings),
+                _ => None,
+            };
+            match res {
+                Ok(()) => {
+                    if let Some(failed_pings) = current {
+                        *failed_pings = 0;
+                    }
+                    if act.tracker.ping_ok() {
+                        act.refresh_stats(ctx);
+                    }
+                }
+                Err(why) => {
+                    act.tracker.failure(&format_args!("ping: {why}"));
+                    if let Some(failed_pings) = current {
+                        *failed_pings += 1;
+                        if *failed_pings >= RECREATE_AFTER_FAILED_PINGS {
+                            tracing::debug!(shard = %act.settings.name, slot = idx, "recreating redis connection");
+                            act.pool.slots[idx] = Slot::Empty;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Reads memory and key count into the gauges (only while up: a down shard keeps its
+    /// last figures rather than reporting zero).
+    fn refresh_stats(&mut self, ctx: &mut Context<Self>) {
+        if !self.tracker.is_up() {
+            return;
+        }
+        let Some(conn) = self.pool.pick_for_command() else {
+            return;
+        };
+        let timeout = self.settings.response_timeout;
+        let name = self.settings.name.clone();
+        ctx.spawn(
+            async move {
+                let res = tokio::time::timeout(timeout, fetch_info(&name, conn)).await;
+                match res {
+                    Ok(Ok(info)) => metrics::set_usage(&name, info.used_memory_bytes, info.keys),
+                    Ok(Err(err)) => {
+                        tracing::debug!(shard = %name, %err, "reading shard stats failed")
+                    }
+                    Err(_) => tracing::debug!(shard = %name, "reading shard stats timed out"),
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    /// Checks health and takes a connection for one command.
+    fn call(&mut self, op: &'static str) -> Result<Call> {
+        if !self.tracker.is_up() {
+            metrics::observe(&self.settings.name, op, "down", Duration::ZERO);
+            return Err(ShardError::Down(self.settings.name.clone()));
+        }
+        let Some(conn) = self.pool.pick_for_command() else {
+            metrics::observe(&self.settings.name, op, "error", Duration::ZERO);
+            return Err(ShardError::NotConnected(self.settings.name.clone()));
+        };
+        Ok(Call {
+            conn,
+            op,
+            timeout: self.settings.response_timeout,
+            tracker: self.tracker.clone(),
+        })
+    }
+}
+
+/// One command about to run: its connection and what it needs to report the outcome.
+struct Call {
+    conn: ConnectionManager,
+    op: &'static str,
+    timeout: Duration,
+    tracker: Arc<HealthTracker>,
+}
+
+impl Call {
+    /// Runs `command` bounded by the response timeout; `outcome` names the metric result of a
+    /// success (`hit`/`miss`/`ok`).
+    async fn run<T, F, Fut>(self, command: F, outcome: fn(&T) -> &'static str) -> Result<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let Call {
+            conn,
+            op,
+            timeout,
+            tracker,
+        } = self;
+        let shard = tracker.name().to_owned();
+        let started = Instant::now();
+        let res = tokio::time::timeout(timeout, command(conn)).await;
+        let elapsed = started.elapsed();
+        match res {
+            Ok(Ok(value)) => {
+                tracker.command_ok();
+                metrics::observe(&shard, op, outcome(&value), elapsed);
+                Ok(value)
+            }
+            Ok(Err(source)) => {
+                if is_connection_failure(&source) {
+                    tracker.failure(&format_args!("{op}: {source}"));
+                }
+                metrics::observe(&shard, op, "error", elapsed);
+                Err(ShardError::Redis { shard, source })
+            }
+            Err(_) => {
+                tracker.failure(&format_args!("{op}: no answer within {timeout:?}"));
+                metrics::observe(&shard, op, "error", elapsed);
+                Err(ShardError::Timeout { shard, timeout })
+            }
+        }
+    }
+}
+
+/// Errors that say the server is unreachable, as opposed to Redis refusing one command.
+fn is_connection_failure(err: &RedisError) -> bool {
+    err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_unrecoverable_error()
+}
+
+fn ok<T>(_: &T) -> &'static str {
+    "ok"
+}
+
+async fn fetch_info(shard: &str, mut conn: ConnectionManager) -> Result<ShardInfo> {
+    let redis_err = |source| ShardError::Redis {
+        shard: shard.to_owned(),
+        source,
+    };
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .map_err(redis_err)?;
+    let keys: u64 = redis::cmd("DBSIZE")
+        .query_async(&mut conn)
+        .await
+        .map_err(redis_err)?;
+    let used_memory_bytes = parse_used_memory(&info).ok_or_else(|| ShardError::Protocol {
+        shard: shard.to_owned(),
+        detail: "INFO memory has no used_memory field".to_owned(),
+    })?;
+    Ok(ShardInfo {
+        used_memory_bytes,
+        keys,
+    })
+}
+
+/// `used_memory:<n>` from an INFO reply.
+fn parse_used_memory(info: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|line| line.trim_end().strip_prefix("used_memory:"))
+        .and_then(|value| value.parse().ok())
+}
+
+/// Milliseconds for `PX`, at least 1 (Redis rejects 0).
+fn px(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Actor for ShardActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        if let Err(why) = &self.client {
+            tracing::error!(shard = %self.settings.name, %why, "redis shard url rejected; shard stays down");
+        }
+        tracing::debug!(shard = %self.settings.name, "shard actor started");
+        self.tick(ctx);
+        ctx.run_interval(self.settings.health_interval, |act, ctx| act.tick(ctx));
+        ctx.run_interval(STATS_INTERVAL, |act, ctx| act.refresh_stats(ctx));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        tracing::debug!(shard = %self.settings.name, "shard actor stopped");
+    }
+}
+
+impl Supervised for ShardActor {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        tracing::info!(shard = %self.settings.name, "shard actor restarting");
+        self.pool = Pool::new(self.settings.connections);
+    }
+}
+
+impl Handler<Get> for ShardActor {
+    type Result = ResponseFuture<Result<Option<Bytes>>>;
+
+    fn handle(&mut self, msg: Get, _ctx: &mut Self::Context) -> Self::Result {
+        let call = self.call("get");
+        Box::pin(async move {
+            call?
+                .run(
+                    |mut conn| async move {
+                        redis::cmd("GET").arg(&msg.key).query_async(&mut conn).await
+                    },
+                    |value: &Option<Bytes>| if value.is_some() { "hit" } else { "miss" },
+                )
+                .await
+        })
+    }
+}
+
+impl Handler<Set> for ShardActor {
+    type Result = ResponseFuture<Result<()>>;
+
+    fn handle(&mut self, msg: Set, _ctx: &mut Self::Context) -> Self::Result {
+        let call = self.call("set");
+        Box::pin(async move {
+            call?
+                .run(
+                    |mut conn| async move {
+                        let mut cmd = redis::cmd("SET");
+                        cmd.arg(&msg.key).arg(msg.value.as_ref());
+                        if let Some(ttl) = msg.ttl {
+                            cmd.arg("PX").arg(px(ttl));
+                        }
+                        cmd.query_async::<()>(&mut conn).await
+                    },
+                    ok,
+                )
+                .await
+        })
+    }
+}
+
+impl Handler<SetNx> for ShardActor {
+    type Result = ResponseFuture<Result<bool>>;
+
+    fn handle(&mut self, msg: SetNx, _ctx: &mut Self::Context) -> Self::Result {
+        let call = self.call("setnx");
+        Box::pin(async move {
+            call?
+                .run(
+                    |mut conn| async move {
+                        let reply: Option<String> = redis::cmd("SET")
+                            .arg(&msg.key)
+                            .arg(msg.value.as_ref())
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(px(msg.ttl))
+                            .query_async(&mut conn)
+                            .await?;
+                        Ok(reply.is_some())
+                    },
+                    ok,
+                )
+                .await
+        })
+    }
+}
+
+impl Handler<DelIfEq> for ShardActor {
+    type Result = ResponseFuture<Result<bool>>;
+
+    fn handle(&mut self, msg: DelIfEq, _ctx: &mut Self::Context) -> Self::Result {
+        let call = self.call("delifeq");
+        Box::pin(async move {
+            call?
+                .run(
+                    |mut conn| async move {
+                        let deleted: u64 = DEL_IF_EQ
+                            .key(&msg.key)
+                            .arg(msg.value.as_ref())
+                            .invoke_async(&mut conn)
+                            .await?;
+                        Ok(deleted > 0)
+                    },
+                    ok,
+                )
+                .await
+        })
+    }
+}
+
+impl Handler<Del> for ShardActor {
+    type Result = ResponseFuture<Result<u64>>;
+
+    fn handle(&mut self, msg: Del, _ctx: &mut Self::Context) -> Self::Result {
+        if msg.keys.is_empty() {
+            return Box::pin(async { Ok(0) });
+        }
+        let call = self.call("del");
+        Box::pin(async move {
+            call?
+                .run(
+                    |mut conn| async move {
+                        redis::cmd("DEL")
+                            .arg(&msg.keys)
+                            .query_async(&mut conn)
+                            .await
+                    },
+                    ok,
+                )
+                .await
+        })
+    }
+}
+
+impl Handler<Info> for ShardActor {
+    type Result = ResponseFuture<Result<ShardInfo>>;
+
+    fn handle(&mut self, _msg: Info, _ctx: &mut Self::Context) -> Self::Result {
+        let call = self.call("info");
+        Box::pin(async move {
+            let call = call?;
+            let shard = call.tracker.name().to_owned();
+            let (conn, timeout) = (call.conn.clone(), call.timeout);
+            let started = Instant::now();
+            let res = tokio::time::timeout(timeout, fetch_info(&shard, conn)).await;
+            let res = match res {
+                Ok(res) => res,
+                Err(_) => Err(ShardError::Timeout {
+                    shard: shard.clone(),
+                    timeout,
+                }),
+            };
+            match &res {
+                Ok(info) => {
+                    call.tracker.command_ok();
+                    metrics::set_usage(&shard, info.used_memory_bytes, info.keys);
+                    metrics::observe(&shard, "info", "ok", started.elapsed());
+                }
+                Err(err) => {
+                    if matches!(err, ShardError::Timeout { .. })
+                        || matches!(err, ShardError::Redis { source, .. } if is_connection_failure(source))
+                    {
+                        call.tracker.failure(err);
+                    }
+                    metrics::observe(&shard, "info", "error", started.elapsed());
+                }
+            }
+            res
+        })
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<crate::messages::Panic> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: crate::messages::Panic, _ctx: &mut Self::Context) {
+        panic!(
+            "fault injection: shard actor {} panics on request",
+            self.settings.name
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn used_memory_is_read_from_info() {
+        let info = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\n";
+        assert_eq!(parse_used_memory(info), Some(1_048_576));
+        assert_eq!(parse_used_memory("# Memory\r\n"), None);
+    }
+
+    #[test]
+    fn px_is_never_zero() {
+        assert_eq!(px(Duration::ZERO), 1);
+        assert_eq!(px(Duration::from_secs(2)), 2000);
+    }
+}

@@ -1,0 +1,30 @@
+//! One actix actor per Redis shard.
+//!
+//! A [`ShardActor`] owns a few multiplexed connections to its server (created on its own
+//! arbiter thread, so their I/O runs there), PINGs the server every health interval and flips
+//! the shared [`ShardHealth`] the ring reads without a mailbox trip, and runs the commands of
+//! [`messages`] concurrently, each bounded by the response timeout. A shard marked down
+//! answers [`ShardError::Down`] at once; callers treat every error as a cache miss.
+//!
+//! This is the only crate of the workspace that knows `redis`.
+
+mod actor;
+pub mod error;
+mod health;
+pub mod messages;
+mod metrics;
+mod pool;
+mod settings;
+// TODO switch to mr_config: remove once mr-config's RedisConfig/ShardConfig are committed.
+pub mod tmp_config;
+pub(crate) use tmp_config as config;
+
+pub use actor::{ShardActor, MAILBOX_CAPACITY, STATS_INTERVAL};
+pub use error::ShardError;
+pub use health::ShardHealth;
+pub use messages::{Del, DelIfEq, Get, Info, Set, SetNx, ShardInfo};
+pub use metrics::forget_shard_metrics;
+pub use settings::ShardSettings;
+
+#[cfg(feature = "fault-injection")]
+pub use messages::Panic;

@@ -1,0 +1,118 @@
+//! Per-shard Prometheus metrics in the default registry, all prefixed
+//! `media_repo_cache_shard_` and labelled by shard name.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::core::Collector;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+
+/// Operation labels, one per command message (and the health PING).
+pub(crate) const OPS: &[&str] = &["get", "set", "setnx", "delifeq", "del", "info", "ping"];
+/// Result labels: `hit`/`miss` for reads, `ok` for other successes, `error` for failures and
+/// timeouts, `down` for commands refused at once because the shard is marked down.
+pub(crate) const RESULTS: &[&str] = &["hit", "miss", "ok", "error", "down"];
+
+/// Latency buckets from 100 µs to ~3 s: loopback Redis answers in well under a millisecond,
+/// anything near the response timeout is a fault.
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0001, 2.0, 15).unwrap_or_default()
+}
+
+/// Registers `metric` in the default registry. A second registration (e.g. two copies of this
+/// crate in one binary) keeps working unregistered rather than failing the cache.
+fn registered<C: Collector + Clone + 'static>(metric: C) -> C {
+    if let Err(err) = prometheus::register(Box::new(metric.clone())) {
+        tracing::warn!(%err, "shard metric not registered");
+    }
+    metric
+}
+
+static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    registered(
+        IntCounterVec::new(
+            Opts::new(
+                "media_repo_cache_shard_requests_total",
+                "Commands sent to a Redis shard, by result",
+            ),
+            &["shard", "op", "result"],
+        )
+        .expect("constant metric definition is valid"),
+    )
+});
+
+static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    registered(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "media_repo_cache_shard_latency_seconds",
+                "Time a Redis shard took to answer a command",
+            )
+            .buckets(latency_buckets()),
+            &["shard", "op"],
+        )
+        .expect("constant metric definition is valid"),
+    )
+});
+
+static UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "media_repo_cache_shard_up",
+        "1 when the shard answers its health check",
+    )
+});
+static USED_MEMORY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "media_repo_cache_shard_used_memory_bytes",
+        "used_memory reported by the shard's INFO",
+    )
+});
+static KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "media_repo_cache_shard_keys",
+        "Keys in the shard's database (DBSIZE)",
+    )
+});
+
+fn gauge(name: &str, help: &str) -> IntGaugeVec {
+    registered(
+        IntGaugeVec::new(Opts::new(name, help), &["shard"])
+            .expect("constant metric definition is valid"),
+    )
+}
+
+/// Records one command's outcome and how long it took.
+pub(crate) fn observe(shard: &str, op: &str, result: &str, elapsed: Duration) {
+    REQUESTS.with_label_values(&[shard, op, result]).inc();
+    if result != "down" {
+        LATENCY
+            .with_label_values(&[shard, op])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+pub(crate) fn set_up(shard: &str, up: bool) {
+    UP.with_label_values(&[shard]).set(i64::from(up));
+}
+
+pub(crate) fn set_usage(shard: &str, used_memory_bytes: u64, keys: u64) {
+    USED_MEMORY
+        .with_label_values(&[shard])
+        .set(i64::try_from(used_memory_bytes).unwrap_or(i64::MAX));
+    KEYS.with_label_values(&[shard])
+        .set(i64::try_from(keys).unwrap_or(i64::MAX));
+}
+
+/// Removes every label set of shard `name`, for a shard that left the ring: a removed shard
+/// must not keep reporting a stale `up` or memory figure forever.
+pub fn forget_shard_metrics(name: &str) {
+    for op in OPS {
+        for result in RESULTS {
+            let _ = REQUESTS.remove_label_values(&[name, op, result]);
+        }
+        let _ = LATENCY.remove_label_values(&[name, op]);
+    }
+    let _ = UP.remove_label_values(&[name]);
+    let _ = USED_MEMORY.remove_label_values(&[name]);
+    let _ = KEYS.remove_label_values(&[name]);
+}

@@ -1,0 +1,356 @@
+//! The shard actor against real redis-server processes: commands, and what happens when the
+//! server dies, hangs or comes back.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Addr, Arbiter, Supervisor};
+use bytes::Bytes;
+use common::{wait_until, RedisServer};
+use mr_shard_actor::{
+    Del, DelIfEq, Get, Info, Set, SetNx, ShardActor, ShardError, ShardHealth, ShardSettings,
+};
+
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The fault-detection bound the cache promises.
+const DETECT: Duration = Duration::from_secs(2);
+/// Scheduling slack on a loaded 2-core machine for "no call waits longer than the timeout".
+const MARGIN: Duration = Duration::from_millis(700);
+
+fn settings(name: &str, url: String) -> ShardSettings {
+    ShardSettings {
+        name: name.to_owned(),
+        url,
+        connect_timeout: Duration::from_millis(250),
+        response_timeout: RESPONSE_TIMEOUT,
+        health_interval: Duration::from_millis(250),
+        down_after_failures: 2,
+        connections: 2,
+    }
+}
+
+/// Starts a supervised actor on its own arbiter, like the ring does.
+fn start(name: &str, url: String) -> (Addr<ShardActor>, Arc<ShardHealth>, Arbiter) {
+    let health = Arc::new(ShardHealth::new());
+    let arbiter = Arbiter::new();
+    let settings = settings(name, url);
+    let h = health.clone();
+    let addr =
+        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| ShardActor::new(settings, h));
+    (addr, health, arbiter)
+}
+
+async fn get(addr: &Addr<ShardActor>, key: &str) -> Result<Option<Bytes>, ShardError> {
+    addr.send(Get {
+        key: key.to_owned(),
+    })
+    .await
+    .unwrap()
+}
+
+async fn wait_up(health: &ShardHealth) -> Duration {
+    wait_until(DETECT, || health.is_up())
+        .await
+        .expect("shard not marked up within 2 s")
+}
+
+async fn wait_down(health: &ShardHealth) -> Duration {
+    wait_until(DETECT, || !health.is_up())
+        .await
+        .expect("shard not marked down within 2 s")
+}
+
+#[actix_rt::test]
+async fn commands_round_trip_through_a_real_server() {
+    let server = RedisServer::start();
+    let (addr, health, _arbiter) = start("cmd", server.url());
+    wait_up(&health).await;
+
+    assert_eq!(get(&addr, "k").await.unwrap(), None);
+    let value = Bytes::from_static(b"\x00binary\xffvalue");
+    addr.send(Set {
+        key: "k".into(),
+        value: value.clone(),
+        ttl: None,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(get(&addr, "k").await.unwrap(), Some(value));
+    assert_eq!(server.cli(&["TTL", "k"]), "-1", "no ttl was asked for");
+
+    addr.send(Set {
+        key: "t".into(),
+        value: Bytes::from_static(b"v"),
+        ttl: Some(Duration::from_secs(60)),
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let pttl: i64 = server.cli(&["PTTL", "t"]).parse().unwrap();
+    assert!(pttl > 50_000 && pttl <= 60_000, "pttl {pttl}");
+
+    // Leases: only the first SET NX wins; only the owner's value releases.
+    let lease = |value: &'static [u8]| SetNx {
+        key: "lock".into(),
+        value: Bytes::from_static(value),
+        ttl: Duration::from_secs(30),
+    };
+    assert!(addr.send(lease(b"me")).await.unwrap().unwrap());
+    assert!(!addr.send(lease(b"other")).await.unwrap().unwrap());
+    let pttl: i64 = server.cli(&["PTTL", "lock"]).parse().unwrap();
+    assert!(pttl > 0, "lease has a ttl");
+    let release = |value: &'static [u8]| DelIfEq {
+        key: "lock".into(),
+        value: Bytes::from_static(value),
+    };
+    assert!(!addr.send(release(b"other")).await.unwrap().unwrap());
+    assert_eq!(
+        server.cli(&["GET", "lock"]),
+        "me",
+        "a foreign release must not delete"
+    );
+    assert!(addr.send(release(b"me")).await.unwrap().unwrap());
+    assert_eq!(server.cli(&["EXISTS", "lock"]), "0");
+    assert!(
+        !addr.send(release(b"me")).await.unwrap().unwrap(),
+        "nothing left to release"
+    );
+
+    let deleted = addr
+        .send(Del {
+            keys: vec!["k".into(), "t".into(), "missing".into()],
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(deleted, 2);
+    assert_eq!(addr.send(Del { keys: vec![] }).await.unwrap().unwrap(), 0);
+
+    for i in 0..10 {
+        server.cli(&["SET", &format!("seed{i}"), "x"]);
+    }
+    let info = addr.send(Info).await.unwrap().unwrap();
+    assert_eq!(info.keys, 10);
+    let used: u64 = server
+        .cli(&["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // used_memory moves a little between two reads; it is the same order of magnitude.
+    assert!(
+        info.used_memory_bytes > used / 2 && info.used_memory_bytes < used * 2,
+        "{info:?} vs {used}"
+    );
+}
+
+#[actix_rt::test]
+async fn commands_run_concurrently_and_metrics_are_per_shard() {
+    let server = RedisServer::start();
+    let (addr, health, _arbiter) = start("metrics-shard", server.url());
+    wait_up(&health).await;
+    addr.send(Set {
+        key: "a".into(),
+        value: Bytes::from_static(b"1"),
+        ttl: None,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let calls = (0..200).map(|i| {
+        let addr = addr.clone();
+        async move { get(&addr, if i % 2 == 0 { "a" } else { "b" }).await }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    assert!(results.iter().all(|r| r.is_ok()));
+    addr.send(Info).await.unwrap().unwrap();
+
+    let families = prometheus::gather();
+    let count = |result: &str| -> u64 {
+        families
+            .iter()
+            .filter(|f| f.name() == "media_repo_cache_shard_requests_total")
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                let labels: Vec<(&str, &str)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                labels.contains(&("shard", "metrics-shard"))
+                    && labels.contains(&("op", "get"))
+                    && labels.contains(&("result", result))
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    };
+    assert_eq!(count("hit"), 100);
+    assert_eq!(count("miss"), 100);
+    let gauge = |name: &str| -> Option<i64> {
+        families
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric())
+            .find(|m| m.get_label().iter().any(|l| l.value() == "metrics-shard"))
+            .map(|m| m.get_gauge().get_value() as i64)
+    };
+    assert_eq!(gauge("media_repo_cache_shard_up"), Some(1));
+    assert_eq!(gauge("media_repo_cache_shard_keys"), Some(1));
+    assert!(gauge("media_repo_cache_shard_used_memory_bytes").unwrap() > 100_000);
+
+    mr_shard_actor::forget_shard_metrics("metrics-shard");
+    let families = prometheus::gather();
+    let left = families
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .filter(|m| m.get_label().iter().any(|l| l.value() == "metrics-shard"))
+        .count();
+    // The actor still runs, so its next PING may re-create `up`; nothing else may be left.
+    assert!(left <= 1, "{left} label sets left");
+}
+
+#[actix_rt::test]
+async fn killed_server_fails_fast_goes_down_and_comes_back() {
+    let mut server = RedisServer::start();
+    let (addr, health, _arbiter) = start("kill", server.url());
+    wait_up(&health).await;
+    addr.send(Set {
+        key: "k".into(),
+        value: Bytes::from_static(b"v"),
+        ttl: None,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+
+    server.kill();
+    let killed = Instant::now();
+    // Until the health check notices, calls fail on the refused connection — quickly.
+    let started = Instant::now();
+    assert!(get(&addr, "k").await.is_err());
+    assert!(
+        started.elapsed() < RESPONSE_TIMEOUT + MARGIN,
+        "call took {:?}",
+        started.elapsed()
+    );
+    wait_down(&health).await;
+    assert!(killed.elapsed() < DETECT);
+
+    // Down: answered at once, without touching the network.
+    let started = Instant::now();
+    assert!(matches!(get(&addr, "k").await, Err(ShardError::Down(_))));
+    assert!(started.elapsed() < Duration::from_millis(100));
+
+    server.restart();
+    wait_up(&health).await;
+    addr.send(Set {
+        key: "k2".into(),
+        value: Bytes::from_static(b"v2"),
+        ttl: None,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        get(&addr, "k2").await.unwrap(),
+        Some(Bytes::from_static(b"v2"))
+    );
+}
+
+#[actix_rt::test]
+async fn stopped_server_never_holds_a_call_past_the_timeout() {
+    let server = RedisServer::start();
+    let (addr, health, _arbiter) = start("stop", server.url());
+    wait_up(&health).await;
+
+    server.pause();
+    let paused = Instant::now();
+    // A burst of concurrent calls: run one at a time they would take 40 × 500 ms.
+    let calls = (0..40).map(|i| {
+        let addr = addr.clone();
+        async move {
+            let started = Instant::now();
+            let res = get(&addr, &format!("k{i}")).await;
+            (res, started.elapsed())
+        }
+    });
+    for (res, took) in futures_util::future::join_all(calls).await {
+        assert!(res.is_err());
+        assert!(took < RESPONSE_TIMEOUT + MARGIN, "call took {took:?}");
+    }
+    wait_down(&health).await;
+    assert!(
+        paused.elapsed() < DETECT,
+        "down after {:?}",
+        paused.elapsed()
+    );
+    // Keep calling while paused: every answer stays within the bound.
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert!(get(&addr, "k").await.is_err());
+        assert!(started.elapsed() < RESPONSE_TIMEOUT + MARGIN);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    server.resume();
+    wait_up(&health).await;
+    let started = Instant::now();
+    loop {
+        // Right after resuming, a connection the manager is replacing may still fail once.
+        if let Ok(v) = get(&addr, "k").await {
+            assert_eq!(v, None);
+            break;
+        }
+        assert!(started.elapsed() < DETECT, "not serving again within 2 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn server_absent_at_start_is_picked_up_when_it_appears() {
+    let port = common::free_port();
+    let (addr, health, _arbiter) = start("late", format!("redis://127.0.0.1:{port}"));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!health.is_up());
+    let started = Instant::now();
+    assert!(matches!(get(&addr, "k").await, Err(ShardError::Down(_))));
+    assert!(started.elapsed() < Duration::from_millis(100));
+
+    let _server = RedisServer::start_on(port);
+    wait_up(&health).await;
+    let started = Instant::now();
+    while get(&addr, "k").await.is_err() {
+        assert!(
+            started.elapsed() < DETECT,
+            "not serving within 2 s of being up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn unusable_url_keeps_the_shard_down_without_crashing() {
+    let (addr, health, _arbiter) = start("bad-url", "http://not-redis".to_owned());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!health.is_up());
+    assert!(addr.connected());
+    assert!(matches!(get(&addr, "k").await, Err(ShardError::Down(_))));
+}
+
+#[cfg(feature = "fault-injection")]
+#[actix_rt::test]
+async fn panic_message_kills_the_actor() {
+    let server = RedisServer::start();
+    let (addr, health, _arbiter) = start("panic", server.url());
+    wait_up(&health).await;
+    let _ = addr.send(mr_shard_actor::Panic).await;
+    assert!(
+        wait_until(DETECT, || !addr.connected()).await.is_some(),
+        "mailbox still open after panic"
+    );
+}
