@@ -69,6 +69,9 @@ const SELECT_PENDING: &str = "SELECT origin, media_id, user_id, created_at_ms, e
 const COUNT_PENDING_FOR_USER: &str =
     "SELECT COUNT(*) FROM pending_uploads WHERE user_id = $1 AND expires_at_ms > $2";
 
+const COUNT_LOCATION_USERS: &str =
+    "SELECT COUNT(*) FROM media WHERE datastore_id = $1 AND location = $2";
+
 const DELETE_PENDING: &str = "DELETE FROM pending_uploads WHERE origin = $1 AND media_id = $2";
 
 const DELETE_EXPIRED_PENDING: &str = "DELETE FROM pending_uploads WHERE expires_at_ms <= $1";
@@ -244,6 +247,19 @@ impl Database {
                 .rows_affected()
         });
         Ok(removed)
+    }
+
+    /// Whether any media row still refers to an object: content is stored once per hash, so
+    /// an object may only be deleted when this says no.
+    pub async fn location_in_use(&self, datastore_id: &str, location: &str) -> Result<bool> {
+        let n: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar(COUNT_LOCATION_USERS)
+                .bind(datastore_id)
+                .bind(location)
+                .fetch_one(pool)
+                .await?
+        });
+        Ok(n > 0)
     }
 
     /// Number of media rows (tests and metrics).

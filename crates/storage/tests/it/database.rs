@@ -37,6 +37,7 @@ on_both_backends!(
     expired_pending_sweep,
     migrations_are_idempotent,
     oversized_size_is_rejected,
+    location_in_use_counts_rows_sharing_an_object,
 );
 
 fn media(origin: &str, media_id: &str) -> MediaRecord {
@@ -402,4 +403,14 @@ async fn unreachable_postgres_fails_loudly() {
     // Port 1 is never a Postgres server.
     let result = Database::connect("postgres://postgres@127.0.0.1:1/test", 1).await;
     assert!(matches!(result, Err(Error::Database(_))));
+}
+
+async fn location_in_use_counts_rows_sharing_an_object(fx: &Fixture) {
+    let db = fx.connect().await;
+    let first = media("example.org", "first");
+    assert!(!db.location_in_use("default", &first.location).await.unwrap());
+    db.insert_media(&first).await.unwrap();
+    assert!(db.location_in_use("default", &first.location).await.unwrap());
+    assert!(!db.location_in_use("other", &first.location).await.unwrap(), "scoped to the datastore");
+    assert!(!db.location_in_use("default", "cd/cd/unused").await.unwrap());
 }
