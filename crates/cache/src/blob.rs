@@ -1,0 +1,248 @@
+//! Chunked blobs over the key-value layer: streaming writes and verified, ranged reads.
+//!
+//! A blob is stored as chunks `mr1:blob:{sha}:N` and a header `mr1:blob:{sha}:m`
+//! (see `header.rs`). Writers put every chunk first and the header last, so a reader that
+//! finds a header has seen a complete write. Readers still trust nothing: eviction may drop
+//! any single chunk and a key may be overwritten, so every chunk is checked for length and
+//! checksum before a byte of it is handed out. A chunk that fails ends the read with
+//! [`BlobRead::Lost`] at the offset where correct bytes stop — never wrong or short bytes.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::task::JoinHandle;
+
+use crate::error::{CacheError, Result};
+use crate::header::{checksum, BlobHeader};
+use crate::keys::{blob_chunk_key, blob_header_key};
+use crate::kv::Kv;
+use crate::limits::Limits;
+use crate::metrics;
+
+/// Writes a blob of `size` bytes read from `reader`. `Ok(false)`: not cached (too big, or
+/// the backend refused a write — the cache is best effort). At most two chunks are held at
+/// once: the one being written and the next one being read.
+pub(crate) async fn put_blob<R: AsyncRead + Unpin + Send>(
+    kv: &Kv,
+    limits: Limits,
+    sha256: &str,
+    size: u64,
+    mut reader: R,
+) -> Result<bool> {
+    if size > limits.max_object_bytes {
+        return Ok(false);
+    }
+    let chunk_bytes = limits.chunk_bytes;
+    let mut checksums =
+        Vec::with_capacity(usize::try_from(size.div_ceil(chunk_bytes)).unwrap_or(0));
+    let mut in_flight: Option<(u64, Bytes)> = None;
+    let mut offset = 0u64;
+    loop {
+        let want = chunk_bytes.min(size - offset);
+        let write = async {
+            match in_flight.take() {
+                Some((index, bytes)) => {
+                    kv.set(blob_chunk_key(sha256, index), bytes, limits.ttl)
+                        .await
+                }
+                None => true,
+            }
+        };
+        let (read, written) = tokio::join!(read_chunk(&mut reader, want), write);
+        let chunk = read?;
+        if !written {
+            tracing::debug!(sha256, "cache refused a chunk; blob not cached");
+            return Ok(false);
+        }
+        if want == 0 {
+            // `read_chunk(0)` probes for one extra byte.
+            if !chunk.is_empty() {
+                return Err(CacheError::SizeMismatch {
+                    expected: size,
+                    actual: size + 1,
+                    more: true,
+                });
+            }
+            break;
+        }
+        if (chunk.len() as u64) < want {
+            return Err(CacheError::SizeMismatch {
+                expected: size,
+                actual: offset + chunk.len() as u64,
+                more: false,
+            });
+        }
+        checksums.push(checksum(&chunk));
+        in_flight = Some((offset / chunk_bytes, chunk));
+        offset += want;
+    }
+    let header = BlobHeader {
+        total_size: size,
+        chunk_size: chunk_bytes as u32,
+        checksums,
+    };
+    Ok(kv
+        .set(blob_header_key(sha256), header.encode(), limits.ttl)
+        .await)
+}
+
+/// Reads exactly `want` bytes unless the reader ends first, into a buffer of exactly that
+/// capacity (the memory backend weighs values by length, so no slack may hide in them).
+/// `want == 0` reads at most one byte, to detect a reader longer than announced.
+async fn read_chunk<R: AsyncRead + Unpin>(reader: &mut R, want: u64) -> std::io::Result<Bytes> {
+    let want = usize::try_from(want.max(1)).unwrap_or(usize::MAX);
+    let mut buf = BytesMut::with_capacity(want);
+    while buf.len() < want {
+        if reader.read_buf(&mut buf).await? == 0 {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Deletes a blob everywhere. Without a header we cannot know the chunk count, so we also
+/// delete every chunk a blob within today's limits could have: quarantined media must not
+/// linger in the cache because its header was evicted first.
+pub(crate) async fn delete_blob(kv: &Kv, limits: Limits, sha256: &str) {
+    let header_key = blob_header_key(sha256);
+    let from_header = kv
+        .get(&header_key)
+        .await
+        .and_then(|bytes| BlobHeader::decode(&bytes))
+        .map_or(0, |h| h.chunk_count());
+    let possible = limits.max_object_bytes.div_ceil(limits.chunk_bytes);
+    let count = from_header.max(possible);
+    let mut keys = Vec::with_capacity(usize::try_from(count).unwrap_or(0) + 1);
+    keys.push(header_key);
+    keys.extend((0..count).map(|i| blob_chunk_key(sha256, i)));
+    kv.del_everywhere(keys).await;
+}
+
+/// Opens a blob for reading `range` (inclusive, absolute offsets; None = all of it).
+/// None when the header is missing or damaged, or the range does not fit the blob.
+pub(crate) async fn open_blob(
+    kv: &Kv,
+    sha256: &str,
+    range: Option<(u64, u64)>,
+) -> Option<BlobReader> {
+    let header = BlobHeader::decode(&kv.get(&blob_header_key(sha256)).await?)?;
+    let (pos, end) = match range {
+        None => (0, header.total_size),
+        Some((start, last)) if start <= last && last < header.total_size => (start, last + 1),
+        Some(_) => return None,
+    };
+    Some(BlobReader {
+        total_size: header.total_size,
+        kv: kv.clone(),
+        sha256: sha256.to_owned(),
+        header,
+        pos,
+        end,
+        lost_at: None,
+        prefetch: None,
+    })
+}
+
+/// One step of a blob read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobRead {
+    /// The next bytes of the requested range, verified.
+    Data(Bytes),
+    /// The whole range has been delivered.
+    End,
+    /// The cache lost the blob at absolute offset `at`: every byte before it was delivered
+    /// and correct; the caller finishes from the datastore. Repeated on every later call.
+    Lost { at: u64 },
+}
+
+/// A streaming, verified read of one cached blob (or a range of it).
+pub struct BlobReader {
+    /// Size of the whole blob, whatever range is being read.
+    pub total_size: u64,
+    kv: Kv,
+    sha256: String,
+    header: BlobHeader,
+    /// Next absolute offset to deliver.
+    pos: u64,
+    /// One past the last offset to deliver.
+    end: u64,
+    lost_at: Option<u64>,
+    /// The next chunk, already requested while the caller sends the current one.
+    prefetch: Option<(u64, JoinHandle<Option<Bytes>>)>,
+}
+
+impl BlobReader {
+    /// The absolute range this reader delivers, inclusive start, exclusive end.
+    pub fn range(&self) -> (u64, u64) {
+        (self.pos, self.end)
+    }
+
+    pub async fn next(&mut self) -> BlobRead {
+        if let Some(at) = self.lost_at {
+            return BlobRead::Lost { at };
+        }
+        if self.pos >= self.end {
+            return BlobRead::End;
+        }
+        let chunk_size = u64::from(self.header.chunk_size);
+        let index = self.pos / chunk_size;
+        let (chunk_start, chunk_len) = self.header.chunk_span(index);
+        let fetched = match self.prefetch.take() {
+            Some((i, handle)) if i == index => {
+                self.start_prefetch(index + 1);
+                handle.await.ok().flatten()
+            }
+            stale => {
+                if let Some((_, handle)) = stale {
+                    handle.abort();
+                }
+                self.start_prefetch(index + 1);
+                self.kv.get(&blob_chunk_key(&self.sha256, index)).await
+            }
+        };
+        let verified = fetched.filter(|bytes| {
+            bytes.len() as u64 == chunk_len
+                && checksum(bytes) == self.header.checksums[index as usize]
+        });
+        let Some(bytes) = verified else {
+            return self.lose();
+        };
+        let from = (self.pos - chunk_start) as usize;
+        let to = (self.end.min(chunk_start + chunk_len) - chunk_start) as usize;
+        self.pos = chunk_start + to as u64;
+        metrics::bytes_served(self.kv.backend(), to - from);
+        BlobRead::Data(bytes.slice(from..to))
+    }
+
+    fn lose(&mut self) -> BlobRead {
+        let at = self.pos;
+        tracing::debug!(sha256 = %self.sha256, at, "cached blob lost a chunk");
+        metrics::request(self.kv.backend(), "blob_read", "lost");
+        self.lost_at = Some(at);
+        if let Some((_, handle)) = self.prefetch.take() {
+            handle.abort();
+        }
+        BlobRead::Lost { at }
+    }
+
+    /// Requests chunk `index` in the background if the range needs it and the backend is
+    /// remote; keeps at most this one chunk ahead.
+    fn start_prefetch(&mut self, index: u64) {
+        let (start, _) = self.header.chunk_span(index);
+        if index >= self.header.chunk_count() || start >= self.end || !self.kv.prefetch_pays() {
+            return;
+        }
+        let kv = self.kv.clone();
+        let key = blob_chunk_key(&self.sha256, index);
+        let handle = tokio::spawn(async move { kv.get(&key).await });
+        self.prefetch = Some((index, handle));
+    }
+}
+
+impl Drop for BlobReader {
+    fn drop(&mut self) {
+        // A reader dropped mid-stream (client went away) must not leave a fetch running.
+        if let Some((_, handle)) = self.prefetch.take() {
+            handle.abort();
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! `Cache`: the one handle the rest of the code uses, whatever the backend.
+//!
+//! It picks the backend at start (none | memory | redis), applies limits from config, and
+//! turns every backend failure into a miss. Nothing here can fail a request: the only
+//! errors returned are about the caller's own reader in `put_blob`.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+#[cfg(feature = "ring")]
+use actix::Addr;
+use bytes::Bytes;
+use mr_config::{CacheBackend, CacheConfig};
+#[cfg(feature = "ring")]
+use mr_ring::{ApplyRedisConfig, RingActor, Status};
+use serde::Serialize;
+use tokio::io::AsyncRead;
+
+use crate::blob::{self, BlobReader};
+use crate::error::Result;
+use crate::keys::is_valid_sha256;
+use crate::kv::{Kv, SetNx};
+use crate::lease::Lease;
+use crate::limits::{Limits, MAX_RECORD_BYTES};
+use crate::memory::MemoryKv;
+use crate::metrics;
+#[cfg(feature = "ring")]
+use crate::shards::RingKv;
+
+/// How long `status()` waits for the ring actor before answering from the routing snapshot.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A cheap-to-clone handle on the media cache.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// None for the `none` backend.
+    kv: Option<Kv>,
+    /// The ring actor, for reloads and status (never on the request path).
+    #[cfg(feature = "ring")]
+    ring: Option<Addr<RingActor>>,
+    /// Swapped on reload; a std lock because it is only held to copy the value out.
+    limits: RwLock<Limits>,
+}
+
+/// One shard as `status()` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardStatus {
+    pub name: String,
+    /// Address with any password redacted.
+    pub addr: String,
+    pub up: bool,
+}
+
+/// What `status()` answers (e.g. for an admin endpoint).
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheStatus {
+    /// `none`, `memory` or `redis`.
+    pub backend: &'static str,
+    /// The Redis shards (empty for other backends).
+    pub shards: Vec<ShardStatus>,
+    /// Bytes held by the memory backend (keys + values); None for other backends.
+    pub memory_used_bytes: Option<u64>,
+}
+
+fn limits_of(cfg: &CacheConfig) -> Limits {
+    Limits::new(cfg.max_object_bytes, cfg.chunk_bytes, cfg.ttl_secs)
+}
+
+impl Cache {
+    /// Starts the configured backend. For `redis` this starts the ring actor, so it must be
+    /// called inside a running actix System.
+    pub fn start(cfg: &CacheConfig) -> Cache {
+        #[cfg(not(feature = "ring"))]
+        let _ring: Option<()> = None;
+        #[cfg(not(feature = "ring"))]
+        let kv = match cfg.backend {
+            CacheBackend::Memory => Some(Kv::Memory(MemoryKv::new(cfg.memory.max_bytes))),
+            _ => None,
+        };
+        #[cfg(feature = "ring")]
+        let (kv, ring) = match cfg.backend {
+            CacheBackend::None => (None, None),
+            CacheBackend::Memory => (Some(Kv::Memory(MemoryKv::new(cfg.memory.max_bytes))), None),
+            CacheBackend::Redis => {
+                let (addr, handle) = RingActor::start(&cfg.redis);
+                let timeout = Duration::from_millis(cfg.redis.response_timeout_ms);
+                (Some(Kv::Redis(RingKv::new(handle, timeout))), Some(addr))
+            }
+        };
+        tracing::info!(backend = backend_name(kv.as_ref()), "cache started");
+        Cache {
+            inner: Arc::new(Inner {
+                kv,
+                #[cfg(feature = "ring")]
+                ring,
+                limits: RwLock::new(limits_of(cfg)),
+            }),
+        }
+    }
+
+    /// Applies a reloaded config: limits, memory bound, and the shard list (by message to
+    /// the ring actor). A different backend needs a restart and is ignored here.
+    pub fn apply_config(&self, cfg: &CacheConfig) {
+        let limits = limits_of(cfg);
+        match self.inner.limits.write() {
+            Ok(mut guard) => *guard = limits,
+            Err(poisoned) => *poisoned.into_inner() = limits,
+        }
+        match &self.inner.kv {
+            Some(Kv::Memory(memory))
+                if cfg.backend == CacheBackend::Memory
+                    && memory.capacity() != cfg.memory.max_bytes =>
+            {
+                memory.resize(cfg.memory.max_bytes);
+            }
+            #[cfg(feature = "ring")]
+            Some(Kv::Redis(redis)) => {
+                redis.set_response_timeout(Duration::from_millis(cfg.redis.response_timeout_ms));
+            }
+            _ => {}
+        }
+        #[cfg(feature = "ring")]
+        if let Some(ring) = &self.inner.ring {
+            if cfg.backend == CacheBackend::Redis {
+                // Reload path, not a request path: a full ring mailbox just delays the change.
+                ring.do_send(ApplyRedisConfig(cfg.redis.clone()));
+            }
+        }
+        if self.backend() != backend_label(&cfg.backend) {
+            tracing::warn!(
+                running = self.backend(),
+                configured = backend_label(&cfg.backend),
+                "changing cache.backend takes a restart; keeping the running backend"
+            );
+        }
+    }
+
+    /// Name of the running backend.
+    pub fn backend(&self) -> &'static str {
+        backend_name(self.inner.kv.as_ref())
+    }
+
+    pub async fn status(&self) -> CacheStatus {
+        let mut status = CacheStatus {
+            backend: self.backend(),
+            shards: Vec::new(),
+            memory_used_bytes: None,
+        };
+        match &self.inner.kv {
+            Some(Kv::Memory(memory)) => status.memory_used_bytes = Some(memory.used_bytes()),
+            #[cfg(feature = "ring")]
+            Some(Kv::Redis(redis)) => {
+                let asked = match &self.inner.ring {
+                    Some(ring) => tokio::time::timeout(STATUS_TIMEOUT, ring.send(Status))
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok()),
+                    None => None,
+                };
+                status.shards = match asked {
+                    Some(shards) => shards
+                        .into_iter()
+                        .map(|s| ShardStatus {
+                            name: s.name,
+                            addr: s.addr,
+                            up: s.up,
+                        })
+                        .collect(),
+                    // The ring actor is busy or gone: the routing snapshot still knows who is up.
+                    None => redis
+                        .ring()
+                        .shards()
+                        .into_iter()
+                        .map(|s| ShardStatus {
+                            name: s.name.to_string(),
+                            addr: String::new(),
+                            up: s.health.is_up(),
+                        })
+                        .collect(),
+                };
+            }
+            None => {}
+        }
+        status
+    }
+
+    fn limits(&self) -> Limits {
+        match self.inner.limits.read() {
+            Ok(guard) => *guard,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Opens a cached blob for reading `range` (inclusive start..=end; None = whole blob).
+    /// None is a miss: not cached, header damaged, or a range the blob cannot satisfy.
+    pub async fn open_blob(&self, sha256: &str, range: Option<(u64, u64)>) -> Option<BlobReader> {
+        let kv = self.inner.kv.as_ref()?;
+        let reader = if is_valid_sha256(sha256) {
+            blob::open_blob(kv, sha256, range).await
+        } else {
+            None
+        };
+        let result = if reader.is_some() { "hit" } else { "miss" };
+        metrics::request(kv.backend(), "blob_open", result);
+        reader
+    }
+
+    /// Caches the `size` bytes `reader` yields under `sha256`. `Ok(false)`: not cached (no
+    /// cache, too big, or the backend did not take it). An error is only ever about the
+    /// reader (failed, or a different size than announced); nothing is published then.
+    pub async fn put_blob<R: AsyncRead + Unpin + Send>(
+        &self,
+        sha256: &str,
+        size: u64,
+        reader: R,
+    ) -> Result<bool> {
+        let Some(kv) = self.inner.kv.as_ref() else {
+            return Ok(false);
+        };
+        let stored = if is_valid_sha256(sha256) {
+            blob::put_blob(kv, self.limits(), sha256, size, reader).await?
+        } else {
+            false
+        };
+        metrics::request(
+            kv.backend(),
+            "blob_put",
+            if stored { "stored" } else { "skipped" },
+        );
+        Ok(stored)
+    }
+
+    /// Removes a blob from the cache, on every shard (e.g. when media is quarantined).
+    pub async fn delete_blob(&self, sha256: &str) {
+        let Some(kv) = self.inner.kv.as_ref() else {
+            return;
+        };
+        if is_valid_sha256(sha256) {
+            blob::delete_blob(kv, self.limits(), sha256).await;
+            metrics::request(kv.backend(), "blob_delete", "stored");
+        }
+    }
+
+    /// A small record (e.g. under [`crate::remote_record_key`]); None is a miss.
+    pub async fn get_record(&self, key: &str) -> Option<Bytes> {
+        let kv = self.inner.kv.as_ref()?;
+        let value = kv.get(key).await;
+        metrics::request(
+            kv.backend(),
+            "record_get",
+            if value.is_some() { "hit" } else { "miss" },
+        );
+        value
+    }
+
+    /// Stores a small record (best effort; records over `MAX_RECORD_BYTES` are skipped).
+    pub async fn put_record(&self, key: &str, value: Bytes) {
+        let Some(kv) = self.inner.kv.as_ref() else {
+            return;
+        };
+        let stored = value.len() <= MAX_RECORD_BYTES
+            && kv.set(key.to_owned(), value, self.limits().ttl).await;
+        metrics::request(
+            kv.backend(),
+            "record_put",
+            if stored { "stored" } else { "skipped" },
+        );
+    }
+
+    /// Tries to take the lease `key` (e.g. [`crate::lease_key`]) for `ttl`.
+    /// None: another holder has it. When the cache cannot be asked (no cache, shard down) a
+    /// non-exclusive lease is returned so the caller proceeds rather than waits forever.
+    pub async fn try_lease(&self, key: &str, ttl: Duration) -> Option<Lease> {
+        let Some(kv) = self.inner.kv.as_ref() else {
+            return Some(Lease::new(key, false));
+        };
+        let lease = Lease::new(key, true);
+        let outcome = kv.set_nx(lease.key.clone(), lease.token.clone(), ttl).await;
+        let (result, lease) = match outcome {
+            SetNx::Stored => ("stored", Some(lease)),
+            SetNx::Held => ("hit", None),
+            SetNx::Unavailable => (
+                "miss",
+                Some(Lease {
+                    exclusive: false,
+                    ..lease
+                }),
+            ),
+        };
+        metrics::request(kv.backend(), "lease", result);
+        lease
+    }
+
+    /// Gives a lease back; only deletes the key if it still holds our token.
+    pub async fn release(&self, lease: Lease) {
+        let Some(kv) = self.inner.kv.as_ref() else {
+            return;
+        };
+        let deleted = kv.del_if_eq(lease.key, lease.token).await;
+        metrics::request(
+            kv.backend(),
+            "release",
+            if deleted { "stored" } else { "skipped" },
+        );
+    }
+
+    /// Memory backend only: applies moka's pending evictions and accounting now, then
+    /// returns the bytes held. For tests and status pages; None for other backends.
+    pub async fn memory_used_bytes_exact(&self) -> Option<u64> {
+        match &self.inner.kv {
+            Some(Kv::Memory(memory)) => {
+                memory.run_pending_tasks().await;
+                Some(memory.used_bytes())
+            }
+            _ => None,
+        }
+    }
+
+    /// Test support: deletes or overwrites one key of the memory backend directly, to
+    /// simulate eviction or corruption. No effect on other backends.
+    #[doc(hidden)]
+    pub async fn memory_debug_put_raw(&self, key: &str, value: Option<Bytes>) {
+        if let Some(Kv::Memory(memory)) = &self.inner.kv {
+            match value {
+                Some(value) => {
+                    memory.set(key.to_owned(), value, None).await;
+                }
+                None => memory.del(vec![key.to_owned()]).await,
+            }
+        }
+    }
+}
+
+fn backend_name(kv: Option<&Kv>) -> &'static str {
+    kv.map_or("none", Kv::backend)
+}
+
+fn backend_label(backend: &CacheBackend) -> &'static str {
+    match backend {
+        CacheBackend::None => "none",
+        CacheBackend::Memory => "memory",
+        CacheBackend::Redis => "redis",
+    }
+}

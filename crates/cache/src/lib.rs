@@ -1,0 +1,32 @@
+//! The media cache: what web handlers use to keep and serve copies of media bytes.
+//!
+//! Backends: `none`, `memory` (in-process moka, byte-bounded, TinyLFU) and `redis` (shard
+//! actors reached through the ring; this crate never talks to Redis itself). Blobs are
+//! stored in verified chunks so a read can stop cleanly where the cache lost data, records
+//! describe remote media, and leases keep two repos from fetching the same remote file.
+//!
+//! Invariant: no call here fails because the cache failed — backend trouble is a miss.
+
+mod blob;
+mod cache;
+mod error;
+mod header;
+mod keys;
+mod kv;
+mod lease;
+mod limits;
+mod memory;
+mod metrics;
+#[cfg(feature = "ring")]
+mod shards;
+
+pub use blob::{BlobRead, BlobReader};
+pub use cache::{Cache, CacheStatus, ShardStatus, STATUS_TIMEOUT};
+pub use error::{CacheError, Result};
+pub use keys::{
+    blob_chunk_key, blob_header_key, is_valid_sha256, lease_key, remote_record_key, KEY_PREFIX,
+};
+pub use lease::Lease;
+pub use limits::{MAX_CHUNK_BYTES, MAX_RECORD_BYTES, MIN_CHUNK_BYTES};
+#[cfg(feature = "ring")]
+pub use shards::MAILBOX_GRACE;

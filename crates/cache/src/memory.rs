@@ -1,0 +1,159 @@
+//! The in-process backend: a moka cache bounded in bytes, with TinyLFU eviction.
+//!
+//! TinyLFU admits a new entry only if it is likely to be used more than the one it would
+//! evict, so a burst of one-off downloads does not flush the popular media (the same reason
+//! the seed recommends `allkeys-lfu` for Redis). Weight is key + value bytes, so the bound
+//! is on what we actually hold (values are stored as exact-size buffers, see `blob.rs`).
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::future::Cache as Moka;
+use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
+use moka::Expiry;
+
+use crate::kv::SetNx;
+use crate::metrics;
+
+/// What we store per key: the bytes and how long they may live.
+#[derive(Clone)]
+struct Entry {
+    value: Bytes,
+    ttl: Option<Duration>,
+}
+
+/// Expires each entry after the TTL it was written with (leases need one per key).
+struct PerEntryTtl;
+
+impl Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _key: &String, value: &Entry, _at: Instant) -> Option<Duration> {
+        value.ttl
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &Entry,
+        _at: Instant,
+        _remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        value.ttl
+    }
+}
+
+/// A cheap-to-clone handle on the process-local cache.
+#[derive(Clone)]
+pub(crate) struct MemoryKv {
+    /// Replaced wholesale when `memory.max_bytes` changes on reload (moka's capacity is
+    /// fixed at build time); a std lock because it is held only to clone the handle.
+    cache: Arc<RwLock<Moka<String, Entry>>>,
+}
+
+fn build(max_bytes: u64) -> Moka<String, Entry> {
+    Moka::builder()
+        .max_capacity(max_bytes)
+        .weigher(|key: &String, entry: &Entry| {
+            u32::try_from(key.len() + entry.value.len()).unwrap_or(u32::MAX)
+        })
+        .eviction_policy(EvictionPolicy::tiny_lfu())
+        .expire_after(PerEntryTtl)
+        .build()
+}
+
+impl MemoryKv {
+    pub(crate) fn new(max_bytes: u64) -> MemoryKv {
+        MemoryKv {
+            cache: Arc::new(RwLock::new(build(max_bytes))),
+        }
+    }
+
+    /// Starts over with a new byte bound (the old entries are dropped: they are only copies).
+    pub(crate) fn resize(&self, max_bytes: u64) {
+        let fresh = build(max_bytes);
+        match self.cache.write() {
+            Ok(mut guard) => *guard = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        metrics::MEMORY_USED.set(0);
+    }
+
+    fn handle(&self) -> Moka<String, Entry> {
+        match self.cache.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The byte bound the cache was built with.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.handle().policy().max_capacity().unwrap_or(0)
+    }
+
+    /// Bytes currently held (key + value), as moka last accounted them.
+    pub(crate) fn used_bytes(&self) -> u64 {
+        self.handle().weighted_size()
+    }
+
+    /// Applies moka's pending housekeeping (evictions, size accounting) now.
+    pub(crate) async fn run_pending_tasks(&self) {
+        let cache = self.handle();
+        cache.run_pending_tasks().await;
+        metrics::MEMORY_USED.set(clamp_i64(cache.weighted_size()));
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Option<Bytes> {
+        self.handle().get(key).await.map(|entry| entry.value)
+    }
+
+    pub(crate) async fn set(&self, key: String, value: Bytes, ttl: Option<Duration>) -> bool {
+        let cache = self.handle();
+        cache.insert(key, Entry { value, ttl }).await;
+        metrics::MEMORY_USED.set(clamp_i64(cache.weighted_size()));
+        true
+    }
+
+    pub(crate) async fn set_nx(&self, key: String, value: Bytes, ttl: Duration) -> SetNx {
+        let entry = self
+            .handle()
+            .entry(key)
+            .or_insert(Entry {
+                value,
+                ttl: Some(ttl),
+            })
+            .await;
+        if entry.is_fresh() {
+            SetNx::Stored
+        } else {
+            SetNx::Held
+        }
+    }
+
+    pub(crate) async fn del_if_eq(&self, key: String, value: Bytes) -> bool {
+        let result = self
+            .handle()
+            .entry(key)
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(entry) if entry.value().value == value => Op::Remove,
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        matches!(result, moka::ops::compute::CompResult::Removed(_))
+    }
+
+    pub(crate) async fn del(&self, keys: Vec<String>) {
+        let cache = self.handle();
+        for key in keys {
+            cache.invalidate(&key).await;
+        }
+        metrics::MEMORY_USED.set(clamp_i64(cache.weighted_size()));
+    }
+}
+
+fn clamp_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

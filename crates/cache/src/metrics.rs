@@ -1,0 +1,79 @@
+//! Prometheus metrics of the cache API, in the process-wide default registry.
+//!
+//! Per-shard numbers (latency, up, memory) belong to the shard actors; these count what the
+//! callers of the cache saw, whatever the backend.
+
+use std::sync::LazyLock;
+
+use prometheus::{IntCounterVec, IntGauge, Opts};
+
+/// `media_repo_cache_requests_total{backend, op, result}`; result is one of
+/// hit | miss | lost | stored | skipped.
+pub(crate) static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "media_repo_cache_requests_total",
+        "Cache API calls by backend, operation and outcome",
+        &["backend", "op", "result"],
+    )
+});
+
+/// `media_repo_cache_bytes_served_total{backend}`: blob bytes handed to readers.
+pub(crate) static BYTES_SERVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "media_repo_cache_bytes_served_total",
+        "Blob bytes served from the cache",
+        &["backend"],
+    )
+});
+
+/// `media_repo_cache_backend_errors_total{backend, op, reason}`: backend failures that the
+/// callers saw as misses or no-ops (why a hit ratio dropped).
+#[cfg_attr(not(feature = "ring"), allow(dead_code))]
+pub(crate) static BACKEND_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "media_repo_cache_backend_errors_total",
+        "Backend failures turned into misses or no-ops",
+        &["backend", "op", "reason"],
+    )
+});
+
+/// `media_repo_cache_memory_used_bytes`: weighted size (key + value bytes) of the memory backend.
+pub(crate) static MEMORY_USED: LazyLock<IntGauge> = LazyLock::new(|| {
+    let gauge = IntGauge::new(
+        "media_repo_cache_memory_used_bytes",
+        "Bytes held by the in-process memory cache (keys + values)",
+    )
+    .expect("static metric definition is valid");
+    register(Box::new(gauge.clone()));
+    gauge
+});
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("static metric definition is valid");
+    register(Box::new(vec.clone()));
+    vec
+}
+
+/// Registration only fails if the name is taken; the metric then still counts, unexported,
+/// which is better than refusing to serve.
+fn register(collector: Box<dyn prometheus::core::Collector>) {
+    if let Err(e) = prometheus::default_registry().register(collector) {
+        tracing::warn!(error = %e, "cache metric could not be registered");
+    }
+}
+
+pub(crate) fn request(backend: &'static str, op: &'static str, result: &'static str) {
+    REQUESTS.with_label_values(&[backend, op, result]).inc();
+}
+
+#[cfg_attr(not(feature = "ring"), allow(dead_code))]
+pub(crate) fn backend_error(backend: &'static str, op: &'static str, reason: &'static str) {
+    BACKEND_ERRORS
+        .with_label_values(&[backend, op, reason])
+        .inc();
+}
+
+pub(crate) fn bytes_served(backend: &'static str, n: usize) {
+    BYTES_SERVED.with_label_values(&[backend]).inc_by(n as u64);
+}

@@ -1,0 +1,143 @@
+//! The Redis backend: the key-value layer over the ring of shard actors.
+//!
+//! Keys are routed with the ring's lock-free snapshot (no trip through the ring actor's
+//! mailbox); the command goes to that shard's actor by message with a bounded wait. No
+//! shard up, a full mailbox, an actor gone, a shard error or a late answer all become a miss
+//! (reads) or a no-op (writes), counted by reason. Deletes and lease releases go to every
+//! shard, because routing may have moved while the shard holding the key was down.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Handler, Message};
+use bytes::Bytes;
+use futures_util::future::join_all;
+use mr_ring::{RingHandle, ShardHandle};
+use mr_shard_actor::messages::{Del, DelIfEq, Get, Set, SetNx};
+use mr_shard_actor::{ShardActor, ShardError};
+
+use crate::kv::SetNx as SetNxOutcome;
+use crate::metrics;
+
+const BACKEND: &str = "redis";
+
+/// Added to the shard's response timeout to bound our wait for an answer: the time a
+/// message may queue in a busy mailbox. Past it the call is a miss, whatever the shard does.
+pub const MAILBOX_GRACE: Duration = Duration::from_millis(250);
+
+#[derive(Clone)]
+pub(crate) struct RingKv {
+    ring: RingHandle,
+    /// Milliseconds we wait for a shard's answer; changes on reload, read per call.
+    wait_ms: Arc<AtomicU64>,
+}
+
+impl RingKv {
+    pub(crate) fn new(ring: RingHandle, response_timeout: Duration) -> RingKv {
+        let kv = RingKv {
+            ring,
+            wait_ms: Arc::new(AtomicU64::new(0)),
+        };
+        kv.set_response_timeout(response_timeout);
+        kv
+    }
+
+    pub(crate) fn set_response_timeout(&self, response_timeout: Duration) {
+        let wait = response_timeout + MAILBOX_GRACE;
+        self.wait_ms.store(
+            u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn ring(&self) -> &RingHandle {
+        &self.ring
+    }
+
+    fn route(&self, key: &str, op: &'static str) -> Option<ShardHandle> {
+        let shard = self.ring.route(key);
+        if shard.is_none() {
+            metrics::backend_error(BACKEND, op, "no_shard");
+        }
+        shard
+    }
+
+    /// Sends `msg` to `shard` and waits a bounded time; None on any failure.
+    async fn call<M, T>(&self, shard: &ShardHandle, msg: M, op: &'static str) -> Option<T>
+    where
+        M: Message<Result = Result<T, ShardError>> + Send + 'static,
+        T: Send + 'static,
+        ShardActor: Handler<M>,
+    {
+        let wait = Duration::from_millis(self.wait_ms.load(Ordering::Relaxed));
+        let reason = match tokio::time::timeout(wait, shard.addr.send(msg)).await {
+            Ok(Ok(Ok(value))) => return Some(value),
+            Ok(Ok(Err(ShardError::Down(_)))) => "shard_down",
+            Ok(Ok(Err(e))) => {
+                tracing::debug!(shard = %shard.name, op, error = %e, "shard command failed");
+                "shard_error"
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(shard = %shard.name, op, error = %e, "shard actor unreachable");
+                "mailbox"
+            }
+            Err(_) => "timeout",
+        };
+        metrics::backend_error(BACKEND, op, reason);
+        None
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Option<Bytes> {
+        let shard = self.route(key, "get")?;
+        self.call(
+            &shard,
+            Get {
+                key: key.to_owned(),
+            },
+            "get",
+        )
+        .await
+        .flatten()
+    }
+
+    pub(crate) async fn set(&self, key: String, value: Bytes, ttl: Option<Duration>) -> bool {
+        let Some(shard) = self.route(&key, "set") else {
+            return false;
+        };
+        self.call(&shard, Set { key, value, ttl }, "set")
+            .await
+            .is_some()
+    }
+
+    pub(crate) async fn set_nx(&self, key: String, value: Bytes, ttl: Duration) -> SetNxOutcome {
+        let Some(shard) = self.route(&key, "set_nx") else {
+            return SetNxOutcome::Unavailable;
+        };
+        match self.call(&shard, SetNx { key, value, ttl }, "set_nx").await {
+            Some(true) => SetNxOutcome::Stored,
+            Some(false) => SetNxOutcome::Held,
+            None => SetNxOutcome::Unavailable,
+        }
+    }
+
+    pub(crate) async fn del_if_eq(&self, key: String, value: Bytes) -> bool {
+        let shards = self.ring.shards();
+        let calls = shards.iter().map(|shard| {
+            let msg = DelIfEq {
+                key: key.clone(),
+                value: value.clone(),
+            };
+            self.call(shard, msg, "del_if_eq")
+        });
+        join_all(calls).await.into_iter().any(|r| r == Some(true))
+    }
+
+    pub(crate) async fn del_everywhere(&self, keys: Vec<String>) {
+        let shards = self.ring.shards();
+        let calls = shards
+            .iter()
+            .map(|shard| self.call(shard, Del { keys: keys.clone() }, "del"));
+        join_all(calls).await;
+    }
+}

@@ -1,0 +1,340 @@
+//! The cache contract, run against the memory backend and against three real redis-server
+//! shards behind the real ring actor; then what only one backend can show (byte bound,
+//! shard crashes).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mr_cache::{blob_chunk_key, blob_header_key, lease_key, remote_record_key, Cache, CacheError};
+
+/// The contract every backend must keep.
+mod contract {
+    use super::*;
+
+    pub async fn put_open_whole(f: &Fixture) {
+        for (n, len) in [0usize, 1, 4095, 4096, 4097, 10_000, MAX_OBJECT as usize]
+            .into_iter()
+            .enumerate()
+        {
+            let data = bytes_of(len, n as u64);
+            let sha = sha(n as u64);
+            assert!(
+                put(&f.cache, &sha, &data).await,
+                "blob of {len} bytes not stored"
+            );
+            let reader = f
+                .cache
+                .open_blob(&sha, None)
+                .await
+                .expect("cached blob opens");
+            assert_eq!(reader.total_size, len as u64);
+            let (got, ending) = read_all(reader).await;
+            assert_eq!(ending, Ending::End);
+            assert!(got == data, "blob of {len} bytes read back different");
+        }
+        assert!(
+            f.cache.open_blob(&sha(999), None).await.is_none(),
+            "never stored: miss"
+        );
+    }
+
+    pub async fn ranges(f: &Fixture) {
+        let data = bytes_of(10_000, 7);
+        let sha = sha(7);
+        assert!(put(&f.cache, &sha, &data).await);
+        let cases = [
+            (0, 0),         // first byte
+            (9_999, 9_999), // last byte
+            (4_090, 4_100), // across the first chunk boundary
+            (5_000, 6_000), // inside the second chunk
+            (4_096, 8_191), // exactly the second chunk
+            (0, 9_999),     // everything, as a range
+            (100, 9_000),   // three chunks, partial at both ends
+        ];
+        for (start, end) in cases {
+            let reader = f
+                .cache
+                .open_blob(&sha, Some((start, end)))
+                .await
+                .expect("range opens");
+            assert_eq!(reader.total_size, 10_000);
+            let (got, ending) = read_all(reader).await;
+            assert_eq!(ending, Ending::End, "range {start}-{end}");
+            assert!(
+                got == data[start as usize..=end as usize],
+                "range {start}-{end} wrong bytes"
+            );
+        }
+        for bad in [(0, 10_000), (10_000, 10_000), (6, 5)] {
+            assert!(
+                f.cache.open_blob(&sha, Some(bad)).await.is_none(),
+                "range {bad:?} must be a miss"
+            );
+        }
+        // A range reads only the chunks it covers: with chunk 0 gone, chunk 2 still serves.
+        f.remove_key(&blob_chunk_key(&sha, 0)).await;
+        let (got, ending) =
+            read_all(f.cache.open_blob(&sha, Some((8_192, 9_999))).await.unwrap()).await;
+        assert_eq!(ending, Ending::End);
+        assert!(got == data[8_192..]);
+    }
+
+    pub async fn too_big_not_cached(f: &Fixture) {
+        let data = bytes_of(MAX_OBJECT as usize + 1, 3);
+        let sha = sha(3);
+        assert!(
+            !put(&f.cache, &sha, &data).await,
+            "blob over max_object_bytes must not be cached"
+        );
+        assert!(f.cache.open_blob(&sha, None).await.is_none());
+    }
+
+    pub async fn bad_reader_publishes_nothing(f: &Fixture) {
+        let data = bytes_of(10_000, 4);
+        let sha = sha(4);
+        let short = f.cache.put_blob(&sha, 10_001, &data[..]).await;
+        assert!(
+            matches!(
+                short,
+                Err(CacheError::SizeMismatch {
+                    actual: 10_000,
+                    more: false,
+                    ..
+                })
+            ),
+            "{short:?}"
+        );
+        let long = f.cache.put_blob(&sha, 9_999, &data[..]).await;
+        assert!(
+            matches!(long, Err(CacheError::SizeMismatch { more: true, .. })),
+            "{long:?}"
+        );
+        assert!(
+            f.cache.open_blob(&sha, None).await.is_none(),
+            "no header after a failed put"
+        );
+        // Names that are not a sha256 are never used as keys.
+        assert!(!f.cache.put_blob("}evil{", 1, &b"x"[..]).await.unwrap());
+    }
+
+    pub async fn delete(f: &Fixture) {
+        let data = bytes_of(10_000, 5);
+        let sha = sha(5);
+        assert!(put(&f.cache, &sha, &data).await);
+        f.cache.delete_blob(&sha).await;
+        assert!(f.cache.open_blob(&sha, None).await.is_none());
+        // A blob whose header was already evicted still loses its chunks.
+        assert!(put(&f.cache, &sha, &data).await);
+        f.remove_key(&blob_header_key(&sha)).await;
+        f.cache.delete_blob(&sha).await;
+        for i in 0..3 {
+            f.overwrite_key_absent(&blob_chunk_key(&sha, i)).await;
+        }
+    }
+
+    pub async fn records(f: &Fixture) {
+        let key = remote_record_key("example.org", "abc");
+        assert_eq!(f.cache.get_record(&key).await, None);
+        f.cache
+            .put_record(&key, bytes::Bytes::from_static(b"{\"sha256\":\"x\"}"))
+            .await;
+        assert_eq!(
+            f.cache.get_record(&key).await.as_deref(),
+            Some(&b"{\"sha256\":\"x\"}"[..])
+        );
+        f.cache
+            .put_record(&key, bytes::Bytes::from_static(b"v2"))
+            .await;
+        assert_eq!(f.cache.get_record(&key).await.as_deref(), Some(&b"v2"[..]));
+    }
+
+    pub async fn leases(f: &Fixture) {
+        let key = lease_key("example.org", "lease1");
+        let first = f
+            .cache
+            .try_lease(&key, Duration::from_secs(30))
+            .await
+            .expect("free lease");
+        assert!(first.is_exclusive());
+        assert_eq!(first.key(), key);
+        assert!(
+            f.cache
+                .try_lease(&key, Duration::from_secs(30))
+                .await
+                .is_none(),
+            "second taker must fail"
+        );
+        f.cache.release(first).await;
+        let again = f
+            .cache
+            .try_lease(&key, Duration::from_secs(30))
+            .await
+            .expect("released lease is free");
+        assert!(again.is_exclusive());
+
+        // A lease expires on its own, and a stale holder cannot release its successor's lease.
+        let key = lease_key("example.org", "lease2");
+        let stale = f
+            .cache
+            .try_lease(&key, Duration::from_millis(300))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let fresh = f
+            .cache
+            .try_lease(&key, Duration::from_secs(30))
+            .await
+            .expect("expired lease is free");
+        f.cache.release(stale).await;
+        assert!(
+            f.cache
+                .try_lease(&key, Duration::from_secs(30))
+                .await
+                .is_none(),
+            "stale release removed the new lease"
+        );
+        f.cache.release(fresh).await;
+        assert!(f
+            .cache
+            .try_lease(&key, Duration::from_secs(30))
+            .await
+            .is_some());
+    }
+
+    pub async fn evicted_chunk_is_lost_at_its_offset(f: &Fixture) {
+        let data = bytes_of(10_000, 8);
+        let sha = sha(8);
+        assert!(put(&f.cache, &sha, &data).await);
+        f.remove_key(&blob_chunk_key(&sha, 1)).await;
+
+        let (got, ending) = read_all(f.cache.open_blob(&sha, None).await.unwrap()).await;
+        assert_eq!(ending, Ending::Lost(4_096));
+        assert!(
+            got == data[..4_096],
+            "bytes before the loss must be exactly the blob's"
+        );
+
+        let (got, ending) =
+            read_all(f.cache.open_blob(&sha, Some((100, 9_000))).await.unwrap()).await;
+        assert_eq!(ending, Ending::Lost(4_096));
+        assert!(got == data[100..4_096]);
+
+        let (got, ending) =
+            read_all(f.cache.open_blob(&sha, Some((5_000, 9_000))).await.unwrap()).await;
+        assert_eq!((got.len(), ending), (0, Ending::Lost(5_000)));
+
+        // Header gone: a miss, not a read.
+        f.remove_key(&blob_header_key(&sha)).await;
+        assert!(f.cache.open_blob(&sha, None).await.is_none());
+    }
+
+    pub async fn corrupted_chunk_is_lost(f: &Fixture) {
+        let data = bytes_of(10_000, 9);
+        let sha = sha(9);
+        assert!(put(&f.cache, &sha, &data).await);
+        // Same length, other bytes: only the checksum can tell.
+        let last = blob_chunk_key(&sha, 2);
+        f.overwrite_key(&last, &bytes_of(10_000 - 8_192, 99)).await;
+        let (got, ending) = read_all(f.cache.open_blob(&sha, None).await.unwrap()).await;
+        assert_eq!(ending, Ending::Lost(8_192));
+        assert!(got == data[..8_192]);
+        // Truncated chunk.
+        f.overwrite_key(&blob_chunk_key(&sha, 0), &data[..4_000])
+            .await;
+        let (got, ending) = read_all(f.cache.open_blob(&sha, Some((10, 20))).await.unwrap()).await;
+        assert_eq!((got.len(), ending), (0, Ending::Lost(10)));
+        // A damaged header is a miss.
+        f.overwrite_key(&blob_header_key(&sha), b"MRBH garbage")
+            .await;
+        assert!(f.cache.open_blob(&sha, None).await.is_none());
+    }
+}
+
+impl Fixture {
+    /// Asserts `key` is gone from wherever it could be.
+    async fn overwrite_key_absent(&self, key: &str) {
+        if self.shards.is_empty() {
+            // Through the cache: a record read of the raw key.
+            assert_eq!(
+                self.cache.get_record(key).await,
+                None,
+                "{key} survived delete"
+            );
+        } else {
+            for (name, shard) in &self.shards {
+                assert_eq!(
+                    shard.cli(&["EXISTS", key]),
+                    "0",
+                    "{key} survived delete on {name}"
+                );
+            }
+        }
+    }
+}
+
+macro_rules! contract_tests {
+    ($backend:ident, $fixture:expr) => {
+        mod $backend {
+            use super::*;
+            contract_tests!(@each $fixture; put_open_whole, ranges, too_big_not_cached,
+                bad_reader_publishes_nothing, delete, records, leases,
+                evicted_chunk_is_lost_at_its_offset, corrupted_chunk_is_lost);
+        }
+    };
+    (@each $fixture:expr; $($case:ident),*) => {
+        $(
+            #[actix_rt::test]
+            async fn $case() {
+                let f = $fixture.await;
+                contract::$case(&f).await;
+            }
+        )*
+    };
+}
+
+contract_tests!(memory, Fixture::memory());
+#[cfg(feature = "ring")]
+contract_tests!(redis, Fixture::redis());
+
+#[actix_rt::test]
+async fn memory_byte_bound_holds() {
+    let mut cfg = base_config();
+    cfg.memory.max_bytes = 1024 * 1024;
+    let cache = Cache::start(&cfg);
+    let data = bytes_of(60_000, 1);
+    for n in 0..300 {
+        // 18 MB offered to a 1 MiB cache, reading some back so frequencies differ.
+        put(&cache, &sha(10_000 + n), &data).await;
+        if n % 3 == 0 {
+            if let Some(r) = cache.open_blob(&sha(10_000 + n / 2), None).await {
+                let (got, ending) = read_all(r).await;
+                if ending == Ending::End {
+                    assert!(got == data);
+                }
+            }
+        }
+    }
+    let used = cache.memory_used_bytes_exact().await.unwrap();
+    assert!(
+        used <= 1024 * 1024,
+        "memory cache holds {used} bytes, bound is 1 MiB"
+    );
+    assert!(used > 0, "memory cache holds nothing");
+    assert_eq!(cache.status().await.memory_used_bytes, Some(used));
+}
+
+#[actix_rt::test]
+async fn none_backend_is_always_a_miss() {
+    let mut cfg = base_config();
+    cfg.backend = mr_config::CacheBackend::None;
+    let cache = Cache::start(&cfg);
+    assert!(!put(&cache, &sha(1), b"abc").await);
+    assert!(cache.open_blob(&sha(1), None).await.is_none());
+    cache.put_record("k", bytes::Bytes::from_static(b"v")).await;
+    assert_eq!(cache.get_record("k").await, None);
+    let lease = cache.try_lease("l", Duration::from_secs(1)).await.unwrap();
+    assert!(!lease.is_exclusive());
+    assert_eq!(cache.status().await.backend, "none");
+}

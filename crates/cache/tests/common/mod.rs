@@ -1,0 +1,263 @@
+//! Test support: real redis-server processes, cache fixtures for each backend, and helpers
+//! to read blobs and damage cached keys the way eviction or a bad write would.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mr_cache::{BlobRead, BlobReader, Cache};
+use mr_config::{CacheBackend, CacheConfig, ShardConfig};
+
+/// Chunk size used by the contract tests: small, so blobs of a few KiB span chunks.
+pub const CHUNK: u64 = 4096;
+/// max_object_bytes used by the contract tests.
+pub const MAX_OBJECT: u64 = 64 * 1024;
+
+/// A redis-server on a free loopback port, killed (SIGKILL) when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        let server = RedisServer {
+            port,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.cli(&["PING"]) != "PONG" {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    pub fn addr(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs redis-cli against this server; stdout trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli must be installed");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// `SET key <value>` with a binary value passed on stdin (`redis-cli -x`).
+    pub fn cli_set_binary(&self, key: &str, value: &[u8]) {
+        use std::io::Write;
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "-x", "SET", key])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(value).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    }
+
+    /// kill -9, as a crashed shard.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn base_config() -> CacheConfig {
+    let mut cfg = CacheConfig {
+        chunk_bytes: CHUNK,
+        max_object_bytes: MAX_OBJECT,
+        ..CacheConfig::default()
+    };
+    cfg.memory.max_bytes = 16 * 1024 * 1024;
+    cfg
+}
+
+/// A cache under test, with a way to reach behind it to its storage.
+pub struct Fixture {
+    pub cache: Cache,
+    pub shards: Vec<(String, RedisServer)>,
+}
+
+impl Fixture {
+    pub async fn memory() -> Fixture {
+        let mut cfg = base_config();
+        cfg.backend = CacheBackend::Memory;
+        Fixture {
+            cache: Cache::start(&cfg),
+            shards: Vec::new(),
+        }
+    }
+
+    /// Three real redis-server shards behind the real ring actor; waits until all are up.
+    pub async fn redis() -> Fixture {
+        Self::redis_with(3).await
+    }
+
+    pub async fn redis_with(n: usize) -> Fixture {
+        let shards: Vec<(String, RedisServer)> = (0..n)
+            .map(|i| (format!("shard{i}"), RedisServer::start()))
+            .collect();
+        let mut cfg = base_config();
+        cfg.backend = CacheBackend::Redis;
+        cfg.redis.shards = shards
+            .iter()
+            .map(|(name, server)| ShardConfig {
+                name: name.clone(),
+                addr: server.addr(),
+            })
+            .collect();
+        let cache = Cache::start(&cfg);
+        let fixture = Fixture { cache, shards };
+        fixture.wait_up(n).await;
+        fixture
+    }
+
+    /// Waits until `n` shards report up.
+    pub async fn wait_up(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.cache.status().await;
+            if status.shards.iter().filter(|s| s.up).count() == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "shards not up: {status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The shard the ring routes `key` to (all shards up).
+    pub fn shard_for(&self, key: &str) -> &RedisServer {
+        #[cfg(feature = "ring")]
+        let name =
+            mr_ring::hashing::pick(self.shards.iter().map(|(n, _)| n.as_str()), key).unwrap();
+        #[cfg(not(feature = "ring"))]
+        let name: &str = unreachable!("no ring: {key}");
+        &self.shards.iter().find(|(n, _)| n == name).unwrap().1
+    }
+
+    /// Makes `key` vanish, as eviction would.
+    pub async fn remove_key(&self, key: &str) {
+        if self.shards.is_empty() {
+            self.cache.memory_debug_put_raw(key, None).await;
+        } else {
+            assert_eq!(
+                self.shard_for(key).cli(&["DEL", key]),
+                "1",
+                "{key} was not on the shard the ring picks"
+            );
+        }
+    }
+
+    /// Replaces the value of `key` behind the cache's back.
+    pub async fn overwrite_key(&self, key: &str, value: &[u8]) {
+        if self.shards.is_empty() {
+            self.cache
+                .memory_debug_put_raw(key, Some(Bytes::copy_from_slice(value)))
+                .await;
+        } else {
+            let shard = self.shard_for(key);
+            assert_eq!(
+                shard.cli(&["EXISTS", key]),
+                "1",
+                "{key} was not on the shard the ring picks"
+            );
+            shard.cli_set_binary(key, value);
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes_of(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A well-formed sha256-looking name for test blob `n` (the cache never hashes content).
+pub fn sha(n: u64) -> String {
+    format!(
+        "{:064x}",
+        0xabc0_0000_0000_0000u64 ^ n ^ (std::process::id() as u64) << 32
+    )
+}
+
+/// How a read ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    End,
+    Lost(u64),
+}
+
+/// Reads everything a reader yields; also checks that `Lost` is sticky.
+pub async fn read_all(mut reader: BlobReader) -> (Vec<u8>, Ending) {
+    let mut out = Vec::new();
+    loop {
+        match reader.next().await {
+            BlobRead::Data(b) => {
+                assert!(!b.is_empty(), "empty Data chunk");
+                out.extend_from_slice(&b);
+            }
+            BlobRead::End => return (out, Ending::End),
+            BlobRead::Lost { at } => {
+                assert_eq!(
+                    reader.next().await,
+                    BlobRead::Lost { at },
+                    "Lost must repeat"
+                );
+                return (out, Ending::Lost(at));
+            }
+        }
+    }
+}
+
+pub async fn put(cache: &Cache, sha: &str, data: &[u8]) -> bool {
+    cache.put_blob(sha, data.len() as u64, data).await.unwrap()
+}
