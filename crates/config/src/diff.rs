@@ -1,0 +1,151 @@
+//! What changed between the running config and a reloaded one, so each part of the
+//! process is told only what concerns it, and the operator learns what needs a restart.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+
+use crate::cache::ShardConfig;
+use crate::config::Config;
+use crate::go_redis::backend_name;
+use crate::shard_addr::redact_url;
+use crate::storage::{DatastoreConfig, DatastoreKind};
+
+/// Changes in the Redis shard list, matched by shard name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardDiff {
+    /// Shards only in the new config, in its order.
+    pub added: Vec<ShardConfig>,
+    /// Names of shards only in the old config, in its order.
+    pub removed: Vec<String>,
+    /// Shards in both whose address changed, with the new address, in the new order.
+    pub changed: Vec<ShardConfig>,
+}
+
+/// The difference between two configs. `Default` is "nothing changed".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigDiff {
+    /// `Some` when shards were added, removed or re-addressed.
+    pub shards: Option<ShardDiff>,
+    /// Redis timeouts, health checks, connections or database number changed.
+    pub redis_settings_changed: bool,
+    /// `cache.max_object_bytes`, `chunk_bytes`, `ttl_secs` or `memory.max_bytes` changed.
+    pub cache_limits_changed: bool,
+    pub homeservers_changed: bool,
+    pub uploads_changed: bool,
+    pub downloads_changed: bool,
+    pub thumbnails_changed: bool,
+    pub auth_changed: bool,
+    pub logging_changed: bool,
+    /// Changes a reload cannot apply, e.g. `server.bind (127.0.0.1:8000 -> 0.0.0.0:8000)`;
+    /// the old value keeps running until a restart. Passwords are hidden.
+    pub restart_required: Vec<String>,
+}
+
+impl ConfigDiff {
+    /// True when the two configs are the same.
+    pub fn is_empty(&self) -> bool {
+        *self == ConfigDiff::default()
+    }
+}
+
+/// Compares a running config with a reloaded one.
+pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
+    let (oc, nc) = (&old.cache, &new.cache);
+    let (or, nr) = (&oc.redis, &nc.redis);
+    let mut restart_required = Vec::new();
+    let mut restart = |key: &str, old: String, new: String| {
+        if old != new {
+            restart_required.push(format!("{key} ({old} -> {new})"));
+        }
+    };
+    restart(
+        "server.bind",
+        old.server.bind.clone(),
+        new.server.bind.clone(),
+    );
+    restart(
+        "metrics.bind",
+        show_option(&old.metrics.bind),
+        show_option(&new.metrics.bind),
+    );
+    restart(
+        "database.url",
+        redact_url(&old.database.url),
+        redact_url(&new.database.url),
+    );
+    restart(
+        "database.max_connections",
+        old.database.max_connections.to_string(),
+        new.database.max_connections.to_string(),
+    );
+    restart(
+        "cache.backend",
+        backend_name(oc.backend).to_owned(),
+        backend_name(nc.backend).to_owned(),
+    );
+    restart(
+        "datastores",
+        show_datastores(&old.datastores),
+        show_datastores(&new.datastores),
+    );
+
+    ConfigDiff {
+        shards: shard_diff(&or.shards, &nr.shards),
+        redis_settings_changed: or.database_number != nr.database_number
+            || or.connect_timeout_ms != nr.connect_timeout_ms
+            || or.response_timeout_ms != nr.response_timeout_ms
+            || or.health_interval_ms != nr.health_interval_ms
+            || or.down_after_failures != nr.down_after_failures
+            || or.connections_per_shard != nr.connections_per_shard,
+        cache_limits_changed: oc.max_object_bytes != nc.max_object_bytes
+            || oc.chunk_bytes != nc.chunk_bytes
+            || oc.ttl_secs != nc.ttl_secs
+            || oc.memory != nc.memory,
+        homeservers_changed: old.homeservers != new.homeservers,
+        uploads_changed: old.uploads != new.uploads,
+        downloads_changed: old.downloads != new.downloads,
+        thumbnails_changed: old.thumbnails != new.thumbnails,
+        auth_changed: old.auth != new.auth,
+        logging_changed: old.logging != new.logging,
+        restart_required,
+    }
+}
+
+fn shard_diff(old: &[ShardConfig], new: &[ShardConfig]) -> Option<ShardDiff> {
+    let old_by_name: HashMap<&str, &ShardConfig> =
+        old.iter().map(|s| (s.name.as_str(), s)).collect();
+    let new_names: HashMap<&str, ()> = new.iter().map(|s| (s.name.as_str(), ())).collect();
+    let mut diff = ShardDiff::default();
+    for shard in new {
+        match old_by_name.get(shard.name.as_str()) {
+            None => diff.added.push(shard.clone()),
+            Some(previous) if previous.addr != shard.addr => diff.changed.push(shard.clone()),
+            Some(_) => {}
+        }
+    }
+    diff.removed = old
+        .iter()
+        .filter(|s| !new_names.contains_key(s.name.as_str()))
+        .map(|s| s.name.clone())
+        .collect();
+    (diff != ShardDiff::default()).then_some(diff)
+}
+
+fn show_option<T: Display>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "unset".to_owned(), ToString::to_string)
+}
+
+fn show_datastores(stores: &[DatastoreConfig]) -> String {
+    let items: Vec<String> = stores
+        .iter()
+        .map(|s| {
+            let kind = match s.kind {
+                DatastoreKind::File => "file",
+            };
+            format!("{}={kind}:{}", s.id, s.path.display())
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}

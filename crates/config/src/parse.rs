@@ -1,0 +1,152 @@
+//! YAML text to `Config`: the document schema (the `Config` sections plus the Go-style
+//! `redis:` block) and errors that say which key, where, and what was expected.
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::auth::AuthConfig;
+use crate::cache::CacheConfig;
+use crate::config::Config;
+use crate::error::ConfigError;
+use crate::go_redis::{ExplicitCacheKeys, GoRedisBlock};
+use crate::homeserver::{default_homeservers, HomeserverConfig};
+use crate::media::{DownloadsConfig, ThumbnailsConfig, UploadsConfig};
+use crate::server::{LoggingConfig, MetricsConfig, ServerConfig};
+use crate::storage::{default_datastores, DatabaseConfig, DatastoreConfig};
+
+/// A config file as written: every `Config` section, plus the Go media repo's block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigDocument {
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    metrics: MetricsConfig,
+    #[serde(default = "default_homeservers")]
+    homeservers: Vec<HomeserverConfig>,
+    #[serde(default)]
+    database: DatabaseConfig,
+    #[serde(default = "default_datastores")]
+    datastores: Vec<DatastoreConfig>,
+    #[serde(default)]
+    uploads: UploadsConfig,
+    #[serde(default)]
+    downloads: DownloadsConfig,
+    #[serde(default)]
+    thumbnails: ThumbnailsConfig,
+    #[serde(default)]
+    auth: AuthConfig,
+    #[serde(default)]
+    cache: CacheConfig,
+    #[serde(default)]
+    logging: LoggingConfig,
+    /// The Go media repo's `redis:` block (camelCase keys).
+    #[serde(default)]
+    redis: Option<GoRedisBlock>,
+}
+
+/// Parses YAML into a `Config` without validating values. An empty document (or one
+/// holding only comments) yields the defaults.
+pub(crate) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    // Parsing to a tree first tells an empty document (all defaults) from a broken one,
+    // and lets the Go block see which `cache` keys were written explicitly.
+    let tree: Value = serde_yaml::from_str(text).map_err(|e| yaml_error(origin, ".", &e))?;
+    if tree.is_null() {
+        return Ok(Config::default());
+    }
+    let deserializer = serde_yaml::Deserializer::from_str(text);
+    let doc: ConfigDocument = serde_path_to_error::deserialize(deserializer)
+        .map_err(|e| yaml_error(origin, &e.path().to_string(), e.inner()))?;
+
+    let mut config = Config {
+        server: doc.server,
+        metrics: doc.metrics,
+        homeservers: doc.homeservers,
+        database: doc.database,
+        datastores: doc.datastores,
+        uploads: doc.uploads,
+        downloads: doc.downloads,
+        thumbnails: doc.thumbnails,
+        auth: doc.auth,
+        cache: doc.cache,
+        logging: doc.logging,
+    };
+    if let Some(go) = doc.redis {
+        let explicit = ExplicitCacheKeys {
+            backend: has_key(&tree, &["cache", "backend"]),
+            database_number: has_key(&tree, &["cache", "redis", "database_number"]),
+        };
+        go.apply(&mut config.cache, &explicit)
+            .map_err(|problem| ConfigError::Invalid(format!("{origin}: {problem}")))?;
+    }
+    Ok(config)
+}
+
+fn has_key(tree: &Value, path: &[&str]) -> bool {
+    let mut node = tree;
+    for key in path {
+        match node.get(*key) {
+            Some(child) => node = child,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Builds the operator-facing message: where in the document, serde's own words (which
+/// name an unknown key and list the expected ones), and the line/column when known.
+fn yaml_error(origin: &str, error_path: &str, err: &serde_yaml::Error) -> ConfigError {
+    let mut message = err.to_string();
+    // serde_yaml ends with " at line L column C"; we give the location in our own words.
+    if let Some(at) = message.rfind(" at line ") {
+        if is_line_column(&message[at + " at ".len()..]) {
+            message.truncate(at);
+        }
+    }
+    // An unknown key is reported at the key's own path; the operator needs the mapping
+    // it sits in (`cache.redis`), which is also the path serde_yaml prefixes.
+    let path_in_doc = if message.contains("unknown field `") {
+        parent_path(error_path)
+    } else {
+        error_path.to_owned()
+    };
+    for prefix in [error_path, path_in_doc.as_str()] {
+        if prefix != "." {
+            if let Some(rest) = message.strip_prefix(&format!("{prefix}: ")) {
+                message = rest.to_owned();
+            }
+        }
+    }
+    let unknown_key = message.starts_with("unknown field `");
+    if path_in_doc != "." {
+        message = format!("{path_in_doc}: {message}");
+    } else if unknown_key {
+        message = format!("top level: {message}");
+    }
+    if let Some(loc) = err.location() {
+        if !message.contains(" at line ") {
+            message = format!("{message} (line {}, column {})", loc.line(), loc.column());
+        }
+    }
+    ConfigError::Parse {
+        origin: origin.to_owned(),
+        path_in_doc,
+        message,
+    }
+}
+
+/// `line 3 column 5`, exactly.
+fn is_line_column(text: &str) -> bool {
+    let words: Vec<&str> = text.split(' ').collect();
+    matches!(words.as_slice(), ["line", l, "column", c]
+        if l.bytes().all(|b| b.is_ascii_digit()) && c.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `cache.redis.shardz` -> `cache.redis`, `homeservers[0].x` -> `homeservers[0]`,
+/// `bogus` -> `.`.
+fn parent_path(path: &str) -> String {
+    match path.rfind('.') {
+        Some(dot) if dot > 0 => path[..dot].to_owned(),
+        _ => ".".to_owned(),
+    }
+}
