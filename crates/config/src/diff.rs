@@ -30,11 +30,17 @@ pub struct ConfigDiff {
     pub redis_settings_changed: bool,
     /// `cache.max_object_bytes`, `chunk_bytes`, `ttl_secs` or `memory.max_bytes` changed.
     pub cache_limits_changed: bool,
+    /// The homeserver list (names or URLs) changed.
     pub homeservers_changed: bool,
+    /// Any `uploads.*` key changed.
     pub uploads_changed: bool,
+    /// Any `downloads.*` key changed (including the legacy freeze).
     pub downloads_changed: bool,
+    /// Any `thumbnails.*` key changed.
     pub thumbnails_changed: bool,
+    /// Any `auth.*` key changed.
     pub auth_changed: bool,
+    /// `logging.level` changed.
     pub logging_changed: bool,
     /// Changes a reload cannot apply, e.g. `server.bind (127.0.0.1:8000 -> 0.0.0.0:8000)`;
     /// the old value keeps running until a restart. Passwords are hidden.

@@ -16,7 +16,8 @@ use crate::storage::{default_datastores, DatabaseConfig, DatastoreConfig};
 
 /// A config file as written: every `Config` section, plus the Go media repo's block.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+// Named as the operator knows it in serde's "expected struct ..." messages.
+#[serde(deny_unknown_fields, rename = "Config")]
 struct ConfigDocument {
     #[serde(default)]
     server: ServerConfig,

@@ -138,6 +138,21 @@ fn partial_sections_keep_defaults_for_missing_keys() {
 }
 
 #[test]
+fn empty_sections_are_their_defaults() {
+    let c = parse(
+        "server: {}\nmetrics: {}\ndatabase: {}\nuploads: {}\ndownloads: {legacy_freeze: {}}\nthumbnails: {}\nauth: {}\ncache: {memory: {}, redis: {}}\nlogging: {}\n",
+    );
+    assert_eq!(c, Config::default());
+}
+
+#[test]
+fn a_document_that_is_not_a_mapping_is_a_parse_error() {
+    let (path, msg) = parse_error("hello\n");
+    assert_eq!(path, ".");
+    assert!(msg.contains("expected struct Config"), "{msg}");
+}
+
+#[test]
 fn a_full_redis_config_parses() {
     let c = parse(
         "cache:\n  backend: redis\n  ttl_secs: 3600\n  redis:\n    database_number: 2\n    shards:\n      - name: a\n        addr: redis://10.0.0.1:6379\n      - name: b\n        addr: 10.0.0.2:6380\n",
