@@ -85,6 +85,19 @@ impl FileDatastore {
         }
     }
 
+    /// Opens a stored object positioned at byte `offset` (range requests, and finishing a
+    /// download the cache could not complete).
+    pub async fn open_at(&self, location: &str, offset: u64) -> Result<tokio::fs::File> {
+        use tokio::io::AsyncSeekExt;
+        let mut file = self.open(location).await?;
+        if offset > 0 {
+            file.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| Error::io(self.path_of(location).unwrap_or_default(), e))?;
+        }
+        Ok(file)
+    }
+
     /// Deletes a stored object. Deleting a missing object succeeds (it is gone either way).
     pub async fn delete(&self, location: &str) -> Result<()> {
         let path = self.path_of(location)?;

@@ -1,0 +1,175 @@
+//! Who is asking: access tokens checked with the user's homeserver.
+//!
+//! The token comes from `Authorization: Bearer` or the deprecated `access_token` query
+//! parameter. The homeserver is the configured one whose server name matches the request's
+//! Host; with a single homeserver configured it is that one. Its
+//! `/_matrix/client/v3/account/whoami` answers who the token belongs to; answers are cached
+//! for `auth.whoami_cache_secs` and concurrent checks of one token share one request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::HttpRequest;
+use arc_swap::ArcSwap;
+use mr_config::{Config, HomeserverConfig};
+use serde::Deserialize;
+
+use crate::error::{MatrixError, MatrixResult};
+
+/// How long a rejected token is remembered, so a client retrying a bad token does not
+/// hammer its homeserver, while a token that was just issued works again soon.
+const REJECTED_TOKEN_CACHE: Duration = Duration::from_secs(2);
+/// Upper bound on remembered tokens (each entry is a few hundred bytes).
+const MAX_CACHED_TOKENS: u64 = 100_000;
+/// Longest token accepted; longer ones are rejected without asking the homeserver.
+const MAX_TOKEN_LEN: usize = 4096;
+
+/// An authenticated user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub user_id: String,
+    /// Server name of the homeserver that vouched for the user.
+    pub homeserver: String,
+}
+
+#[derive(Clone, Debug)]
+enum Verdict {
+    Valid(String),
+    Rejected,
+}
+
+pub struct Auth {
+    http: reqwest::Client,
+    homeservers: ArcSwap<Vec<HomeserverConfig>>,
+    accepted: ArcSwap<moka::future::Cache<(String, String), Verdict>>,
+    rejected: moka::future::Cache<(String, String), Verdict>,
+}
+
+#[derive(Deserialize)]
+struct WhoAmI {
+    user_id: String,
+}
+
+fn accepted_cache(config: &Config) -> moka::future::Cache<(String, String), Verdict> {
+    moka::future::Cache::builder()
+        .max_capacity(MAX_CACHED_TOKENS)
+        .time_to_live(Duration::from_secs(config.auth.whoami_cache_secs.max(1)))
+        .build()
+}
+
+fn http_client(config: &Config) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_millis(config.auth.homeserver_timeout_ms))
+        .connect_timeout(Duration::from_millis(config.auth.homeserver_timeout_ms))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+impl Auth {
+    pub fn new(config: &Config) -> Self {
+        Auth {
+            http: http_client(config),
+            homeservers: ArcSwap::from_pointee(config.homeservers.clone()),
+            accepted: ArcSwap::from_pointee(accepted_cache(config)),
+            rejected: moka::future::Cache::builder()
+                .max_capacity(MAX_CACHED_TOKENS)
+                .time_to_live(REJECTED_TOKEN_CACHE)
+                .build(),
+        }
+    }
+
+    /// Reload: new homeserver list and cache lifetime; remembered answers are dropped.
+    pub fn apply_config(&self, config: &Config) {
+        self.homeservers.store(Arc::new(config.homeservers.clone()));
+        self.accepted.store(Arc::new(accepted_cache(config)));
+        self.rejected.invalidate_all();
+    }
+
+    /// The homeserver that serves this request's Host.
+    pub fn homeserver_for(&self, req: &HttpRequest) -> MatrixResult<HomeserverConfig> {
+        let homeservers = self.homeservers.load();
+        let host = req.connection_info().host().to_ascii_lowercase();
+        if let Some(hs) = homeservers.iter().find(|hs| hs.name.eq_ignore_ascii_case(&host)) {
+            return Ok(hs.clone());
+        }
+        let host_without_port = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host);
+        if let Some(hs) = homeservers.iter().find(|hs| hs.name.eq_ignore_ascii_case(host_without_port)) {
+            return Ok(hs.clone());
+        }
+        match homeservers.as_slice() {
+            [only] => Ok(only.clone()),
+            _ => Err(MatrixError::forbidden(format!("This media repository does not serve the host {host}"))),
+        }
+    }
+
+    /// Checks the request's access token; nothing else about the request is looked at first.
+    pub async fn authenticate(&self, req: &HttpRequest) -> MatrixResult<User> {
+        let token = access_token(req)?;
+        let hs = self.homeserver_for(req)?;
+        let cache_key = (hs.name.clone(), token.clone());
+        if self.rejected.get(&cache_key).await.is_some() {
+            return Err(MatrixError::unknown_token());
+        }
+        let accepted = self.accepted.load_full();
+        let lookup = accepted
+            .try_get_with(cache_key.clone(), self.whoami(&hs, &token))
+            .await;
+        match lookup {
+            Ok(Verdict::Valid(user_id)) => Ok(User { user_id, homeserver: hs.name }),
+            Ok(Verdict::Rejected) => {
+                accepted.invalidate(&cache_key).await;
+                self.rejected.insert(cache_key, Verdict::Rejected).await;
+                Err(MatrixError::unknown_token())
+            }
+            Err(err) => Err((*err).clone()),
+        }
+    }
+
+    async fn whoami(&self, hs: &HomeserverConfig, token: &str) -> MatrixResult<Verdict> {
+        let url = format!("{}/_matrix/client/v3/account/whoami", hs.client_api_url.trim_end_matches('/'));
+        let response = self.http.get(&url).bearer_auth(token).send().await.map_err(|err| {
+            tracing::warn!(homeserver = %hs.name, error = %err, "homeserver unreachable for whoami");
+            MatrixError::homeserver_unavailable(format!("Could not reach the homeserver {} to check the access token", hs.name))
+        })?;
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Ok(Verdict::Rejected);
+        }
+        if !status.is_success() {
+            tracing::warn!(homeserver = %hs.name, %status, "homeserver answered whoami with an error");
+            return Err(MatrixError::homeserver_unavailable(format!(
+                "The homeserver {} answered {status} when checking the access token",
+                hs.name
+            )));
+        }
+        let who: WhoAmI = response.json().await.map_err(|err| {
+            tracing::warn!(homeserver = %hs.name, error = %err, "homeserver sent an unreadable whoami answer");
+            MatrixError::homeserver_unavailable(format!("The homeserver {} sent an unreadable whoami answer", hs.name))
+        })?;
+        Ok(Verdict::Valid(who.user_id))
+    }
+}
+
+/// The access token of a request, from the header or the query string.
+fn access_token(req: &HttpRequest) -> MatrixResult<String> {
+    let token = if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| MatrixError::unknown_token())?;
+        match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim().to_owned(),
+            _ => return Err(MatrixError::missing_token()),
+        }
+    } else {
+        url::form_urlencoded::parse(req.query_string().as_bytes())
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v.into_owned())
+            .ok_or_else(MatrixError::missing_token)?
+    };
+    if token.is_empty() {
+        return Err(MatrixError::missing_token());
+    }
+    if token.len() > MAX_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(MatrixError::unknown_token());
+    }
+    Ok(token)
+}

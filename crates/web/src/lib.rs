@@ -1,0 +1,16 @@
+//! The media-repo web layer: actix-web handlers for the Matrix media API, the server
+//! startup, config reload and metrics. The only crate that knows HTTP.
+
+pub mod auth;
+pub mod error;
+pub mod headers;
+pub mod health;
+pub mod logging;
+pub mod media;
+pub mod metrics;
+pub mod pending;
+pub mod range;
+pub mod reload;
+pub mod routes;
+pub mod server;
+pub mod state;

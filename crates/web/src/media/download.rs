@@ -1,0 +1,153 @@
+//! Downloads: `GET`/`HEAD` of `/_matrix/client/v1/media/download/{server}/{id}[/{name}]`
+//! (authenticated) and the legacy `/_matrix/media/{v3,r0}/download/...` (unauthenticated,
+//! frozen for recent media).
+
+use std::time::{Duration, Instant};
+
+use actix_web::body::SizedStream;
+use actix_web::http::{header, Method, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use mr_config::Config;
+use mr_storage::MediaRecord;
+
+use super::body::MediaBody;
+use super::{now_ms, query_param, MediaRef};
+use crate::error::{MatrixError, MatrixResult};
+use crate::headers::{content_disposition, content_type_value};
+use crate::range::ByteRange;
+use crate::state::AppState;
+
+/// Which family of paths a download came in on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    /// `/_matrix/client/v1/media/download`: needs an access token.
+    Authenticated,
+    /// `/_matrix/media/{v3,r0}/download`: no token, subject to the freeze.
+    Legacy,
+}
+
+pub async fn authenticated(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> MatrixResult<HttpResponse> {
+    let (origin, media_id) = path.into_inner();
+    serve(req, state, Api::Authenticated, &origin, &media_id, None).await
+}
+
+pub async fn authenticated_named(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
+    let (origin, media_id, name) = path.into_inner();
+    serve(req, state, Api::Authenticated, &origin, &media_id, Some(name)).await
+}
+
+pub async fn legacy(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> MatrixResult<HttpResponse> {
+    let (origin, media_id) = path.into_inner();
+    serve(req, state, Api::Legacy, &origin, &media_id, None).await
+}
+
+pub async fn legacy_named(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
+    let (origin, media_id, name) = path.into_inner();
+    serve(req, state, Api::Legacy, &origin, &media_id, Some(name)).await
+}
+
+/// How long to wait for a created-but-not-uploaded media (`timeout_ms`).
+fn wait_limit(req: &HttpRequest, config: &Config) -> MatrixResult<Duration> {
+    let asked = match query_param(req, "timeout_ms") {
+        None => config.downloads.default_timeout_ms,
+        Some(text) => text
+            .parse::<u64>()
+            .map_err(|_| MatrixError::bad_param("timeout_ms must be a non-negative integer"))?,
+    };
+    Ok(Duration::from_millis(asked.min(config.downloads.max_timeout_ms)))
+}
+
+/// The media's row, waiting up to `wait` for a pending async upload to arrive.
+async fn find_media(state: &AppState, media: &MediaRef, wait: Duration) -> MatrixResult<MediaRecord> {
+    let deadline = Instant::now() + wait;
+    let db_err = |err: mr_storage::Error| MatrixError::internal("reading media metadata failed", &err);
+    loop {
+        if let Some(record) = state.db.get_media(&media.origin, &media.media_id).await.map_err(db_err)? {
+            return Ok(record);
+        }
+        let pending = state.db.get_pending(&media.origin, &media.media_id).await.map_err(db_err)?;
+        match pending {
+            Some(p) if p.expires_at_ms > now_ms() => {
+                if Instant::now() >= deadline {
+                    return Err(MatrixError::not_yet_uploaded());
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = tokio::time::timeout(left, state.pending.wait_a_little(&media.origin, &media.media_id)).await;
+            }
+            _ => return Err(MatrixError::not_found("Media not found")),
+        }
+    }
+}
+
+/// Legacy paths only serve media that arrived before the freeze.
+fn is_frozen(config: &Config, record: &MediaRecord) -> bool {
+    let freeze = &config.downloads.legacy_freeze;
+    freeze.enabled && freeze.after_ms.is_none_or(|after| record.created_at_ms >= after)
+}
+
+async fn serve(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    api: Api,
+    origin: &str,
+    media_id: &str,
+    name_override: Option<String>,
+) -> MatrixResult<HttpResponse> {
+    if api == Api::Authenticated {
+        state.auth.authenticate(&req).await?;
+    }
+    let media = MediaRef::parse(origin, media_id)?;
+    let config = state.config();
+    let wait = wait_limit(&req, &config)?;
+    let record = find_media(&state, &media, wait).await?;
+    if api == Api::Legacy && is_frozen(&config, &record) {
+        return Err(MatrixError::not_found("Media not found (this media is only served on the authenticated endpoint)"));
+    }
+    let size = record.size_bytes;
+    let range = ByteRange::parse(req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()), size);
+    let (status, start, end) = match range {
+        ByteRange::Whole => (StatusCode::OK, 0, size.saturating_sub(1)),
+        ByteRange::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
+        ByteRange::Unsatisfiable => {
+            let mut response = actix_web::ResponseError::error_response(&MatrixError::range_not_satisfiable(size));
+            if let Ok(value) = header::HeaderValue::from_str(&format!("bytes */{size}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return Ok(response);
+        }
+    };
+    let length = if size == 0 { 0 } else { end - start + 1 };
+    let filename = name_override.or_else(|| record.upload_name.clone());
+
+    let mut response = HttpResponse::build(status);
+    response
+        .insert_header((header::CONTENT_TYPE, content_type_value(&record.content_type)))
+        .insert_header((header::CONTENT_DISPOSITION, content_disposition(&record.content_type, filename.as_deref())))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::CACHE_CONTROL, "private, max-age=31536000, immutable"))
+        .insert_header((header::ETAG, format!("\"{}\"", record.sha256)));
+    if status == StatusCode::PARTIAL_CONTENT {
+        response.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}")));
+    }
+    if req.method() == Method::HEAD {
+        return Ok(response.body(SizedStream::new(length, futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>())));
+    }
+    let body = MediaBody::open(state.clone(), &record.sha256, &record.location, size, start, end)
+        .await
+        .map_err(|err| match err {
+            mr_storage::Error::NotFound { .. } => {
+                tracing::error!(mxc = %media.mxc(), location = %record.location, "media row exists but its file is missing");
+                MatrixError::not_found("Media content is missing")
+            }
+            other => MatrixError::internal("opening media content failed", &other),
+        })?;
+    Ok(response.body(SizedStream::new(length, body.into_stream())))
+}
