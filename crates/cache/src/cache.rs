@@ -27,6 +27,9 @@ use crate::metrics;
 #[cfg(feature = "ring")]
 use crate::shards::RingKv;
 
+/// Shortest lease we take, whatever the caller asks for.
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(10);
+
 /// How long `status()` waits for the ring actor before answering from the routing snapshot.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -279,6 +282,8 @@ impl Cache {
             return Some(Lease::new(key, false));
         };
         let lease = Lease::new(key, true);
+        // Redis rejects a zero PX; a zero lease would be meaningless anyway.
+        let ttl = ttl.max(MIN_LEASE_TTL);
         let outcome = kv.set_nx(lease.key.clone(), lease.token.clone(), ttl).await;
         let (result, lease) = match outcome {
             SetNx::Stored => ("stored", Some(lease)),
@@ -345,4 +350,23 @@ fn backend_label(backend: &CacheBackend) -> &'static str {
         CacheBackend::Memory => "memory",
         CacheBackend::Redis => "redis",
     }
+}
+
+/// Web handlers hold these across awaits and may spawn them: keep them `Send`.
+#[cfg(test)]
+#[allow(dead_code)]
+fn futures_are_send(cache: Cache, reader: &mut BlobReader, lease: Lease) {
+    fn is_send<T: Send + Sync>(_: &T) {}
+    fn is_send_future<T: Send>(_: T) {}
+    is_send(&cache);
+    is_send(reader);
+    is_send_future(cache.open_blob("", None));
+    is_send_future(cache.put_blob("", 0, &b""[..]));
+    is_send_future(cache.delete_blob(""));
+    is_send_future(cache.get_record(""));
+    is_send_future(cache.put_record("", Bytes::new()));
+    is_send_future(cache.try_lease("", Duration::ZERO));
+    is_send_future(cache.release(lease));
+    is_send_future(cache.status());
+    is_send_future(reader.next());
 }

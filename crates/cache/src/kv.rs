@@ -70,6 +70,7 @@ impl Kv {
         }
     }
 
+    /// Lease primitive: stores `value` only if `key` is absent.
     pub(crate) async fn set_nx(&self, key: String, value: Bytes, ttl: Duration) -> SetNx {
         match self {
             Kv::Memory(m) => m.set_nx(key, value, ttl).await,

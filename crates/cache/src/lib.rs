@@ -21,7 +21,7 @@ mod metrics;
 mod shards;
 
 pub use blob::{BlobRead, BlobReader};
-pub use cache::{Cache, CacheStatus, ShardStatus, STATUS_TIMEOUT};
+pub use cache::{Cache, CacheStatus, ShardStatus, MIN_LEASE_TTL, STATUS_TIMEOUT};
 pub use error::{CacheError, Result};
 pub use keys::{
     blob_chunk_key, blob_header_key, is_valid_sha256, lease_key, remote_record_key, KEY_PREFIX,

@@ -49,7 +49,14 @@ pub(crate) struct MemoryKv {
     /// Replaced wholesale when `memory.max_bytes` changes on reload (moka's capacity is
     /// fixed at build time); a std lock because it is held only to clone the handle.
     cache: Arc<RwLock<Moka<String, Entry>>>,
+    /// Leases live apart from the bytes: a full byte cache's admission filter would turn a
+    /// brand-new (low-frequency) lease away, and a lease that silently fails to stick would
+    /// let two fetchers in.
+    leases: Moka<String, Entry>,
 }
+
+/// Most leases the memory backend holds at once (each is one in-flight remote fetch).
+pub const MAX_MEMORY_LEASES: u64 = 100_000;
 
 fn build(max_bytes: u64) -> Moka<String, Entry> {
     Moka::builder()
@@ -66,6 +73,10 @@ impl MemoryKv {
     pub(crate) fn new(max_bytes: u64) -> MemoryKv {
         MemoryKv {
             cache: Arc::new(RwLock::new(build(max_bytes))),
+            leases: Moka::builder()
+                .max_capacity(MAX_MEMORY_LEASES)
+                .expire_after(PerEntryTtl)
+                .build(),
         }
     }
 
@@ -116,7 +127,7 @@ impl MemoryKv {
 
     pub(crate) async fn set_nx(&self, key: String, value: Bytes, ttl: Duration) -> SetNx {
         let entry = self
-            .handle()
+            .leases
             .entry(key)
             .or_insert(Entry {
                 value,
@@ -132,7 +143,7 @@ impl MemoryKv {
 
     pub(crate) async fn del_if_eq(&self, key: String, value: Bytes) -> bool {
         let result = self
-            .handle()
+            .leases
             .entry(key)
             .and_compute_with(|current| {
                 let op = match current {

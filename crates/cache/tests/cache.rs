@@ -323,6 +323,16 @@ async fn memory_byte_bound_holds() {
     );
     assert!(used > 0, "memory cache holds nothing");
     assert_eq!(cache.status().await.memory_used_bytes, Some(used));
+    // A full cache still keeps leases exclusive.
+    let lease = cache
+        .try_lease("mr1:lock:{full/1}", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(lease.is_exclusive());
+    assert!(cache
+        .try_lease("mr1:lock:{full/1}", Duration::from_secs(30))
+        .await
+        .is_none());
 }
 
 #[actix_rt::test]
@@ -337,4 +347,224 @@ async fn none_backend_is_always_a_miss() {
     let lease = cache.try_lease("l", Duration::from_secs(1)).await.unwrap();
     assert!(!lease.is_exclusive());
     assert_eq!(cache.status().await.backend, "none");
+}
+
+#[actix_rt::test]
+async fn apply_config_changes_limits() {
+    let cache = Cache::start(&base_config());
+    let data = bytes_of(10_000, 11);
+    let mut cfg = base_config();
+    cfg.max_object_bytes = 5_000;
+    cache.apply_config(&cfg);
+    assert!(
+        !put(&cache, &sha(11), &data).await,
+        "new max_object_bytes applies"
+    );
+    cfg.max_object_bytes = MAX_OBJECT;
+    cfg.memory.max_bytes = 2 * 1024 * 1024;
+    cache.apply_config(&cfg);
+    assert!(put(&cache, &sha(11), &data).await);
+    let (got, ending) = read_all(cache.open_blob(&sha(11), None).await.unwrap()).await;
+    assert_eq!(ending, Ending::End);
+    assert!(got == data);
+}
+
+/// Only the Redis backend has shards to lose.
+#[cfg(feature = "ring")]
+mod redis_faults {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Longest any single cache call may take while shards die: a bounded wait per shard
+    /// command (response timeout + mailbox grace) times the few sequential commands of a read.
+    const CALL_BOUND: Duration = Duration::from_secs(3);
+
+    #[derive(Default)]
+    struct Tally {
+        calls: Cell<u64>,
+        misses: Cell<u64>,
+        slowest: Cell<Duration>,
+    }
+
+    impl Tally {
+        fn record(&self, took: Duration, miss: bool) {
+            self.calls.set(self.calls.get() + 1);
+            self.misses.set(self.misses.get() + u64::from(miss));
+            self.slowest.set(self.slowest.get().max(took));
+        }
+    }
+
+    async fn one_round(cache: &Cache, data: &[u8], i: u64, tally: &Tally) {
+        let sha = sha(500 + i);
+        let t = Instant::now();
+        let miss = match cache.open_blob(&sha, None).await {
+            None => true,
+            Some(reader) => {
+                let (got, ending) = read_all(reader).await;
+                match ending {
+                    Ending::End => assert!(got == data, "wrong bytes served for {sha}"),
+                    Ending::Lost(at) => {
+                        assert_eq!(
+                            got.len() as u64,
+                            at,
+                            "Lost offset must equal the bytes delivered"
+                        );
+                        assert!(got == data[..at as usize], "wrong prefix before Lost");
+                    }
+                }
+                ending != Ending::End
+            }
+        };
+        tally.record(t.elapsed(), miss);
+        if miss {
+            let t = Instant::now();
+            let stored = cache
+                .put_blob(&sha, data.len() as u64, data)
+                .await
+                .expect("put_blob never errors on backend trouble");
+            tally.record(t.elapsed(), !stored);
+        }
+        let key = remote_record_key("load.example", &i.to_string());
+        let t = Instant::now();
+        let record = cache.get_record(&key).await;
+        tally.record(t.elapsed(), record.is_none());
+        if let Some(r) = record {
+            assert_eq!(r.as_ref(), i.to_string().as_bytes());
+        } else {
+            cache
+                .put_record(&key, bytes::Bytes::from(i.to_string()))
+                .await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn shard_killed_under_load_gives_only_misses() {
+        let mut f = Fixture::redis().await;
+        let data = Rc::new(bytes_of(10_000, 42));
+        let tally = Rc::new(Tally::default());
+        let stop = Rc::new(Cell::new(false));
+        let mut workers = Vec::new();
+        for w in 0..8u64 {
+            let (cache, data, tally, stop) =
+                (f.cache.clone(), data.clone(), tally.clone(), stop.clone());
+            workers.push(actix_rt::spawn(async move {
+                let mut i = w;
+                while !stop.get() {
+                    one_round(&cache, &data, i % 40, &tally).await;
+                    i += 7;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let before = (tally.calls.get(), tally.misses.get());
+        f.shards[1].1.kill();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.set(true);
+        for w in workers {
+            w.await.expect("a worker panicked: wrong bytes or an error");
+        }
+        let after = (tally.calls.get() - before.0, tally.misses.get() - before.1);
+        assert!(after.0 > 100, "load kept going after the kill: {after:?}");
+        assert!(
+            tally.slowest.get() < CALL_BOUND,
+            "slowest call {:?}",
+            tally.slowest.get()
+        );
+
+        // The ring noticed; keys of the dead shard now live on the others.
+        f.wait_up(2).await;
+        for i in 0..40 {
+            let sha = sha(900 + i);
+            assert!(
+                put(&f.cache, &sha, &data).await,
+                "with 2 shards up every blob is stored again"
+            );
+            let (got, ending) = read_all(f.cache.open_blob(&sha, None).await.unwrap()).await;
+            assert_eq!(ending, Ending::End);
+            assert!(got == *data);
+        }
+    }
+
+    #[actix_rt::test]
+    async fn all_shards_down_every_call_is_a_miss() {
+        let mut f = Fixture::redis().await;
+        let data = bytes_of(10_000, 43);
+        let sha = sha(43);
+        let key = remote_record_key("down.example", "x");
+        assert!(put(&f.cache, &sha, &data).await);
+        f.cache
+            .put_record(&key, bytes::Bytes::from_static(b"r"))
+            .await;
+        for (_, shard) in &mut f.shards {
+            shard.kill();
+        }
+
+        async fn every_call(f: &Fixture, sha: &str, data: &[u8], key: &str, bound: Duration) {
+            let t = Instant::now();
+            if let Some(reader) = f.cache.open_blob(sha, None).await {
+                // Only possible in the instant before the kill is noticed; never wrong bytes.
+                let (got, ending) = read_all(reader).await;
+                assert!(ending != Ending::End || got == data);
+            }
+            assert!(
+                !f.cache
+                    .put_blob(sha, data.len() as u64, data)
+                    .await
+                    .unwrap(),
+                "nothing can be stored"
+            );
+            assert_eq!(f.cache.get_record(key).await, None);
+            f.cache
+                .put_record(key, bytes::Bytes::from_static(b"r"))
+                .await;
+            let lease = f
+                .cache
+                .try_lease(&lease_key("down.example", "x"), Duration::from_secs(5))
+                .await;
+            let lease = lease.expect("an unreachable cache never makes a caller wait for a lease");
+            assert!(!lease.is_exclusive());
+            f.cache.release(lease).await;
+            f.cache.delete_blob(sha).await;
+            assert!(t.elapsed() < bound, "calls took {:?}", t.elapsed());
+        }
+
+        // Right after the crash: bounded by the timeouts.
+        every_call(&f, &sha, &data, &key, CALL_BOUND * 3).await;
+        // Once the health checks mark them down: no network at all, immediate.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while f.cache.status().await.shards.iter().any(|s| s.up) {
+            assert!(Instant::now() < deadline, "shards never marked down");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(f.cache.open_blob(&sha, None).await.is_none());
+        every_call(&f, &sha, &data, &key, Duration::from_millis(200)).await;
+    }
+
+    #[actix_rt::test]
+    async fn reload_adds_a_shard() {
+        let f = Fixture::redis_with(2).await;
+        let extra = RedisServer::start();
+        let mut cfg = base_config();
+        cfg.backend = mr_config::CacheBackend::Redis;
+        cfg.redis.shards = f
+            .shards
+            .iter()
+            .map(|(n, s)| mr_config::ShardConfig {
+                name: n.clone(),
+                addr: s.addr(),
+            })
+            .chain([mr_config::ShardConfig {
+                name: "extra".into(),
+                addr: extra.addr(),
+            }])
+            .collect();
+        f.cache.apply_config(&cfg);
+        f.wait_up(3).await;
+        let status = f.cache.status().await;
+        assert_eq!(status.backend, "redis");
+        assert!(status.shards.iter().any(|s| s.name == "extra" && s.up));
+    }
 }
