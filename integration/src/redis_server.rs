@@ -130,14 +130,19 @@ impl RedisServer {
     }
 
     /// Runs `redis-cli -h 127.0.0.1 -p PORT args...` and returns its stdout, trimmed.
-    /// Fails if redis-cli exits non-zero or takes longer than 10 s. Note that redis-cli
-    /// prints error replies (`ERR ...`) on stdout with exit code 0 in some versions.
+    /// Fails if redis-cli exits non-zero, takes longer than 10 s, or the reply is a Redis
+    /// error (redis-cli prints those on stdout and exits 0, so a mistyped command in a
+    /// test would otherwise pass silently).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = Command::new("redis-cli");
         cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args);
-        run_with_timeout(cmd, CLI_TIMEOUT)
-            .with_context(|| format!("redis-cli -p {} {}", self.port, args.join(" ")))
+        let context = || format!("redis-cli -p {} {}", self.port, args.join(" "));
+        let out = run_with_timeout(cmd, CLI_TIMEOUT).with_context(context)?;
+        if is_error_reply(&out) {
+            return Err(anyhow::anyhow!("Redis answered an error: {out}")).with_context(context);
+        }
+        Ok(out)
     }
 
     /// Number of keys in database 0.
@@ -231,4 +236,34 @@ fn spawn_ready(port: u16, dir: &Path) -> anyhow::Result<Proc> {
         }
         std::thread::sleep(POLL_INTERVAL);
     }
+}
+
+/// Error prefixes Redis 7 uses; redis-cli prints an error reply as `PREFIX message`.
+const ERROR_PREFIXES: &[&str] = &[
+    "ERR",
+    "WRONGTYPE",
+    "NOSCRIPT",
+    "NOAUTH",
+    "NOPERM",
+    "BUSY",
+    "BUSYKEY",
+    "LOADING",
+    "READONLY",
+    "OOM",
+    "EXECABORT",
+    "MISCONF",
+    "NOREPLICAS",
+    "MASTERDOWN",
+    "CROSSSLOT",
+    "MOVED",
+    "ASK",
+];
+
+/// True if redis-cli's raw output is one error reply (not a value that merely contains
+/// such a word on a later line of a multi-line reply).
+fn is_error_reply(out: &str) -> bool {
+    !out.contains('\n')
+        && out
+            .split_once(' ')
+            .is_some_and(|(word, _)| ERROR_PREFIXES.contains(&word))
 }

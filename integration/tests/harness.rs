@@ -26,6 +26,10 @@ fn redis_server_lifecycle_kill_restart_pause_resume_drop() {
     assert_eq!(redis.cli(&["SET", "k", "v"]).unwrap(), "OK");
     assert_eq!(redis.cli(&["GET", "k"]).unwrap(), "v");
     assert_eq!(redis.dbsize().unwrap(), 1);
+    let err = redis.cli(&["NOSUCHCOMMAND"]).unwrap_err();
+    assert!(format!("{err:#}").contains("unknown command"), "{err:#}");
+    let err = redis.cli(&["LPUSH", "k", "x"]).unwrap_err();
+    assert!(format!("{err:#}").contains("WRONGTYPE"), "{err:#}");
     // No persistence: a restart must come back empty.
     assert_eq!(redis.cli(&["CONFIG", "GET", "save"]).unwrap(), "save");
     assert_eq!(
