@@ -15,9 +15,6 @@ pub mod messages;
 mod metrics;
 mod pool;
 mod settings;
-// TODO switch to mr_config: remove once mr-config's RedisConfig/ShardConfig are committed.
-pub mod tmp_config;
-pub(crate) use tmp_config as config;
 
 pub use actor::{ShardActor, MAILBOX_CAPACITY, STATS_INTERVAL};
 pub use error::ShardError;

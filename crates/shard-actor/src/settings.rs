@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::{RedisConfig, ShardConfig};
+use mr_config::{RedisConfig, ShardConfig};
 
 /// Everything a shard actor needs to know; two shards with equal settings are interchangeable,
 /// so the ring restarts an actor exactly when these change.

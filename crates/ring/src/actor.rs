@@ -1,0 +1,214 @@
+//! The ring actor: owns one shard actor per configured shard, each on its own arbiter thread,
+//! replaces any that died, applies new shard lists, and publishes the routing snapshot.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use arc_swap::ArcSwap;
+use mr_config::{RedisConfig, ShardConfig};
+use mr_shard_actor::{ShardActor, ShardHealth, ShardSettings};
+
+use crate::messages::{ApplyRedisConfig, ShardStatus, Status};
+use crate::snapshot::{RingHandle, ShardHandle, Snapshot};
+
+/// How often the ring looks for shard actors whose mailbox closed (a panic kills an actor
+/// for good: actix's `Supervisor` only restarts after `ctx.stop()`).
+pub const RESPAWN_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// After a shard is removed its metrics are forgotten at once and once more after this delay,
+/// in case its stopping thread wrote a last figure in between.
+const FORGET_METRICS_AGAIN_AFTER: Duration = Duration::from_secs(1);
+
+/// A shard actor the ring owns, with the thread it runs on.
+struct RunningShard {
+    config: ShardConfig,
+    settings: ShardSettings,
+    /// The actor's own thread: its connection managers' I/O runs here, not on the workers.
+    arbiter: Arbiter,
+    handle: ShardHandle,
+}
+
+impl RunningShard {
+    fn start(
+        config: ShardConfig,
+        settings: ShardSettings,
+        health: Arc<ShardHealth>,
+    ) -> RunningShard {
+        let (arbiter, addr) = spawn_actor(&settings, &health);
+        let handle = ShardHandle {
+            name: Arc::from(settings.name.as_str()),
+            addr,
+            health,
+        };
+        tracing::info!(shard = %settings.name, addr = %config.redacted_addr(), "redis shard started");
+        RunningShard {
+            config,
+            settings,
+            arbiter,
+            handle,
+        }
+    }
+
+    /// Stops the actor's thread; messages in flight to it answer with a mailbox error.
+    fn stop(self) {
+        self.arbiter.stop();
+    }
+}
+
+fn spawn_actor(settings: &ShardSettings, health: &Arc<ShardHealth>) -> (Arbiter, Addr<ShardActor>) {
+    let arbiter = Arbiter::new();
+    let (settings, health) = (settings.clone(), health.clone());
+    let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+        ShardActor::new(settings, health)
+    });
+    (arbiter, addr)
+}
+
+/// Owner of the shard actors. Start it with [`RingActor::start`].
+pub struct RingActor {
+    redis: RedisConfig,
+    shards: BTreeMap<String, RunningShard>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+impl RingActor {
+    /// Starts every configured shard and the ring actor (call inside an actix `System`).
+    /// The returned handle routes at once; shards count as down until their first PING.
+    pub fn start(redis: &RedisConfig) -> (Addr<RingActor>, RingHandle) {
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+        let mut ring = RingActor {
+            redis: redis.clone(),
+            shards: BTreeMap::new(),
+            snapshot: snapshot.clone(),
+        };
+        for shard in &redis.shards {
+            ring.start_shard(shard.clone(), Arc::new(ShardHealth::new()));
+        }
+        ring.publish();
+        (ring.start(), RingHandle::new(snapshot))
+    }
+
+    fn start_shard(&mut self, config: ShardConfig, health: Arc<ShardHealth>) {
+        let settings = ShardSettings::from_config(&config, &self.redis);
+        let running = RunningShard::start(config, settings, health);
+        if let Some(old) = self.shards.insert(running.settings.name.clone(), running) {
+            old.stop();
+        }
+    }
+
+    /// Publishes the current shard set for the routers.
+    fn publish(&self) {
+        let shards = self
+            .shards
+            .values()
+            .map(|shard| shard.handle.clone())
+            .collect();
+        self.snapshot.store(Arc::new(Snapshot { shards }));
+    }
+
+    /// Replaces every shard actor whose mailbox closed, keeping its health flag so routing
+    /// does not flap while the new actor connects.
+    fn respawn_dead(&mut self) {
+        let mut respawned = false;
+        for shard in self.shards.values_mut() {
+            if shard.handle.addr.connected() {
+                continue;
+            }
+            tracing::warn!(shard = %shard.settings.name, "shard actor died; starting a fresh one");
+            let (arbiter, addr) = spawn_actor(&shard.settings, &shard.handle.health);
+            // A new thread too: the old one may be the reason the actor died.
+            std::mem::replace(&mut shard.arbiter, arbiter).stop();
+            shard.handle.addr = addr;
+            respawned = true;
+        }
+        if respawned {
+            self.publish();
+        }
+    }
+
+    fn apply(&mut self, ctx: &mut Context<Self>, redis: RedisConfig) {
+        self.redis = redis;
+        let wanted: BTreeMap<String, ShardConfig> = self
+            .redis
+            .shards
+            .iter()
+            .map(|shard| (shard.name.clone(), shard.clone()))
+            .collect();
+
+        let removed: Vec<String> = self
+            .shards
+            .keys()
+            .filter(|name| !wanted.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(shard) = self.shards.remove(&name) {
+                tracing::info!(shard = %name, "redis shard removed");
+                shard.stop();
+            }
+            mr_shard_actor::forget_shard_metrics(&name);
+            ctx.run_later(FORGET_METRICS_AGAIN_AFTER, move |ring, _| {
+                if !ring.shards.contains_key(&name) {
+                    mr_shard_actor::forget_shard_metrics(&name);
+                }
+            });
+        }
+
+        for (name, config) in wanted {
+            let settings = ShardSettings::from_config(&config, &self.redis);
+            let health = match self.shards.get(&name) {
+                None => Arc::new(ShardHealth::new()),
+                Some(running) if running.settings == settings => continue,
+                // Same server, other timeouts: its health is still known.
+                Some(running) if running.settings.url == settings.url => {
+                    running.handle.health.clone()
+                }
+                Some(_) => Arc::new(ShardHealth::new()),
+            };
+            self.start_shard(config, health);
+        }
+        self.publish();
+    }
+}
+
+impl Actor for RingActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(RESPAWN_CHECK_INTERVAL, |ring, _| ring.respawn_dead());
+    }
+
+    /// The ring owns the shard threads: nothing of a stopped ring keeps running.
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for (_, shard) in std::mem::take(&mut self.shards) {
+            shard.stop();
+        }
+        self.publish();
+    }
+}
+
+impl Handler<ApplyRedisConfig> for RingActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ApplyRedisConfig, ctx: &mut Self::Context) {
+        self.apply(ctx, msg.0);
+    }
+}
+
+impl Handler<Status> for RingActor {
+    type Result = MessageResult<Status>;
+
+    fn handle(&mut self, _msg: Status, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.shards
+                .values()
+                .map(|shard| ShardStatus {
+                    name: shard.settings.name.clone(),
+                    addr: shard.config.redacted_addr(),
+                    up: shard.handle.is_up(),
+                })
+                .collect(),
+        )
+    }
+}

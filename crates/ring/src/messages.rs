@@ -1,0 +1,27 @@
+//! The ring actor's protocol: reconfiguration and status. Routing does not go through here
+//! (see `RingHandle`).
+
+use actix::Message;
+use serde::Serialize;
+
+use mr_config::RedisConfig;
+
+/// Replace the shard set and settings: shards added are started, removed ones stopped, and
+/// those whose address or settings changed restarted.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ApplyRedisConfig(pub RedisConfig);
+
+/// Ask for every shard's name, address and health.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Vec<ShardStatus>")]
+pub struct Status;
+
+/// One shard in a [`Status`] answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardStatus {
+    pub name: String,
+    /// The configured address with any password replaced by `***`.
+    pub addr: String,
+    pub up: bool,
+}
