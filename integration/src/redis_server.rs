@@ -198,7 +198,42 @@ pub fn redis_ping(port: u16, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Spawns redis-server on `port` and waits for PING; on failure the process is killed
+/// The `process_id` that the server on 127.0.0.1:`port` reports in `INFO server`.
+fn server_pid(port: u16, timeout: Duration) -> anyhow::Result<u32> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(b"INFO server\r\n")?;
+    // The reply is one bulk string: `$<len>\r\n<len bytes>\r\n`.
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            bail!("{addr} closed the connection before answering INFO");
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        let Some((header, body)) = text.split_once("\r\n") else {
+            continue;
+        };
+        let len: usize = header
+            .strip_prefix('$')
+            .and_then(|l| l.parse().ok())
+            .with_context(|| format!("{addr} answered INFO with {header:?}"))?;
+        if body.len() < len {
+            continue;
+        }
+        return body
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|pid| pid.trim().parse().ok())
+            .with_context(|| format!("{addr}'s INFO server has no process_id"));
+    }
+}
+
+/// Spawns redis-server on `port` and waits until it answers as itself; on failure the process is killed
 /// and the error quotes what the server logged during this attempt.
 fn spawn_ready(port: u16, dir: &Path) -> anyhow::Result<Proc> {
     let log = dir.join(LOG_FILE);
@@ -226,8 +261,15 @@ fn spawn_ready(port: u16, dir: &Path) -> anyhow::Result<Proc> {
             let logged = tail(&read_from(&log, log_start), LOG_TAIL_LINES);
             bail!("redis-server on port {port} exited during startup ({how}); its log:\n{logged}");
         }
-        if redis_ping(port, READY_PING_TIMEOUT).is_ok() {
-            return Ok(proc);
+        // Ask for the pid, not just PING: while our server fails to bind, another test
+        // process's server on the same port would answer PING just as well.
+        match server_pid(port, READY_PING_TIMEOUT) {
+            Ok(pid) if pid == proc.pid() => return Ok(proc),
+            Ok(pid) => {
+                proc.kill_and_wait();
+                bail!("port {port} is taken by another redis-server (pid {pid})");
+            }
+            Err(_) => {}
         }
         if Instant::now() >= deadline {
             proc.kill_and_wait();

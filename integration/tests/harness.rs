@@ -170,3 +170,43 @@ fn pg_schema_is_private_and_dropped() {
         "schema {name} survived its drop (tables and all)"
     );
 }
+
+#[test]
+fn restart_refuses_a_port_answered_by_someone_elses_server() {
+    let mut ours = RedisServer::start().unwrap();
+    let port = ours.port();
+    ours.kill9();
+    // Another process's redis-server grabs the port while ours is down.
+    let squatter = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let squatter = KillOnDrop(squatter);
+    integration::wait_until("squatter up", Duration::from_secs(5), || {
+        integration::redis_ping(port, PING_TIMEOUT).is_ok()
+    })
+    .unwrap();
+    let err = ours.restart().unwrap_err();
+    assert!(
+        format!("{err:#}").contains(&format!("pid {}", squatter.0.id())),
+        "{err:#}"
+    );
+    assert!(!ours.is_alive());
+}
