@@ -7,11 +7,9 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-#[cfg(feature = "ring")]
 use actix::Addr;
 use bytes::Bytes;
 use mr_config::{CacheBackend, CacheConfig};
-#[cfg(feature = "ring")]
 use mr_ring::{ApplyRedisConfig, RingActor, Status};
 use serde::Serialize;
 use tokio::io::AsyncRead;
@@ -24,7 +22,6 @@ use crate::lease::Lease;
 use crate::limits::{Limits, MAX_RECORD_BYTES};
 use crate::memory::MemoryKv;
 use crate::metrics;
-#[cfg(feature = "ring")]
 use crate::shards::RingKv;
 
 /// Shortest lease we take, whatever the caller asks for.
@@ -43,7 +40,6 @@ struct Inner {
     /// None for the `none` backend.
     kv: Option<Kv>,
     /// The ring actor, for reloads and status (never on the request path).
-    #[cfg(feature = "ring")]
     ring: Option<Addr<RingActor>>,
     /// Swapped on reload; a std lock because it is only held to copy the value out.
     limits: RwLock<Limits>,
@@ -77,14 +73,6 @@ impl Cache {
     /// Starts the configured backend. For `redis` this starts the ring actor, so it must be
     /// called inside a running actix System.
     pub fn start(cfg: &CacheConfig) -> Cache {
-        #[cfg(not(feature = "ring"))]
-        let _ring: Option<()> = None;
-        #[cfg(not(feature = "ring"))]
-        let kv = match cfg.backend {
-            CacheBackend::Memory => Some(Kv::Memory(MemoryKv::new(cfg.memory.max_bytes))),
-            _ => None,
-        };
-        #[cfg(feature = "ring")]
         let (kv, ring) = match cfg.backend {
             CacheBackend::None => (None, None),
             CacheBackend::Memory => (Some(Kv::Memory(MemoryKv::new(cfg.memory.max_bytes))), None),
@@ -98,7 +86,6 @@ impl Cache {
         Cache {
             inner: Arc::new(Inner {
                 kv,
-                #[cfg(feature = "ring")]
                 ring,
                 limits: RwLock::new(limits_of(cfg)),
             }),
@@ -120,13 +107,11 @@ impl Cache {
             {
                 memory.resize(cfg.memory.max_bytes);
             }
-            #[cfg(feature = "ring")]
             Some(Kv::Redis(redis)) => {
                 redis.set_response_timeout(Duration::from_millis(cfg.redis.response_timeout_ms));
             }
             _ => {}
         }
-        #[cfg(feature = "ring")]
         if let Some(ring) = &self.inner.ring {
             if cfg.backend == CacheBackend::Redis {
                 // Reload path, not a request path: a full ring mailbox just delays the change.
@@ -155,7 +140,6 @@ impl Cache {
         };
         match &self.inner.kv {
             Some(Kv::Memory(memory)) => status.memory_used_bytes = Some(memory.used_bytes()),
-            #[cfg(feature = "ring")]
             Some(Kv::Redis(redis)) => {
                 let asked = match &self.inner.ring {
                     Some(ring) => tokio::time::timeout(STATUS_TIMEOUT, ring.send(Status))

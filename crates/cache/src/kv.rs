@@ -10,12 +10,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::memory::MemoryKv;
-#[cfg(feature = "ring")]
 use crate::shards::RingKv;
 
 /// Outcome of a `SET NX` (taking a lease).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(feature = "ring"), allow(dead_code))]
 pub(crate) enum SetNx {
     /// The key was absent and now holds our value.
     Stored,
@@ -29,7 +27,6 @@ pub(crate) enum SetNx {
 #[derive(Clone)]
 pub(crate) enum Kv {
     Memory(MemoryKv),
-    #[cfg(feature = "ring")]
     Redis(RingKv),
 }
 
@@ -38,7 +35,6 @@ impl Kv {
     pub(crate) fn backend(&self) -> &'static str {
         match self {
             Kv::Memory(_) => "memory",
-            #[cfg(feature = "ring")]
             Kv::Redis(_) => "redis",
         }
     }
@@ -48,7 +44,6 @@ impl Kv {
     pub(crate) fn prefetch_pays(&self) -> bool {
         match self {
             Kv::Memory(_) => false,
-            #[cfg(feature = "ring")]
             Kv::Redis(_) => true,
         }
     }
@@ -56,7 +51,6 @@ impl Kv {
     pub(crate) async fn get(&self, key: &str) -> Option<Bytes> {
         match self {
             Kv::Memory(m) => m.get(key).await,
-            #[cfg(feature = "ring")]
             Kv::Redis(r) => r.get(key).await,
         }
     }
@@ -65,7 +59,6 @@ impl Kv {
     pub(crate) async fn set(&self, key: String, value: Bytes, ttl: Option<Duration>) -> bool {
         match self {
             Kv::Memory(m) => m.set(key, value, ttl).await,
-            #[cfg(feature = "ring")]
             Kv::Redis(r) => r.set(key, value, ttl).await,
         }
     }
@@ -74,7 +67,6 @@ impl Kv {
     pub(crate) async fn set_nx(&self, key: String, value: Bytes, ttl: Duration) -> SetNx {
         match self {
             Kv::Memory(m) => m.set_nx(key, value, ttl).await,
-            #[cfg(feature = "ring")]
             Kv::Redis(r) => r.set_nx(key, value, ttl).await,
         }
     }
@@ -84,7 +76,6 @@ impl Kv {
     pub(crate) async fn del_if_eq(&self, key: String, value: Bytes) -> bool {
         match self {
             Kv::Memory(m) => m.del_if_eq(key, value).await,
-            #[cfg(feature = "ring")]
             Kv::Redis(r) => r.del_if_eq(key, value).await,
         }
     }
@@ -93,7 +84,6 @@ impl Kv {
     pub(crate) async fn del_everywhere(&self, keys: Vec<String>) {
         match self {
             Kv::Memory(m) => m.del(keys).await,
-            #[cfg(feature = "ring")]
             Kv::Redis(r) => r.del_everywhere(keys).await,
         }
     }

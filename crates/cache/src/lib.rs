@@ -17,7 +17,6 @@ mod lease;
 mod limits;
 mod memory;
 mod metrics;
-#[cfg(feature = "ring")]
 mod shards;
 
 pub use blob::{BlobRead, BlobReader};
@@ -28,5 +27,4 @@ pub use keys::{
 };
 pub use lease::Lease;
 pub use limits::{MAX_CHUNK_BYTES, MAX_RECORD_BYTES, MIN_CHUNK_BYTES};
-#[cfg(feature = "ring")]
 pub use shards::MAILBOX_GRACE;

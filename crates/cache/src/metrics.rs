@@ -28,7 +28,6 @@ pub(crate) static BYTES_SERVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// `media_repo_cache_backend_errors_total{backend, op, reason}`: backend failures that the
 /// callers saw as misses or no-ops (why a hit ratio dropped).
-#[cfg_attr(not(feature = "ring"), allow(dead_code))]
 pub(crate) static BACKEND_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "media_repo_cache_backend_errors_total",
@@ -67,7 +66,6 @@ pub(crate) fn request(backend: &'static str, op: &'static str, result: &'static 
     REQUESTS.with_label_values(&[backend, op, result]).inc();
 }
 
-#[cfg_attr(not(feature = "ring"), allow(dead_code))]
 pub(crate) fn backend_error(backend: &'static str, op: &'static str, reason: &'static str) {
     BACKEND_ERRORS
         .with_label_values(&[backend, op, reason])

@@ -89,6 +89,16 @@ impl RedisServer {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
     }
 
+    /// Sends a signal (e.g. `STOP`, `CONT`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("server running").id();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {pid} failed");
+    }
+
     /// kill -9, as a crashed shard.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -169,11 +179,8 @@ impl Fixture {
 
     /// The shard the ring routes `key` to (all shards up).
     pub fn shard_for(&self, key: &str) -> &RedisServer {
-        #[cfg(feature = "ring")]
         let name =
             mr_ring::hashing::pick(self.shards.iter().map(|(n, _)| n.as_str()), key).unwrap();
-        #[cfg(not(feature = "ring"))]
-        let name: &str = unreachable!("no ring: {key}");
         &self.shards.iter().find(|(n, _)| n == name).unwrap().1
     }
 
