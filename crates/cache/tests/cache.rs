@@ -585,3 +585,106 @@ mod redis_faults {
         assert!(status.shards.iter().any(|s| s.name == "extra" && s.up));
     }
 }
+
+/// `cache.ttl_secs` puts a TTL on blobs and records.
+#[actix_rt::test]
+async fn ttl_applies_in_memory() {
+    let cfg = mr_config::CacheConfig {
+        ttl_secs: Some(1),
+        ..base_config()
+    };
+    let f = Fixture::memory_with(cfg).await;
+    let key = remote_record_key("ttl.example", "a");
+    f.cache
+        .put_record(&key, bytes::Bytes::from_static(b"r"))
+        .await;
+    assert!(put(&f.cache, &sha(60), &bytes_of(5_000, 60)).await);
+    assert!(f.cache.get_record(&key).await.is_some());
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(
+        f.cache.get_record(&key).await,
+        None,
+        "record outlived its TTL"
+    );
+    assert!(
+        f.cache.open_blob(&sha(60), None).await.is_none(),
+        "blob outlived its TTL"
+    );
+}
+
+#[actix_rt::test]
+async fn ttl_applies_in_redis() {
+    let cfg = mr_config::CacheConfig {
+        ttl_secs: Some(100),
+        ..base_config()
+    };
+    let f = Fixture::redis_with_config(3, cfg).await;
+    let key = remote_record_key("ttl.example", "a");
+    f.cache
+        .put_record(&key, bytes::Bytes::from_static(b"r"))
+        .await;
+    assert!(put(&f.cache, &sha(61), &bytes_of(5_000, 61)).await);
+    for key in [key, blob_header_key(&sha(61)), blob_chunk_key(&sha(61), 1)] {
+        let pttl: i64 = f.shard_for(&key).cli(&["PTTL", &key]).parse().unwrap();
+        assert!((90_000..=100_000).contains(&pttl), "{key} has PTTL {pttl}");
+    }
+    // Without ttl_secs, keys are left to Redis' eviction policy.
+    let f = Fixture::redis_with(1).await;
+    assert!(put(&f.cache, &sha(62), &bytes_of(10, 62)).await);
+    let header = blob_header_key(&sha(62));
+    assert_eq!(f.shard_for(&header).cli(&["PTTL", &header]), "-1");
+}
+
+/// The counters an operator graphs move with what callers saw.
+#[actix_rt::test]
+async fn metrics_are_exported() {
+    fn value(family: &str, labels: &[(&str, &str)]) -> f64 {
+        prometheus::gather()
+            .iter()
+            .filter(|f| f.name() == family)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| {
+                labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
+            .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+            .sum()
+    }
+    let req = |op, result| {
+        value(
+            "media_repo_cache_requests_total",
+            &[("backend", "memory"), ("op", op), ("result", result)],
+        )
+    };
+    let served = || {
+        value(
+            "media_repo_cache_bytes_served_total",
+            &[("backend", "memory")],
+        )
+    };
+    let f = Fixture::memory().await;
+    let data = bytes_of(10_000, 70);
+    let before = (
+        req("blob_put", "stored"),
+        req("blob_open", "hit"),
+        req("blob_open", "miss"),
+        req("blob_read", "lost"),
+        served(),
+    );
+    assert!(f.cache.open_blob(&sha(70), None).await.is_none());
+    assert!(put(&f.cache, &sha(70), &data).await);
+    read_all(f.cache.open_blob(&sha(70), None).await.unwrap()).await;
+    f.remove_key(&blob_chunk_key(&sha(70), 2)).await;
+    read_all(f.cache.open_blob(&sha(70), None).await.unwrap()).await;
+    // Other tests run concurrently in this process: the counters moved by at least ours.
+    assert!(req("blob_put", "stored") >= before.0 + 1.0);
+    assert!(req("blob_open", "hit") >= before.1 + 2.0);
+    assert!(req("blob_open", "miss") >= before.2 + 1.0);
+    assert!(req("blob_read", "lost") >= before.3 + 1.0);
+    assert!(served() >= before.4 + 10_000.0 + 8_192.0);
+    f.cache.memory_used_bytes_exact().await;
+    assert!(value("media_repo_cache_memory_used_bytes", &[]) > 0.0);
+}

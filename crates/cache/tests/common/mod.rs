@@ -132,7 +132,10 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn memory() -> Fixture {
-        let mut cfg = base_config();
+        Self::memory_with(base_config()).await
+    }
+
+    pub async fn memory_with(mut cfg: CacheConfig) -> Fixture {
         cfg.backend = CacheBackend::Memory;
         Fixture {
             cache: Cache::start(&cfg),
@@ -146,10 +149,13 @@ impl Fixture {
     }
 
     pub async fn redis_with(n: usize) -> Fixture {
+        Self::redis_with_config(n, base_config()).await
+    }
+
+    pub async fn redis_with_config(n: usize, mut cfg: CacheConfig) -> Fixture {
         let shards: Vec<(String, RedisServer)> = (0..n)
             .map(|i| (format!("shard{i}"), RedisServer::start()))
             .collect();
-        let mut cfg = base_config();
         cfg.backend = CacheBackend::Redis;
         cfg.redis.shards = shards
             .iter()
