@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix::Addr;
 use bytes::Bytes;
 use mr_config::{CacheBackend, CacheConfig};
-use mr_ring::{ApplyRedisConfig, RingActor, Status};
+use mr_ring::{ApplyRedisConfig, RingActor, ShardStatus, Status};
 use serde::Serialize;
 use tokio::io::AsyncRead;
 
@@ -43,15 +43,6 @@ struct Inner {
     ring: Option<Addr<RingActor>>,
     /// Swapped on reload; a std lock because it is only held to copy the value out.
     limits: RwLock<Limits>,
-}
-
-/// One shard as `status()` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ShardStatus {
-    pub name: String,
-    /// Address with any password redacted.
-    pub addr: String,
-    pub up: bool,
 }
 
 /// What `status()` answers (e.g. for an admin endpoint).
@@ -149,14 +140,7 @@ impl Cache {
                     None => None,
                 };
                 status.shards = match asked {
-                    Some(shards) => shards
-                        .into_iter()
-                        .map(|s| ShardStatus {
-                            name: s.name,
-                            addr: s.addr,
-                            up: s.up,
-                        })
-                        .collect(),
+                    Some(shards) => shards,
                     // The ring actor is busy or gone: the routing snapshot still knows who is up.
                     None => redis
                         .ring()

@@ -20,11 +20,13 @@ mod metrics;
 mod shards;
 
 pub use blob::{BlobRead, BlobReader};
-pub use cache::{Cache, CacheStatus, ShardStatus, MIN_LEASE_TTL, STATUS_TIMEOUT};
+pub use cache::{Cache, CacheStatus, MIN_LEASE_TTL, STATUS_TIMEOUT};
 pub use error::{CacheError, Result};
 pub use keys::{
     blob_chunk_key, blob_header_key, is_valid_sha256, lease_key, remote_record_key, KEY_PREFIX,
 };
 pub use lease::Lease;
 pub use limits::{MAX_CHUNK_BYTES, MAX_RECORD_BYTES, MIN_CHUNK_BYTES};
+/// A shard as [`Cache::status`] reports it (the ring's own type).
+pub use mr_ring::ShardStatus;
 pub use shards::MAILBOX_GRACE;
