@@ -1,0 +1,9 @@
+//! End-to-end tests of the real `media-repo` binary, with real redis-server processes,
+//! the real Postgres and (where a homeserver is needed) a real Synapse.
+//!
+//! One test binary with modules, so the suite links once.
+
+mod binary;
+mod common;
+mod media_api;
+mod reload;
