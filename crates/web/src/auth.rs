@@ -42,7 +42,8 @@ enum Verdict {
 pub struct Auth {
     http: reqwest::Client,
     homeservers: ArcSwap<Vec<HomeserverConfig>>,
-    accepted: ArcSwap<moka::future::Cache<(String, String), Verdict>>,
+    /// `None` when `auth.whoami_cache_secs` is 0: every request asks the homeserver.
+    accepted: ArcSwap<Option<moka::future::Cache<(String, String), Verdict>>>,
     rejected: moka::future::Cache<(String, String), Verdict>,
 }
 
@@ -51,11 +52,14 @@ struct WhoAmI {
     user_id: String,
 }
 
-fn accepted_cache(config: &Config) -> moka::future::Cache<(String, String), Verdict> {
-    moka::future::Cache::builder()
-        .max_capacity(MAX_CACHED_TOKENS)
-        .time_to_live(Duration::from_secs(config.auth.whoami_cache_secs.max(1)))
-        .build()
+fn accepted_cache(config: &Config) -> Option<moka::future::Cache<(String, String), Verdict>> {
+    let lifetime = config.auth.whoami_cache_secs;
+    (lifetime > 0).then(|| {
+        moka::future::Cache::builder()
+            .max_capacity(MAX_CACHED_TOKENS)
+            .time_to_live(Duration::from_secs(lifetime))
+            .build()
+    })
 }
 
 fn http_client(config: &Config) -> reqwest::Client {
@@ -90,16 +94,24 @@ impl Auth {
     pub fn homeserver_for(&self, req: &HttpRequest) -> MatrixResult<HomeserverConfig> {
         let homeservers = self.homeservers.load();
         let host = req.connection_info().host().to_ascii_lowercase();
-        if let Some(hs) = homeservers.iter().find(|hs| hs.name.eq_ignore_ascii_case(&host)) {
+        if let Some(hs) = homeservers
+            .iter()
+            .find(|hs| hs.name.eq_ignore_ascii_case(&host))
+        {
             return Ok(hs.clone());
         }
         let host_without_port = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(&host);
-        if let Some(hs) = homeservers.iter().find(|hs| hs.name.eq_ignore_ascii_case(host_without_port)) {
+        if let Some(hs) = homeservers
+            .iter()
+            .find(|hs| hs.name.eq_ignore_ascii_case(host_without_port))
+        {
             return Ok(hs.clone());
         }
         match homeservers.as_slice() {
             [only] => Ok(only.clone()),
-            _ => Err(MatrixError::forbidden(format!("This media repository does not serve the host {host}"))),
+            _ => Err(MatrixError::forbidden(format!(
+                "This media repository does not serve the host {host}"
+            ))),
         }
     }
 
@@ -112,22 +124,33 @@ impl Auth {
             return Err(MatrixError::unknown_token());
         }
         let accepted = self.accepted.load_full();
-        let lookup = accepted
-            .try_get_with(cache_key.clone(), self.whoami(&hs, &token))
-            .await;
-        match lookup {
-            Ok(Verdict::Valid(user_id)) => Ok(User { user_id, homeserver: hs.name }),
-            Ok(Verdict::Rejected) => {
-                accepted.invalidate(&cache_key).await;
+        let lookup = match accepted.as_ref() {
+            Some(cache) => cache
+                .try_get_with(cache_key.clone(), self.whoami(&hs, &token))
+                .await
+                .map_err(|err| (*err).clone()),
+            None => self.whoami(&hs, &token).await,
+        };
+        match lookup? {
+            Verdict::Valid(user_id) => Ok(User {
+                user_id,
+                homeserver: hs.name,
+            }),
+            Verdict::Rejected => {
+                if let Some(cache) = accepted.as_ref() {
+                    cache.invalidate(&cache_key).await;
+                }
                 self.rejected.insert(cache_key, Verdict::Rejected).await;
                 Err(MatrixError::unknown_token())
             }
-            Err(err) => Err((*err).clone()),
         }
     }
 
     async fn whoami(&self, hs: &HomeserverConfig, token: &str) -> MatrixResult<Verdict> {
-        let url = format!("{}/_matrix/client/v3/account/whoami", hs.client_api_url.trim_end_matches('/'));
+        let url = format!(
+            "{}/_matrix/client/v3/account/whoami",
+            hs.client_api_url.trim_end_matches('/')
+        );
         let response = self.http.get(&url).bearer_auth(token).send().await.map_err(|err| {
             tracing::warn!(homeserver = %hs.name, error = %err, "homeserver unreachable for whoami");
             MatrixError::homeserver_unavailable(format!("Could not reach the homeserver {} to check the access token", hs.name))
@@ -156,7 +179,9 @@ fn access_token(req: &HttpRequest) -> MatrixResult<String> {
     let token = if let Some(value) = req.headers().get(header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| MatrixError::unknown_token())?;
         match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim().to_owned(),
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                token.trim().to_owned()
+            }
             _ => return Err(MatrixError::missing_token()),
         }
     } else {

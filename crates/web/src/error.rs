@@ -29,23 +29,48 @@ struct Body<'a> {
 }
 
 impl MatrixError {
-    pub fn new(status: StatusCode, errcode: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        MatrixError { status, errcode, message: message.into(), retry_after_secs: None }
+    pub fn new(
+        status: StatusCode,
+        errcode: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        MatrixError {
+            status,
+            errcode,
+            message: message.into(),
+            retry_after_secs: None,
+        }
     }
     pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "M_NOT_FOUND", message)
     }
     pub fn unrecognized() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "Unrecognized request")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "M_UNRECOGNIZED",
+            "Unrecognized request",
+        )
     }
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "Method not allowed on this endpoint")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "M_UNRECOGNIZED",
+            "Method not allowed on this endpoint",
+        )
     }
     pub fn missing_token() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "M_MISSING_TOKEN", "Missing access token")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "M_MISSING_TOKEN",
+            "Missing access token",
+        )
     }
     pub fn unknown_token() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "M_UNKNOWN_TOKEN", "Unknown or expired access token")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "M_UNKNOWN_TOKEN",
+            "Unknown or expired access token",
+        )
     }
     pub fn forbidden(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "M_FORBIDDEN", message)
@@ -72,7 +97,11 @@ impl MatrixError {
         )
     }
     pub fn cannot_overwrite() -> Self {
-        Self::new(StatusCode::CONFLICT, "M_CANNOT_OVERWRITE_MEDIA", "Media already uploaded")
+        Self::new(
+            StatusCode::CONFLICT,
+            "M_CANNOT_OVERWRITE_MEDIA",
+            "Media already uploaded",
+        )
     }
     pub fn range_not_satisfiable(size: u64) -> Self {
         Self::new(
@@ -88,20 +117,34 @@ impl MatrixError {
         err
     }
     pub fn overloaded() -> Self {
-        let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "M_UNKNOWN", "Server busy, try again");
+        let mut err = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "M_UNKNOWN",
+            "Server busy, try again",
+        );
         err.retry_after_secs = Some(1);
         err
     }
     /// An internal failure: the cause is logged here, the client only learns that it happened.
     pub fn internal(context: &str, cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(%cause, "{context}");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "Internal server error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "M_UNKNOWN",
+            "Internal server error",
+        )
     }
 }
 
 impl std::fmt::Display for MatrixError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.errcode, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.errcode,
+            self.message
+        )
     }
 }
 

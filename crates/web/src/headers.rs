@@ -8,55 +8,111 @@ pub const CONTENT_SECURITY_POLICY: &str = "sandbox; default-src 'none'; script-s
 
 /// Types a browser may show inline; everything else is an attachment (the spec's list).
 const INLINE_TYPES: &[&str] = &[
-    "text/css", "text/plain", "text/csv", "application/json", "application/ld+json",
-    "image/jpeg", "image/gif", "image/png", "image/apng", "image/webp", "image/avif",
-    "video/mp4", "video/webm", "video/ogg", "video/quicktime",
-    "audio/mp4", "audio/webm", "audio/aac", "audio/mpeg", "audio/ogg", "audio/wave",
-    "audio/wav", "audio/x-wav", "audio/x-pn-wav", "audio/flac", "audio/x-flac",
+    "text/css",
+    "text/plain",
+    "text/csv",
+    "application/json",
+    "application/ld+json",
+    "image/jpeg",
+    "image/gif",
+    "image/png",
+    "image/apng",
+    "image/webp",
+    "image/avif",
+    "video/mp4",
+    "video/webm",
+    "video/ogg",
+    "video/quicktime",
+    "audio/mp4",
+    "audio/webm",
+    "audio/aac",
+    "audio/mpeg",
+    "audio/ogg",
+    "audio/wave",
+    "audio/wav",
+    "audio/x-wav",
+    "audio/x-pn-wav",
+    "audio/flac",
+    "audio/x-flac",
 ];
 
 /// Characters left as they are in an RFC 8187 `filename*` value (attr-char).
 const ATTR_CHAR_ESCAPES: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'!').remove(b'#').remove(b'$').remove(b'&').remove(b'+').remove(b'-')
-    .remove(b'.').remove(b'^').remove(b'_').remove(b'`').remove(b'|').remove(b'~');
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
 
 /// Headers on every response of the media paths (errors included).
 pub fn security_headers() -> [(HeaderName, HeaderValue); 5] {
     [
-        (HeaderName::from_static("content-security-policy"), HeaderValue::from_static(CONTENT_SECURITY_POLICY)),
-        (HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("cross-origin")),
-        (HeaderName::from_static("access-control-allow-origin"), HeaderValue::from_static("*")),
+        (
+            HeaderName::from_static("content-security-policy"),
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ),
+        (
+            HeaderName::from_static("cross-origin-resource-policy"),
+            HeaderValue::from_static("cross-origin"),
+        ),
+        (
+            HeaderName::from_static("access-control-allow-origin"),
+            HeaderValue::from_static("*"),
+        ),
         (
             HeaderName::from_static("access-control-allow-methods"),
             HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS"),
         ),
         (
             HeaderName::from_static("access-control-allow-headers"),
-            HeaderValue::from_static("Origin, X-Requested-With, Content-Type, Accept, Authorization, Date, Range"),
+            HeaderValue::from_static(
+                "Origin, X-Requested-With, Content-Type, Accept, Authorization, Date, Range",
+            ),
         ),
     ]
 }
 
 /// Whether the media type (parameters ignored) may be displayed inline.
 pub fn is_inline_type(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     INLINE_TYPES.contains(&essence.as_str())
 }
 
 /// A token per RFC 9110: may stand unquoted as `filename=`.
 fn is_token(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b))
 }
 
 /// `inline`/`attachment` with the filename encoded so that any name (quotes, `;`, CR/LF,
 /// non-ASCII, emoji) survives and can never break the header.
 pub fn content_disposition(content_type: &str, filename: Option<&str>) -> HeaderValue {
-    let kind = if is_inline_type(content_type) { "inline" } else { "attachment" };
+    let kind = if is_inline_type(content_type) {
+        "inline"
+    } else {
+        "attachment"
+    };
     let value = match filename.filter(|n| !n.is_empty()) {
         None => kind.to_owned(),
         Some(name) if is_token(name) => format!("{kind}; filename={name}"),
-        Some(name) => format!("{kind}; filename*=utf-8''{}", utf8_percent_encode(name, ATTR_CHAR_ESCAPES)),
+        Some(name) => format!(
+            "{kind}; filename*=utf-8''{}",
+            utf8_percent_encode(name, ATTR_CHAR_ESCAPES)
+        ),
     };
     // Every byte above is a visible ASCII character, so this cannot fail; fall back anyway.
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("attachment"))
@@ -65,7 +121,8 @@ pub fn content_disposition(content_type: &str, filename: Option<&str>) -> Header
 /// A Content-Type header value for what the uploader declared, or octet-stream if it cannot
 /// be a header value.
 pub fn content_type_value(content_type: &str) -> HeaderValue {
-    HeaderValue::from_str(content_type).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+    HeaderValue::from_str(content_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
 }
 
 #[cfg(test)]
@@ -74,8 +131,14 @@ mod tests {
 
     #[test]
     fn token_names_stay_plain() {
-        assert_eq!(content_disposition("image/png", Some("cat.png")), "inline; filename=cat.png");
-        assert_eq!(content_disposition("text/html", Some("a.html")), "attachment; filename=a.html");
+        assert_eq!(
+            content_disposition("image/png", Some("cat.png")),
+            "inline; filename=cat.png"
+        );
+        assert_eq!(
+            content_disposition("text/html", Some("a.html")),
+            "attachment; filename=a.html"
+        );
         assert_eq!(content_disposition("application/pdf", None), "attachment");
     }
 

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use mr_config::Config;
 
 #[derive(Parser)]
-#[command(name = "media-repo", version, about = "A Matrix media repository with a sharded Redis cache")]
+#[command(
+    name = "media-repo",
+    version,
+    about = "A Matrix media repository with a sharded Redis cache"
+)]
 struct Cli {
     /// Config file (YAML). Without one, media-repo runs on its embedded default: SQLite and
     /// files under ./data, in-memory cache, listening on 127.0.0.1:8000.
@@ -41,14 +45,18 @@ fn main() -> ExitCode {
         Some(path) => match Config::load(path) {
             Ok(config) => config,
             Err(err) => {
-                eprintln!("media-repo: cannot use the config file {}: {err}", path.display());
+                eprintln!(
+                    "media-repo: cannot use the config file {}: {err}",
+                    path.display()
+                );
                 return ExitCode::FAILURE;
             }
         },
         None => Config::embedded_default(),
     };
     let log_level = mr_web::logging::init(&config.logging.level);
-    let result = actix_web::rt::System::new().block_on(mr_web::server::run(config, cli.config, log_level));
+    let result =
+        actix_web::rt::System::new().block_on(mr_web::server::run(config, cli.config, log_level));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -62,13 +62,20 @@ pub async fn track_requests(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = req.method().to_string();
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-    let span = tracing::info_span!("request", %method, route = %route, status = tracing::field::Empty);
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span =
+        tracing::info_span!("request", %method, route = %route, status = tracing::field::Empty);
     let response = next.call(req).instrument(span.clone()).await?;
     let status = response.status().as_u16();
     span.record("status", status);
-    HTTP_REQUESTS.with_label_values(&[&method, &route, &status.to_string()]).inc();
-    HTTP_DURATION.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+    HTTP_REQUESTS
+        .with_label_values(&[&method, &route, &status.to_string()])
+        .inc();
+    HTTP_DURATION
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
     Ok(response)
 }
 

@@ -25,7 +25,11 @@ fn key(origin: &str, media_id: &str) -> String {
 impl PendingUploads {
     /// Waits until the upload of `origin/media_id` is announced, or `POLL_INTERVAL` passes.
     pub async fn wait_a_little(&self, origin: &str, media_id: &str) {
-        let notify = self.waiters.entry(key(origin, media_id)).or_default().clone();
+        let notify = self
+            .waiters
+            .entry(key(origin, media_id))
+            .or_default()
+            .clone();
         let _ = tokio::time::timeout(POLL_INTERVAL, notify.notified()).await;
     }
 

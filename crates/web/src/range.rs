@@ -9,7 +9,10 @@
 pub enum ByteRange {
     Whole,
     /// Inclusive bounds, `start <= end < size`.
-    Part { start: u64, end: u64 },
+    Part {
+        start: u64,
+        end: u64,
+    },
     Unsatisfiable,
 }
 
@@ -44,7 +47,10 @@ impl ByteRange {
                 if n == 0 || size == 0 {
                     ByteRange::Unsatisfiable
                 } else {
-                    ByteRange::Part { start: size.saturating_sub(n), end: size - 1 }
+                    ByteRange::Part {
+                        start: size.saturating_sub(n),
+                        end: size - 1,
+                    }
                 }
             }
             (Some(start), last) => {
@@ -70,11 +76,26 @@ mod tests {
     #[test]
     fn ranges() {
         assert_eq!(ByteRange::parse(None, 10), Whole);
-        assert_eq!(ByteRange::parse(Some("bytes=0-0"), 10), Part { start: 0, end: 0 });
-        assert_eq!(ByteRange::parse(Some("bytes=2-"), 10), Part { start: 2, end: 9 });
-        assert_eq!(ByteRange::parse(Some("bytes=-3"), 10), Part { start: 7, end: 9 });
-        assert_eq!(ByteRange::parse(Some("bytes=-30"), 10), Part { start: 0, end: 9 });
-        assert_eq!(ByteRange::parse(Some("bytes=5-100"), 10), Part { start: 5, end: 9 });
+        assert_eq!(
+            ByteRange::parse(Some("bytes=0-0"), 10),
+            Part { start: 0, end: 0 }
+        );
+        assert_eq!(
+            ByteRange::parse(Some("bytes=2-"), 10),
+            Part { start: 2, end: 9 }
+        );
+        assert_eq!(
+            ByteRange::parse(Some("bytes=-3"), 10),
+            Part { start: 7, end: 9 }
+        );
+        assert_eq!(
+            ByteRange::parse(Some("bytes=-30"), 10),
+            Part { start: 0, end: 9 }
+        );
+        assert_eq!(
+            ByteRange::parse(Some("bytes=5-100"), 10),
+            Part { start: 5, end: 9 }
+        );
         assert_eq!(ByteRange::parse(Some("bytes=10-"), 10), Unsatisfiable);
         assert_eq!(ByteRange::parse(Some("bytes=0-"), 0), Unsatisfiable);
         assert_eq!(ByteRange::parse(Some("bytes=-0"), 10), Unsatisfiable);
@@ -82,7 +103,16 @@ mod tests {
 
     #[test]
     fn malformed_or_multiple_means_whole() {
-        for h in ["bytes=a-b", "bytes=5-2", "items=0-1", "bytes=0-1,3-4", "bytes=", "bytes=1", "bytes=--1", "bytes=+1-2"] {
+        for h in [
+            "bytes=a-b",
+            "bytes=5-2",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes=",
+            "bytes=1",
+            "bytes=--1",
+            "bytes=+1-2",
+        ] {
             assert_eq!(ByteRange::parse(Some(h), 10), Whole, "{h}");
         }
     }

@@ -43,18 +43,32 @@ fn download_routes(cfg: &mut web::ServiceConfig, prefix: &str, authenticated: bo
     } else {
         get_and_head(download::legacy)
     };
-    cfg.service(resource(&format!("{prefix}/download/{{server}}/{{media_id}}")).route(get).route(head));
+    cfg.service(
+        resource(&format!("{prefix}/download/{{server}}/{{media_id}}"))
+            .route(get)
+            .route(head),
+    );
     let [get, head] = if authenticated {
         get_and_head(download::authenticated_named)
     } else {
         get_and_head(download::legacy_named)
     };
-    cfg.service(resource(&format!("{prefix}/download/{{server}}/{{media_id}}/{{file_name}}")).route(get).route(head));
+    cfg.service(
+        resource(&format!(
+            "{prefix}/download/{{server}}/{{media_id}}/{{file_name}}"
+        ))
+        .route(get)
+        .route(head),
+    );
 }
 
 /// The whole application: media API, health, and (when it has no listener of its own) metrics.
 pub fn configure(cfg: &mut web::ServiceConfig, serve_metrics_here: bool) {
-    cfg.service(resource("/healthz").route(web::get().to(health::healthz)).route(web::head().to(health::healthz)));
+    cfg.service(
+        resource("/healthz")
+            .route(web::get().to(health::healthz))
+            .route(web::head().to(health::healthz)),
+    );
     if serve_metrics_here {
         admin_routes(cfg);
     }
@@ -63,10 +77,13 @@ pub fn configure(cfg: &mut web::ServiceConfig, serve_metrics_here: bool) {
     download_routes(cfg, client, true);
     for version in ["v3", "r0"] {
         let legacy = format!("/_matrix/media/{version}");
-        cfg.service(resource(&format!("{legacy}/config")).route(web::get().to(media::media_config)));
+        cfg.service(
+            resource(&format!("{legacy}/config")).route(web::get().to(media::media_config)),
+        );
         cfg.service(resource(&format!("{legacy}/upload")).route(web::post().to(upload::upload)));
         cfg.service(
-            resource(&format!("{legacy}/upload/{{server}}/{{media_id}}")).route(web::put().to(upload::upload_to)),
+            resource(&format!("{legacy}/upload/{{server}}/{{media_id}}"))
+                .route(web::put().to(upload::upload_to)),
         );
         download_routes(cfg, &legacy, false);
     }

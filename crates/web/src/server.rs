@@ -21,16 +21,25 @@ use crate::state::AppState;
 const PENDING_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Runs the media repo until it is told to stop (SIGINT/SIGTERM).
-pub async fn run(config: Config, config_path: Option<PathBuf>, log_level: LogLevelHandle) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    config_path: Option<PathBuf>,
+    log_level: LogLevelHandle,
+) -> anyhow::Result<()> {
     // First, before anything can take time: SIGHUP's default action would kill the process.
     let hangups = signal(SignalKind::hangup()).context("registering the SIGHUP handler")?;
     metrics::init();
 
-    config.prepare_datastores().context("preparing datastores")?;
+    config
+        .prepare_datastores()
+        .context("preparing datastores")?;
     let db = Database::connect(&config.database.url, config.database.max_connections)
         .await
         .with_context(|| format!("opening the database {}", redact_url(&config.database.url)))?;
-    let store = config.datastores.first().context("no datastore configured")?;
+    let store = config
+        .datastores
+        .first()
+        .context("no datastore configured")?;
     let datastore = FileDatastore::new(&store.id, store.path.clone())
         .with_context(|| format!("opening the datastore {}", store.path.display()))?;
     let cache = Cache::start(&config.cache);
@@ -38,7 +47,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log_level: LogLev
     announce(&config, config_path.as_deref());
     let bind = config.server.bind.clone();
     let metrics_bind = config.metrics.bind.clone();
-    let state = web::Data::new(AppState::new(config, config_path, db, datastore, cache, log_level));
+    let state = web::Data::new(AppState::new(
+        config,
+        config_path,
+        db,
+        datastore,
+        cache,
+        log_level,
+    ));
 
     actix_web::rt::spawn(crate::reload::watch_sighup(hangups, state.clone()));
     actix_web::rt::spawn(clean_expired_pending(state.clone()));
@@ -46,11 +62,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log_level: LogLev
     let metrics_server = match &metrics_bind {
         Some(addr) => {
             let state = state.clone();
-            let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(routes::admin_routes))
-                .workers(1)
-                .bind(addr)
-                .with_context(|| format!("binding the metrics listener {addr}"))?
-                .run();
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(state.clone())
+                    .configure(routes::admin_routes)
+            })
+            .workers(1)
+            .bind(addr)
+            .with_context(|| format!("binding the metrics listener {addr}"))?
+            .run();
             Some(server)
         }
         None => None,
@@ -82,11 +102,21 @@ pub async fn run(config: Config, config_path: Option<PathBuf>, log_level: LogLev
 
 /// One line telling an operator where data goes and how to use Redis.
 fn announce(config: &Config, config_path: Option<&std::path::Path>) {
-    let datastore = config.datastores.first().map(|d| d.path.display().to_string()).unwrap_or_default();
+    let datastore = config
+        .datastores
+        .first()
+        .map(|d| d.path.display().to_string())
+        .unwrap_or_default();
     let cache = match config.cache.backend {
         CacheBackend::None => "no cache".to_owned(),
-        CacheBackend::Memory => format!("in-memory cache of {} MiB", config.cache.memory.max_bytes >> 20),
-        CacheBackend::Redis => format!("Redis cache over {} shard(s)", config.cache.redis.shards.len()),
+        CacheBackend::Memory => format!(
+            "in-memory cache of {} MiB",
+            config.cache.memory.max_bytes >> 20
+        ),
+        CacheBackend::Redis => format!(
+            "Redis cache over {} shard(s)",
+            config.cache.redis.shards.len()
+        ),
     };
     match config_path {
         Some(path) => info!(
@@ -120,7 +150,11 @@ async fn clean_expired_pending(state: web::Data<AppState>) {
     let mut tick = tokio::time::interval(PENDING_CLEANUP_INTERVAL);
     loop {
         tick.tick().await;
-        match state.db.delete_expired_pending(crate::media::now_ms()).await {
+        match state
+            .db
+            .delete_expired_pending(crate::media::now_ms())
+            .await
+        {
             Ok(0) => {}
             Ok(n) => info!(removed = n, "expired async-upload reservations removed"),
             Err(err) => warn!(error = %err, "removing expired async-upload reservations failed"),

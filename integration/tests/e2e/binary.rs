@@ -10,28 +10,56 @@ fn starts_on_the_embedded_default_from_an_empty_directory() {
     let repo = MediaRepo::start_without_config(dir.path()).unwrap();
     let health = reqwest::blocking::get(format!("{}/healthz", repo.base_url())).unwrap();
     assert_eq!(health.status(), 200);
-    assert!(dir.path().join("data").join("media-repo.db").exists(), "SQLite file under ./data");
-    assert!(dir.path().join("data").join("media").is_dir(), "file datastore under ./data/media");
+    assert!(
+        dir.path().join("data").join("media-repo.db").exists(),
+        "SQLite file under ./data"
+    );
+    assert!(
+        dir.path().join("data").join("media").is_dir(),
+        "file datastore under ./data/media"
+    );
     let logs = repo.logs();
-    assert!(logs.contains("embedded default"), "startup line names the embedded default:\n{logs}");
-    assert!(logs.contains("Redis"), "startup line says how to use Redis:\n{logs}");
+    assert!(
+        logs.contains("embedded default"),
+        "startup line names the embedded default:\n{logs}"
+    );
+    assert!(
+        logs.contains("Redis"),
+        "startup line says how to use Redis:\n{logs}"
+    );
     let metrics = repo.metrics().unwrap();
-    assert!(metrics.contains("media_repo_config_generation 1"), "{metrics}");
+    assert!(
+        metrics.contains("media_repo_config_generation 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
 fn check_config_accepts_the_sample_and_rejects_unknown_keys() {
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.sample.yaml");
-    let ok = Command::new(media_repo_bin()).args(["check-config", sample]).output().unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = Command::new(media_repo_bin())
+        .args(["check-config", sample])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "cache:\n  redis:\n    shardz: []\n").unwrap();
-    let out = Command::new(media_repo_bin()).args(["check-config", bad.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(media_repo_bin())
+        .args(["check-config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("shardz") && stderr.contains("cache.redis"), "{stderr}");
+    assert!(
+        stderr.contains("shardz") && stderr.contains("cache.redis"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -39,7 +67,10 @@ fn refuses_to_start_on_a_broken_config_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, "homeservers: []\n").unwrap();
-    let out = Command::new(media_repo_bin()).args(["--config", path.to_str().unwrap()]).output().unwrap();
+    let out = Command::new(media_repo_bin())
+        .args(["--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.to_lowercase().contains("homeserver"), "{stderr}");

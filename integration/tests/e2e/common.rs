@@ -53,11 +53,20 @@ pub struct Options<'a> {
 
 impl Default for Options<'_> {
     fn default() -> Self {
-        Options { db: Db::Sqlite, cache_yaml: "cache:\n  backend: memory\n", extra_yaml: "" }
+        Options {
+            db: Db::Sqlite,
+            cache_yaml: "cache:\n  backend: memory\n",
+            extra_yaml: "",
+        }
     }
 }
 
-pub fn config_yaml(synapse: &Synapse, database_url: &str, cache_yaml: &str, extra_yaml: &str) -> String {
+pub fn config_yaml(
+    synapse: &Synapse,
+    database_url: &str,
+    cache_yaml: &str,
+    extra_yaml: &str,
+) -> String {
     format!(
         "server:\n  bind: \"127.0.0.1:{{port}}\"\n\
          homeservers:\n  - name: \"{name}\"\n    client_api_url: \"{url}\"\n\
@@ -82,11 +91,19 @@ impl Stack {
             Some(schema) => schema.url(),
             None => "sqlite://{dir}/media-repo.db".to_owned(),
         };
-        let repo = MediaRepo::start(&config_yaml(synapse, &database_url, options.cache_yaml, options.extra_yaml))
-            .expect("media-repo starts");
+        let repo = MediaRepo::start(&config_yaml(
+            synapse,
+            &database_url,
+            options.cache_yaml,
+            options.extra_yaml,
+        ))
+        .expect("media-repo starts");
         Stack {
             repo,
-            http: Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
+            http: Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
             server_name: synapse.server_name.clone(),
             db: options.db,
             schema,
@@ -98,12 +115,23 @@ impl Stack {
     }
 
     pub fn get(&self, path: &str, token: Option<&str>) -> Response {
-        with_token(self.http.get(self.url(path)), token).send().unwrap()
+        with_token(self.http.get(self.url(path)), token)
+            .send()
+            .unwrap()
     }
 
     /// `POST /_matrix/media/v3/upload` as `token`; returns the response.
-    pub fn upload_raw(&self, token: &str, bytes: Vec<u8>, content_type: Option<&str>, query: &str) -> Response {
-        let mut request = self.http.post(self.url(&format!("/_matrix/media/v3/upload{query}"))).bearer_auth(token);
+    pub fn upload_raw(
+        &self,
+        token: &str,
+        bytes: Vec<u8>,
+        content_type: Option<&str>,
+        query: &str,
+    ) -> Response {
+        let mut request = self
+            .http
+            .post(self.url(&format!("/_matrix/media/v3/upload{query}")))
+            .bearer_auth(token);
         if let Some(ct) = content_type {
             request = request.header("Content-Type", ct);
         }
@@ -111,22 +139,39 @@ impl Stack {
     }
 
     /// Uploads and returns `(server, media_id)`.
-    pub fn upload(&self, token: &str, bytes: Vec<u8>, content_type: &str, filename: Option<&str>) -> (String, String) {
+    pub fn upload(
+        &self,
+        token: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        filename: Option<&str>,
+    ) -> (String, String) {
         let query = match filename {
             Some(name) => format!("?filename={}", urlencode(name)),
             None => String::new(),
         };
         let response = self.upload_raw(token, bytes, Some(content_type), &query);
-        assert_eq!(response.status(), 200, "upload failed: {}", response.text().unwrap_or_default());
+        assert_eq!(
+            response.status(),
+            200,
+            "upload failed: {}",
+            response.text().unwrap_or_default()
+        );
         let body: serde_json::Value = response.json().unwrap();
-        let uri = body["content_uri"].as_str().expect("content_uri").to_owned();
+        let uri = body["content_uri"]
+            .as_str()
+            .expect("content_uri")
+            .to_owned();
         let rest = uri.strip_prefix("mxc://").expect("mxc uri");
         let (server, id) = rest.split_once('/').expect("server/id");
         (server.to_owned(), id.to_owned())
     }
 
     pub fn download(&self, server: &str, id: &str, token: &str) -> Response {
-        self.get(&format!("/_matrix/client/v1/media/download/{server}/{id}"), Some(token))
+        self.get(
+            &format!("/_matrix/client/v1/media/download/{server}/{id}"),
+            Some(token),
+        )
     }
 
     /// Rows in the `media` table (SQLite file or Postgres schema).
@@ -143,7 +188,9 @@ impl Stack {
                 sqlite_count(&db, &sql)
             }
         };
-        out.trim().parse().unwrap_or_else(|_| panic!("row count from {out:?}"))
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("row count from {out:?}"))
     }
 
     /// Files in the datastore: (stored objects, temp files).
@@ -163,7 +210,11 @@ fn sqlite_count(db: &Path, sql: &str) -> String {
         .arg(sql)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -171,7 +222,9 @@ pub fn count_files(dir: &Path) -> usize {
     let mut n = 0;
     let mut stack: Vec<PathBuf> = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() {
@@ -214,7 +267,13 @@ pub fn random_bytes(len: usize) -> Vec<u8> {
 pub fn matrix_error(response: Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body: serde_json::Value = response.json().unwrap_or_default();
-    (status, body["errcode"].as_str().unwrap_or("<no errcode>").to_owned())
+    (
+        status,
+        body["errcode"]
+            .as_str()
+            .unwrap_or("<no errcode>")
+            .to_owned(),
+    )
 }
 
 /// Generates `sqlite::<test>` and `postgres::<test>` for each `fn(Db)`.

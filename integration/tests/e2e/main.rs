@@ -4,6 +4,8 @@
 //! One test binary with modules, so the suite links once.
 
 mod binary;
+mod cache_redis;
 mod common;
 mod media_api;
+mod real_deployment;
 mod reload;

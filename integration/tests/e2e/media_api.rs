@@ -24,7 +24,10 @@ on_both_databases!(
 const CSP: &str = "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; object-src 'self';";
 
 fn stack(db: Db) -> Stack {
-    Stack::start(Options { db, ..Options::default() })
+    Stack::start(Options {
+        db,
+        ..Options::default()
+    })
 }
 
 fn header(response: &reqwest::blocking::Response, name: &str) -> String {
@@ -45,10 +48,20 @@ fn upload_download_round_trip_with_every_header(db: Db) {
 
     let response = s.download(&server, &id, &u.bob);
     assert_eq!(response.status(), 200);
-    assert_eq!(header(&response, "content-type"), "img/png", "exact Content-Type back");
-    assert_eq!(header(&response, "content-disposition"), "attachment; filename=cat.png");
+    assert_eq!(
+        header(&response, "content-type"),
+        "img/png",
+        "exact Content-Type back"
+    );
+    assert_eq!(
+        header(&response, "content-disposition"),
+        "attachment; filename=cat.png"
+    );
     assert_eq!(header(&response, "content-security-policy"), CSP);
-    assert_eq!(header(&response, "cross-origin-resource-policy"), "cross-origin");
+    assert_eq!(
+        header(&response, "cross-origin-resource-policy"),
+        "cross-origin"
+    );
     assert_eq!(header(&response, "access-control-allow-origin"), "*");
     assert_eq!(header(&response, "content-length"), "300000");
     assert_eq!(response.bytes().unwrap().as_ref(), bytes.as_slice());
@@ -59,9 +72,18 @@ fn upload_download_round_trip_with_every_header(db: Db) {
     assert_eq!(header(&response, "content-disposition"), "inline");
     let response = s.upload_raw(&u.alice, b"x".to_vec(), None, "");
     let uri: serde_json::Value = response.json().unwrap();
-    let id = uri["content_uri"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    let id = uri["content_uri"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
     let response = s.download(&server, &id, &u.alice);
-    assert_eq!(header(&response, "content-type"), "application/octet-stream");
+    assert_eq!(
+        header(&response, "content-type"),
+        "application/octet-stream"
+    );
 
     // Identical bytes are stored once.
     let before = s.datastore_files().0;
@@ -77,45 +99,85 @@ fn head_range_and_filename_override(db: Db) {
     let (server, id) = s.upload(&u.alice, bytes.clone(), "image/png", Some("a.png"));
     let path = format!("/_matrix/client/v1/media/download/{server}/{id}");
 
-    let head = s.http.head(s.url(&path)).bearer_auth(&u.alice).send().unwrap();
+    let head = s
+        .http
+        .head(s.url(&path))
+        .bearer_auth(&u.alice)
+        .send()
+        .unwrap();
     assert_eq!(head.status(), 200);
     assert_eq!(header(&head, "content-length"), "10000");
     assert_eq!(header(&head, "content-type"), "image/png");
     assert_eq!(head.bytes().unwrap().len(), 0);
 
-    let part = s.http.get(s.url(&path)).bearer_auth(&u.alice).header("Range", "bytes=100-199").send().unwrap();
+    let part = s
+        .http
+        .get(s.url(&path))
+        .bearer_auth(&u.alice)
+        .header("Range", "bytes=100-199")
+        .send()
+        .unwrap();
     assert_eq!(part.status(), 206);
     assert_eq!(header(&part, "content-range"), "bytes 100-199/10000");
     assert_eq!(part.bytes().unwrap().as_ref(), &bytes[100..200]);
 
-    let suffix = s.http.get(s.url(&path)).bearer_auth(&u.alice).header("Range", "bytes=-10").send().unwrap();
+    let suffix = s
+        .http
+        .get(s.url(&path))
+        .bearer_auth(&u.alice)
+        .header("Range", "bytes=-10")
+        .send()
+        .unwrap();
     assert_eq!(suffix.status(), 206);
     assert_eq!(suffix.bytes().unwrap().as_ref(), &bytes[9_990..]);
 
-    let past = s.http.get(s.url(&path)).bearer_auth(&u.alice).header("Range", "bytes=20000-").send().unwrap();
+    let past = s
+        .http
+        .get(s.url(&path))
+        .bearer_auth(&u.alice)
+        .header("Range", "bytes=20000-")
+        .send()
+        .unwrap();
     assert_eq!(header(&past, "content-range"), "bytes */10000");
     assert_eq!(past.status(), 416);
 
     for malformed in ["bytes=abc", "bytes=5-1", "lines=1-2", "bytes=0-1,5-6"] {
-        let whole = s.http.get(s.url(&path)).bearer_auth(&u.alice).header("Range", malformed).send().unwrap();
+        let whole = s
+            .http
+            .get(s.url(&path))
+            .bearer_auth(&u.alice)
+            .header("Range", malformed)
+            .send()
+            .unwrap();
         assert_eq!(whole.status(), 200, "{malformed} is ignored");
         assert_eq!(whole.bytes().unwrap().as_ref(), bytes.as_slice());
     }
 
     let named = s.get(&format!("{path}/other%20name.png"), Some(&u.alice));
-    assert_eq!(header(&named, "content-disposition"), "inline; filename*=utf-8''other%20name.png");
+    assert_eq!(
+        header(&named, "content-disposition"),
+        "inline; filename*=utf-8''other%20name.png"
+    );
     assert_eq!(named.bytes().unwrap().as_ref(), bytes.as_slice());
 }
 
 fn config_endpoints(db: Db) {
     let s = stack(db);
     let u = users();
-    for path in ["/_matrix/client/v1/media/config", "/_matrix/media/v3/config", "/_matrix/media/r0/config"] {
+    for path in [
+        "/_matrix/client/v1/media/config",
+        "/_matrix/media/v3/config",
+        "/_matrix/media/r0/config",
+    ] {
         let response = s.get(path, Some(&u.alice));
         assert_eq!(response.status(), 200, "{path}");
         let body: serde_json::Value = response.json().unwrap();
         assert_eq!(body["m.upload.size"], 8_388_608, "{path}");
-        assert_eq!(matrix_error(s.get(path, None)), (401, "M_MISSING_TOKEN".into()), "{path}");
+        assert_eq!(
+            matrix_error(s.get(path, None)),
+            (401, "M_MISSING_TOKEN".into()),
+            "{path}"
+        );
     }
 }
 
@@ -129,38 +191,68 @@ fn auth_is_checked_first_and_bad_tokens_are_refused(db: Db) {
         (401, "M_MISSING_TOKEN".into())
     );
     assert_eq!(
-        matrix_error(s.get("/_matrix/client/v1/media/download/x/y", Some("garbage-token"))),
+        matrix_error(s.get(
+            "/_matrix/client/v1/media/download/x/y",
+            Some("garbage-token")
+        )),
         (401, "M_UNKNOWN_TOKEN".into())
     );
     let upload = s.upload_raw("garbage-token", b"x".to_vec(), None, "");
     assert_eq!(matrix_error(upload), (401, "M_UNKNOWN_TOKEN".into()));
-    let no_token = s.http.post(s.url("/_matrix/media/v3/upload")).body("x").send().unwrap();
+    let no_token = s
+        .http
+        .post(s.url("/_matrix/media/v3/upload"))
+        .body("x")
+        .send()
+        .unwrap();
     assert_eq!(matrix_error(no_token), (401, "M_MISSING_TOKEN".into()));
-    let wrong_scheme = s.http.get(s.url("/_matrix/client/v1/media/config")).header("Authorization", "Basic abc").send().unwrap();
+    let wrong_scheme = s
+        .http
+        .get(s.url("/_matrix/client/v1/media/config"))
+        .header("Authorization", "Basic abc")
+        .send()
+        .unwrap();
     assert_eq!(matrix_error(wrong_scheme), (401, "M_MISSING_TOKEN".into()));
 
     // The deprecated query parameter still works.
     let (server, id) = s.upload(&u.alice, b"q".to_vec(), "text/plain", None);
-    let by_query = s.get(&format!("/_matrix/client/v1/media/download/{server}/{id}?access_token={}", urlencode(&u.bob)), None);
+    let by_query = s.get(
+        &format!(
+            "/_matrix/client/v1/media/download/{server}/{id}?access_token={}",
+            urlencode(&u.bob)
+        ),
+        None,
+    );
     assert_eq!(by_query.status(), 200);
 
-    // An expired (logged out) token is refused.
+    // An expired (logged out) token is refused: with the whoami cache off, at once.
+    drop(s);
+    let s = Stack::start(Options {
+        db,
+        extra_yaml: "auth:\n  whoami_cache_secs: 0\n",
+        ..Options::default()
+    });
+    let (server, id) = s.upload(&u.alice, b"q".to_vec(), "text/plain", None);
     let token = synapse.login("bob").unwrap();
     assert_eq!(s.download(&server, &id, &token).status(), 200);
     synapse.logout(&token).unwrap();
-    // The positive answer may be cached for whoami_cache_secs; the test config keeps the default (60 s),
-    // so use a fresh repo with caching off to see the logout immediately.
-    drop(s);
-    let s = Stack::start(Options { db, extra_yaml: "auth:\n  whoami_cache_secs: 0\n", ..Options::default() });
-    assert_eq!(matrix_error(s.download(&server, &id, &token)), (401, "M_UNKNOWN_TOKEN".into()));
-    assert_eq!(s.media_rows(), 0);
+    assert_eq!(
+        matrix_error(s.download(&server, &id, &token)),
+        (401, "M_UNKNOWN_TOKEN".into())
+    );
+    assert_eq!(s.media_rows(), 1);
 }
 
 fn async_upload_lifecycle(db: Db) {
     let s = stack(db);
     let u = users();
     let create = |token: &str| {
-        let response = s.http.post(s.url("/_matrix/media/v1/create")).bearer_auth(token).send().unwrap();
+        let response = s
+            .http
+            .post(s.url("/_matrix/media/v1/create"))
+            .bearer_auth(token)
+            .send()
+            .unwrap();
         let status = response.status().as_u16();
         let body: serde_json::Value = response.json().unwrap();
         (status, body)
@@ -174,37 +266,83 @@ fn async_upload_lifecycle(db: Db) {
 
     // Not uploaded yet: 504 after timeout_ms.
     let started = Instant::now();
-    let waiting = s.get(&format!("/_matrix/client/v1/media/download/{server}/{id}?timeout_ms=300"), Some(&u.alice));
+    let waiting = s.get(
+        &format!("/_matrix/client/v1/media/download/{server}/{id}?timeout_ms=300"),
+        Some(&u.alice),
+    );
     assert_eq!(matrix_error(waiting), (504, "M_NOT_YET_UPLOADED".into()));
     assert!(started.elapsed() >= Duration::from_millis(300));
 
     // Someone else may not fill it.
-    let by_bob = s.http.put(&put_path).bearer_auth(&u.bob).body("nope").send().unwrap();
+    let by_bob = s
+        .http
+        .put(&put_path)
+        .bearer_auth(&u.bob)
+        .body("nope")
+        .send()
+        .unwrap();
     assert_eq!(matrix_error(by_bob), (403, "M_FORBIDDEN".into()));
 
     // A download waiting for it gets it as soon as it arrives.
     let bytes = random_bytes(50_000);
     let waiter = {
-        let url = s.url(&format!("/_matrix/client/v1/media/download/{server}/{id}?timeout_ms=20000"));
+        let url = s.url(&format!(
+            "/_matrix/client/v1/media/download/{server}/{id}?timeout_ms=20000"
+        ));
         let token = u.alice.clone();
         let http = s.http.clone();
-        std::thread::spawn(move || http.get(url).bearer_auth(token).send().unwrap().bytes().unwrap().to_vec())
+        std::thread::spawn(move || {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .unwrap()
+                .bytes()
+                .unwrap()
+                .to_vec()
+        })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let put = s.http.put(&put_path).bearer_auth(&u.alice).header("Content-Type", "image/png").body(bytes.clone()).send().unwrap();
+    let put = s
+        .http
+        .put(&put_path)
+        .bearer_auth(&u.alice)
+        .header("Content-Type", "image/png")
+        .body(bytes.clone())
+        .send()
+        .unwrap();
     assert_eq!(put.status(), 200);
     assert_eq!(waiter.join().unwrap(), bytes);
 
-    let again = s.http.put(&put_path).bearer_auth(&u.alice).body("again").send().unwrap();
-    assert_eq!(matrix_error(again), (409, "M_CANNOT_OVERWRITE_MEDIA".into()));
-    let unknown = s.http.put(s.url(&format!("/_matrix/media/v3/upload/{server}/UnknownId123"))).bearer_auth(&u.alice).body("x").send().unwrap();
+    let again = s
+        .http
+        .put(&put_path)
+        .bearer_auth(&u.alice)
+        .body("again")
+        .send()
+        .unwrap();
+    assert_eq!(
+        matrix_error(again),
+        (409, "M_CANNOT_OVERWRITE_MEDIA".into())
+    );
+    let unknown = s
+        .http
+        .put(s.url(&format!("/_matrix/media/v3/upload/{server}/UnknownId123")))
+        .bearer_auth(&u.alice)
+        .body("x")
+        .send()
+        .unwrap();
     assert_eq!(matrix_error(unknown), (404, "M_NOT_FOUND".into()));
 
     // The pending limit (3 in the test config).
     for _ in 0..3 {
         assert_eq!(create(&u.bob).0, 200);
     }
-    let response = s.http.post(s.url("/_matrix/media/v1/create")).bearer_auth(&u.bob).send().unwrap();
+    let response = s
+        .http
+        .post(s.url("/_matrix/media/v1/create"))
+        .bearer_auth(&u.bob)
+        .send()
+        .unwrap();
     assert!(response.headers().get("retry-after").is_some());
     assert_eq!(matrix_error(response), (429, "M_LIMIT_EXCEEDED".into()));
 }
@@ -228,13 +366,23 @@ fn bad_media_ids_are_refused_and_store_nothing(db: Db) {
         "ex%C3%A4mple.org/abc".to_owned(),
     ];
     for case in &cases {
-        let download = s.get(&format!("/_matrix/client/v1/media/download/{case}"), Some(&u.alice));
+        let download = s.get(
+            &format!("/_matrix/client/v1/media/download/{case}"),
+            Some(&u.alice),
+        );
         let (status, errcode) = matrix_error(download);
         assert!(
-            (status == 400 && errcode == "M_INVALID_PARAM") || (status == 404 && errcode == "M_UNRECOGNIZED"),
+            (status == 400 && errcode == "M_INVALID_PARAM")
+                || (status == 404 && errcode == "M_UNRECOGNIZED"),
             "{case}: {status} {errcode}"
         );
-        let put = s.http.put(s.url(&format!("/_matrix/media/v3/upload/{case}"))).bearer_auth(&u.alice).body("x").send().unwrap();
+        let put = s
+            .http
+            .put(s.url(&format!("/_matrix/media/v3/upload/{case}")))
+            .bearer_auth(&u.alice)
+            .body("x")
+            .send()
+            .unwrap();
         let (status, _) = matrix_error(put);
         assert!(status == 400 || status == 404, "{case}: {status}");
     }
@@ -245,13 +393,22 @@ fn bad_media_ids_are_refused_and_store_nothing(db: Db) {
 fn awkward_filenames_round_trip(db: Db) {
     let s = stack(db);
     let u = users();
-    for name in ["quote\"d.txt", "semi;colon.txt", "line\r\nbreak.txt", "cat 🐈 emoji.txt", "ünïcødé.txt", "a=b&c.txt"] {
+    for name in [
+        "quote\"d.txt",
+        "semi;colon.txt",
+        "line\r\nbreak.txt",
+        "cat 🐈 emoji.txt",
+        "ünïcødé.txt",
+        "a=b&c.txt",
+    ] {
         let (server, id) = s.upload(&u.alice, b"x".to_vec(), "text/plain", Some(name));
         let response = s.download(&server, &id, &u.alice);
         assert_eq!(response.status(), 200);
         let disposition = header(&response, "content-disposition");
         assert!(!disposition.contains('\r') && !disposition.contains('\n'));
-        let encoded = disposition.strip_prefix("inline; filename*=utf-8''").unwrap_or_else(|| panic!("{disposition}"));
+        let encoded = disposition
+            .strip_prefix("inline; filename*=utf-8''")
+            .unwrap_or_else(|| panic!("{disposition}"));
         let decoded = percent_decode(encoded);
         assert_eq!(decoded, name, "round trip of {name:?}");
     }
@@ -281,12 +438,24 @@ fn oversized_uploads_are_refused_and_store_nothing(db: Db) {
     let response = s.upload_raw(&u.alice, too_big.clone(), Some("image/png"), "");
     assert_eq!(matrix_error(response), (413, "M_TOO_LARGE".into()));
     // Without Content-Length (chunked): refused once the limit is crossed.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = too_big.chunks(65_536).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        too_big.chunks(65_536).map(|c| Ok(c.to_vec())).collect();
     let body = reqwest::blocking::Body::new(ChunkReader::new(chunks));
-    let response = s.http.post(s.url("/_matrix/media/v3/upload")).bearer_auth(&u.alice).body(body).send().unwrap();
+    let response = s
+        .http
+        .post(s.url("/_matrix/media/v3/upload"))
+        .bearer_auth(&u.alice)
+        .body(body)
+        .send()
+        .unwrap();
     assert_eq!(matrix_error(response), (413, "M_TOO_LARGE".into()));
     // Exactly the limit is fine.
-    s.upload(&u.alice, random_bytes(8_388_608), "application/octet-stream", None);
+    s.upload(
+        &u.alice,
+        random_bytes(8_388_608),
+        "application/octet-stream",
+        None,
+    );
     wait_for_no_temp_files(&s);
     assert_eq!(s.media_rows(), 1);
     assert_eq!(s.datastore_files(), (1, 0));
@@ -299,13 +468,17 @@ struct ChunkReader {
 
 impl ChunkReader {
     fn new(chunks: Vec<Result<Vec<u8>, std::io::Error>>) -> Self {
-        ChunkReader { chunks: chunks.into_iter().filter_map(Result::ok).collect() }
+        ChunkReader {
+            chunks: chunks.into_iter().filter_map(Result::ok).collect(),
+        }
     }
 }
 
 impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let Some(chunk) = self.chunks.front_mut() else { return Ok(0) };
+        let Some(chunk) = self.chunks.front_mut() else {
+            return Ok(0);
+        };
         let n = chunk.len().min(buf.len());
         buf[..n].copy_from_slice(&chunk[..n]);
         chunk.drain(..n);
@@ -348,13 +521,32 @@ fn client_disconnect_mid_upload_stores_nothing(db: Db) {
 fn unknown_paths_and_methods(db: Db) {
     let s = stack(db);
     let u = users();
-    assert_eq!(matrix_error(s.get("/_matrix/media/v3/nonsense", Some(&u.alice))), (404, "M_UNRECOGNIZED".into()));
-    assert_eq!(matrix_error(s.get("/", None)), (404, "M_UNRECOGNIZED".into()));
-    let wrong = s.http.delete(s.url("/_matrix/media/v3/upload")).bearer_auth(&u.alice).send().unwrap();
+    assert_eq!(
+        matrix_error(s.get("/_matrix/media/v3/nonsense", Some(&u.alice))),
+        (404, "M_UNRECOGNIZED".into())
+    );
+    assert_eq!(
+        matrix_error(s.get("/", None)),
+        (404, "M_UNRECOGNIZED".into())
+    );
+    let wrong = s
+        .http
+        .delete(s.url("/_matrix/media/v3/upload"))
+        .bearer_auth(&u.alice)
+        .send()
+        .unwrap();
     assert_eq!(matrix_error(wrong), (405, "M_UNRECOGNIZED".into()));
-    let wrong = s.http.post(s.url("/_matrix/client/v1/media/download/a/b")).send().unwrap();
+    let wrong = s
+        .http
+        .post(s.url("/_matrix/client/v1/media/download/a/b"))
+        .send()
+        .unwrap();
     assert_eq!(matrix_error(wrong), (405, "M_UNRECOGNIZED".into()));
-    let preflight = s.http.request(reqwest::Method::OPTIONS, s.url("/_matrix/media/v3/upload")).send().unwrap();
+    let preflight = s
+        .http
+        .request(reqwest::Method::OPTIONS, s.url("/_matrix/media/v3/upload"))
+        .send()
+        .unwrap();
     assert_eq!(preflight.status(), 200);
     assert_eq!(header(&preflight, "access-control-allow-origin"), "*");
     let missing = s.download(&s.server_name, "NoSuchMedia", &u.alice);
@@ -367,21 +559,31 @@ fn legacy_download_freeze(db: Db) {
     let u = users();
     let (server, id) = s.upload(&u.alice, b"legacy".to_vec(), "text/plain", None);
     for version in ["v3", "r0"] {
-        let frozen = s.get(&format!("/_matrix/media/{version}/download/{server}/{id}"), None);
+        let frozen = s.get(
+            &format!("/_matrix/media/{version}/download/{server}/{id}"),
+            None,
+        );
         assert_eq!(matrix_error(frozen), (404, "M_NOT_FOUND".into()));
     }
     drop(s);
     // Freeze from a date in the future: media from before it is served unauthenticated.
     let s = Stack::start(Options {
         db,
-        extra_yaml: "downloads:\n  legacy_freeze:\n    enabled: true\n    after_ms: 32503680000000\n",
+        extra_yaml:
+            "downloads:\n  legacy_freeze:\n    enabled: true\n    after_ms: 32503680000000\n",
         ..Options::default()
     });
     let (server, id) = s.upload(&u.alice, b"legacy".to_vec(), "text/plain", Some("l.txt"));
     for version in ["v3", "r0"] {
-        let served = s.get(&format!("/_matrix/media/{version}/download/{server}/{id}"), None);
+        let served = s.get(
+            &format!("/_matrix/media/{version}/download/{server}/{id}"),
+            None,
+        );
         assert_eq!(served.status(), 200);
-        assert_eq!(header(&served, "content-disposition"), "inline; filename=l.txt");
+        assert_eq!(
+            header(&served, "content-disposition"),
+            "inline; filename=l.txt"
+        );
         assert_eq!(served.bytes().unwrap().as_ref(), b"legacy");
     }
 }

@@ -13,7 +13,10 @@ fn config_with_shards(shards: &[(&str, &RedisServer)]) -> String {
          cache:\n  backend: redis\n  redis:\n    shards:\n",
     );
     for (name, server) in shards {
-        yaml.push_str(&format!("      - name: {name}\n        addr: \"{}\"\n", server.url()));
+        yaml.push_str(&format!(
+            "      - name: {name}\n        addr: \"{}\"\n",
+            server.url()
+        ));
     }
     yaml
 }
@@ -27,20 +30,36 @@ fn sighup_adds_a_shard_and_a_broken_config_is_refused() {
     let a = RedisServer::start().unwrap();
     let b = RedisServer::start().unwrap();
     let repo = MediaRepo::start(&config_with_shards(&[("a", &a)])).unwrap();
-    repo.wait_for("shard a up", Duration::from_secs(10), || shard_up(&repo, "a") == Some(1.0)).unwrap();
+    repo.wait_for("shard a up", Duration::from_secs(10), || {
+        shard_up(&repo, "a") == Some(1.0)
+    })
+    .unwrap();
     assert_eq!(shard_up(&repo, "b"), None);
 
-    repo.write_config(&config_with_shards(&[("a", &a), ("b", &b)])).unwrap();
+    repo.write_config(&config_with_shards(&[("a", &a), ("b", &b)]))
+        .unwrap();
     repo.sighup();
-    repo.wait_for("shard b added and up", Duration::from_secs(10), || shard_up(&repo, "b") == Some(1.0)).unwrap();
+    repo.wait_for("shard b added and up", Duration::from_secs(10), || {
+        shard_up(&repo, "b") == Some(1.0)
+    })
+    .unwrap();
     assert_eq!(repo.metric_value("media_repo_config_generation"), Some(2.0));
     let status: serde_json::Value =
-        reqwest::blocking::get(format!("{}/_media_repo/v1/cache", repo.base_url())).unwrap().json().unwrap();
-    let names: Vec<&str> = status["shards"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+        reqwest::blocking::get(format!("{}/_media_repo/v1/cache", repo.base_url()))
+            .unwrap()
+            .json()
+            .unwrap();
+    let names: Vec<&str> = status["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
     assert_eq!(names.len(), 2, "{status}");
 
     // A config with an unknown key is refused; the server keeps serving with the two shards.
-    repo.write_config("cache:\n  backend: redis\n  bogus_key: 1\n").unwrap();
+    repo.write_config("cache:\n  backend: redis\n  bogus_key: 1\n")
+        .unwrap();
     repo.sighup();
     repo.wait_for("reload rejected", Duration::from_secs(10), || {
         repo.metric_value("media_repo_config_reloads_total{result=\"rejected\"}") == Some(1.0)
@@ -54,8 +73,12 @@ fn sighup_adds_a_shard_and_a_broken_config_is_refused() {
     assert_eq!(health.status(), 200);
 
     // Removing a shard forgets it (its metrics vanish: they tell the truth).
-    repo.write_config(&config_with_shards(&[("b", &b)])).unwrap();
+    repo.write_config(&config_with_shards(&[("b", &b)]))
+        .unwrap();
     repo.sighup();
-    repo.wait_for("shard a removed", Duration::from_secs(10), || shard_up(&repo, "a").is_none()).unwrap();
+    repo.wait_for("shard a removed", Duration::from_secs(10), || {
+        shard_up(&repo, "a").is_none()
+    })
+    .unwrap();
     assert_eq!(shard_up(&repo, "b"), Some(1.0));
 }

@@ -53,7 +53,12 @@ pub struct MediaBody {
 }
 
 /// Opens `location` in the datastore at `start`, limited to `len` bytes.
-async fn open_file(state: &AppState, location: &str, start: u64, len: u64) -> Result<FileStream, mr_storage::Error> {
+async fn open_file(
+    state: &AppState,
+    location: &str,
+    start: u64,
+    len: u64,
+) -> Result<FileStream, mr_storage::Error> {
     let file = state.datastore.open_at(location, start).await?;
     Ok(ReaderStream::with_capacity(file.take(len), FILE_READ_CHUNK))
 }
@@ -70,7 +75,11 @@ impl MediaBody {
         end_inclusive: u64,
     ) -> Result<MediaBody, mr_storage::Error> {
         let end = end_inclusive + 1;
-        let range = if start == 0 && end == size { None } else { Some((start, end_inclusive)) };
+        let range = if start == 0 && end == size {
+            None
+        } else {
+            Some((start, end_inclusive))
+        };
         let source = if size == 0 {
             Source::Done
         } else if let Some(reader) = state.cache.open_blob(sha256, range).await {
@@ -81,7 +90,13 @@ impl MediaBody {
             }
             Source::File(open_file(&state, location, start, end - start).await?)
         };
-        Ok(MediaBody { state, location: location.to_owned(), position: start, end, source })
+        Ok(MediaBody {
+            state,
+            location: location.to_owned(),
+            position: start,
+            end,
+            source,
+        })
     }
 
     /// The response body stream.
@@ -102,22 +117,32 @@ impl MediaBody {
                 Source::Cache(reader) => match reader.next().await {
                     BlobRead::Data(bytes) => {
                         self.position += bytes.len() as u64;
-                        DOWNLOAD_BYTES.with_label_values(&["cache"]).inc_by(bytes.len() as u64);
+                        DOWNLOAD_BYTES
+                            .with_label_values(&["cache"])
+                            .inc_by(bytes.len() as u64);
                         return Some(Ok(bytes));
                     }
                     BlobRead::End => {
                         if self.position < self.end {
                             // The cache said it was done early: never send short bytes.
-                            warn!(position = self.position, end = self.end, "cache ended early; finishing from the datastore");
+                            warn!(
+                                position = self.position,
+                                end = self.end,
+                                "cache ended early; finishing from the datastore"
+                            );
                             if let Err(err) = self.switch_to_file().await {
-                            return Some(Err(err));
-                        }
+                                return Some(Err(err));
+                            }
                         } else {
                             self.source = Source::Done;
                         }
                     }
                     BlobRead::Lost { at } => {
-                        debug!(at, position = self.position, "cache lost a chunk; finishing from the datastore");
+                        debug!(
+                            at,
+                            position = self.position,
+                            "cache lost a chunk; finishing from the datastore"
+                        );
                         if let Err(err) = self.switch_to_file().await {
                             return Some(Err(err));
                         }
@@ -126,7 +151,9 @@ impl MediaBody {
                 Source::File(stream) => match stream.next().await {
                     Some(Ok(bytes)) => {
                         self.position += bytes.len() as u64;
-                        DOWNLOAD_BYTES.with_label_values(&["datastore"]).inc_by(bytes.len() as u64);
+                        DOWNLOAD_BYTES
+                            .with_label_values(&["datastore"])
+                            .inc_by(bytes.len() as u64);
                         return Some(Ok(bytes));
                     }
                     Some(Err(err)) => {
@@ -151,7 +178,14 @@ impl MediaBody {
     /// Continues from the datastore at the first byte not yet sent. Ends the stream with an
     /// error (the client sees a cut connection, never wrong bytes) if the file is unreadable.
     async fn switch_to_file(&mut self) -> Result<(), std::io::Error> {
-        match open_file(&self.state, &self.location, self.position, self.end - self.position).await {
+        match open_file(
+            &self.state,
+            &self.location,
+            self.position,
+            self.end - self.position,
+        )
+        .await
+        {
             Ok(stream) => {
                 self.source = Source::File(stream);
                 Ok(())
@@ -166,7 +200,12 @@ impl MediaBody {
 }
 
 /// Copies a stored blob into the cache on a background task, once per blob at a time.
-pub fn fill_cache_in_background(state: &web::Data<AppState>, sha256: &str, location: &str, size: u64) {
+pub fn fill_cache_in_background(
+    state: &web::Data<AppState>,
+    sha256: &str,
+    location: &str,
+    size: u64,
+) {
     if state.cache.backend() == "none" || !FILLS_IN_FLIGHT.insert(sha256.to_owned()) {
         return;
     }
@@ -179,7 +218,9 @@ pub fn fill_cache_in_background(state: &web::Data<AppState>, sha256: &str, locat
                 Ok(stored) => debug!(%sha256, stored, "cache fill finished"),
                 Err(err) => debug!(%sha256, error = %err, "cache fill failed"),
             },
-            Err(err) => warn!(%sha256, error = %err, "cache fill could not open the datastore file"),
+            Err(err) => {
+                warn!(%sha256, error = %err, "cache fill could not open the datastore file")
+            }
         }
         FILLS_IN_FLIGHT.remove(&sha256);
     });

@@ -26,7 +26,11 @@ enum Api {
     Legacy,
 }
 
-pub async fn authenticated(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> MatrixResult<HttpResponse> {
+pub async fn authenticated(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
     let (origin, media_id) = path.into_inner();
     serve(req, state, Api::Authenticated, &origin, &media_id, None).await
 }
@@ -37,10 +41,22 @@ pub async fn authenticated_named(
     state: web::Data<AppState>,
 ) -> MatrixResult<HttpResponse> {
     let (origin, media_id, name) = path.into_inner();
-    serve(req, state, Api::Authenticated, &origin, &media_id, Some(name)).await
+    serve(
+        req,
+        state,
+        Api::Authenticated,
+        &origin,
+        &media_id,
+        Some(name),
+    )
+    .await
 }
 
-pub async fn legacy(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> MatrixResult<HttpResponse> {
+pub async fn legacy(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
     let (origin, media_id) = path.into_inner();
     serve(req, state, Api::Legacy, &origin, &media_id, None).await
 }
@@ -62,25 +78,45 @@ fn wait_limit(req: &HttpRequest, config: &Config) -> MatrixResult<Duration> {
             .parse::<u64>()
             .map_err(|_| MatrixError::bad_param("timeout_ms must be a non-negative integer"))?,
     };
-    Ok(Duration::from_millis(asked.min(config.downloads.max_timeout_ms)))
+    Ok(Duration::from_millis(
+        asked.min(config.downloads.max_timeout_ms),
+    ))
 }
 
 /// The media's row, waiting up to `wait` for a pending async upload to arrive.
-async fn find_media(state: &AppState, media: &MediaRef, wait: Duration) -> MatrixResult<MediaRecord> {
+async fn find_media(
+    state: &AppState,
+    media: &MediaRef,
+    wait: Duration,
+) -> MatrixResult<MediaRecord> {
     let deadline = Instant::now() + wait;
-    let db_err = |err: mr_storage::Error| MatrixError::internal("reading media metadata failed", &err);
+    let db_err =
+        |err: mr_storage::Error| MatrixError::internal("reading media metadata failed", &err);
     loop {
-        if let Some(record) = state.db.get_media(&media.origin, &media.media_id).await.map_err(db_err)? {
+        if let Some(record) = state
+            .db
+            .get_media(&media.origin, &media.media_id)
+            .await
+            .map_err(db_err)?
+        {
             return Ok(record);
         }
-        let pending = state.db.get_pending(&media.origin, &media.media_id).await.map_err(db_err)?;
+        let pending = state
+            .db
+            .get_pending(&media.origin, &media.media_id)
+            .await
+            .map_err(db_err)?;
         match pending {
             Some(p) if p.expires_at_ms > now_ms() => {
                 if Instant::now() >= deadline {
                     return Err(MatrixError::not_yet_uploaded());
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
-                let _ = tokio::time::timeout(left, state.pending.wait_a_little(&media.origin, &media.media_id)).await;
+                let _ = tokio::time::timeout(
+                    left,
+                    state.pending.wait_a_little(&media.origin, &media.media_id),
+                )
+                .await;
             }
             _ => return Err(MatrixError::not_found("Media not found")),
         }
@@ -90,7 +126,10 @@ async fn find_media(state: &AppState, media: &MediaRef, wait: Duration) -> Matri
 /// Legacy paths only serve media that arrived before the freeze.
 fn is_frozen(config: &Config, record: &MediaRecord) -> bool {
     let freeze = &config.downloads.legacy_freeze;
-    freeze.enabled && freeze.after_ms.is_none_or(|after| record.created_at_ms >= after)
+    freeze.enabled
+        && freeze
+            .after_ms
+            .is_none_or(|after| record.created_at_ms >= after)
 }
 
 async fn serve(
@@ -109,15 +148,23 @@ async fn serve(
     let wait = wait_limit(&req, &config)?;
     let record = find_media(&state, &media, wait).await?;
     if api == Api::Legacy && is_frozen(&config, &record) {
-        return Err(MatrixError::not_found("Media not found (this media is only served on the authenticated endpoint)"));
+        return Err(MatrixError::not_found(
+            "Media not found (this media is only served on the authenticated endpoint)",
+        ));
     }
     let size = record.size_bytes;
-    let range = ByteRange::parse(req.headers().get(header::RANGE).and_then(|v| v.to_str().ok()), size);
+    let range = ByteRange::parse(
+        req.headers()
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok()),
+        size,
+    );
     let (status, start, end) = match range {
         ByteRange::Whole => (StatusCode::OK, 0, size.saturating_sub(1)),
         ByteRange::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end),
         ByteRange::Unsatisfiable => {
-            let mut response = actix_web::ResponseError::error_response(&MatrixError::range_not_satisfiable(size));
+            let mut response =
+                actix_web::ResponseError::error_response(&MatrixError::range_not_satisfiable(size));
             if let Ok(value) = header::HeaderValue::from_str(&format!("bytes */{size}")) {
                 response.headers_mut().insert(header::CONTENT_RANGE, value);
             }
@@ -129,16 +176,28 @@ async fn serve(
 
     let mut response = HttpResponse::build(status);
     response
-        .insert_header((header::CONTENT_TYPE, content_type_value(&record.content_type)))
-        .insert_header((header::CONTENT_DISPOSITION, content_disposition(&record.content_type, filename.as_deref())))
+        .insert_header((
+            header::CONTENT_TYPE,
+            content_type_value(&record.content_type),
+        ))
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            content_disposition(&record.content_type, filename.as_deref()),
+        ))
         .insert_header((header::ACCEPT_RANGES, "bytes"))
-        .insert_header((header::CACHE_CONTROL, "private, max-age=31536000, immutable"))
+        .insert_header((
+            header::CACHE_CONTROL,
+            "private, max-age=31536000, immutable",
+        ))
         .insert_header((header::ETAG, format!("\"{}\"", record.sha256)));
     if status == StatusCode::PARTIAL_CONTENT {
         response.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}")));
     }
     if req.method() == Method::HEAD {
-        return Ok(response.body(SizedStream::new(length, futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>())));
+        return Ok(response.body(SizedStream::new(
+            length,
+            futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
+        )));
     }
     let body = MediaBody::open(state.clone(), &record.sha256, &record.location, size, start, end)
         .await

@@ -28,7 +28,10 @@ impl MediaRef {
         if !mr_storage::is_valid_media_id(media_id) {
             return Err(MatrixError::bad_param("Invalid media ID"));
         }
-        Ok(MediaRef { origin: origin.to_ascii_lowercase(), media_id: media_id.to_owned() })
+        Ok(MediaRef {
+            origin: origin.to_ascii_lowercase(),
+            media_id: media_id.to_owned(),
+        })
     }
 
     pub fn mxc(&self) -> String {
@@ -51,7 +54,10 @@ pub fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
 }
 
 /// `GET /_matrix/client/v1/media/config` and the legacy `/_matrix/media/{v3,r0}/config`.
-pub async fn media_config(req: HttpRequest, state: web::Data<AppState>) -> MatrixResult<HttpResponse> {
+pub async fn media_config(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
     state.auth.authenticate(&req).await?;
     let config = state.config();
     Ok(HttpResponse::Ok().json(json!({ "m.upload.size": config.uploads.max_bytes })))

@@ -38,7 +38,11 @@ fn upload_meta(req: &HttpRequest) -> MatrixResult<UploadMeta> {
             if text.len() > MAX_CONTENT_TYPE_BYTES {
                 return Err(MatrixError::bad_param("Content-Type is too long"));
             }
-            if text.is_empty() { DEFAULT_CONTENT_TYPE.to_owned() } else { text.to_owned() }
+            if text.is_empty() {
+                DEFAULT_CONTENT_TYPE.to_owned()
+            } else {
+                text.to_owned()
+            }
         }
     };
     let filename = query_param(req, "filename").filter(|n| !n.is_empty());
@@ -47,7 +51,10 @@ fn upload_meta(req: &HttpRequest) -> MatrixResult<UploadMeta> {
             return Err(MatrixError::bad_param("filename is too long"));
         }
     }
-    Ok(UploadMeta { content_type, filename })
+    Ok(UploadMeta {
+        content_type,
+        filename,
+    })
 }
 
 /// Refuses a body whose declared length is over the limit before reading any of it.
@@ -64,11 +71,17 @@ fn check_declared_length(req: &HttpRequest, max_bytes: u64) -> MatrixResult<()> 
 }
 
 fn too_large(max_bytes: u64) -> MatrixError {
-    MatrixError::too_large(format!("Upload is larger than the limit of {max_bytes} bytes"))
+    MatrixError::too_large(format!(
+        "Upload is larger than the limit of {max_bytes} bytes"
+    ))
 }
 
 /// Streams the request body into the datastore.
-async fn store_body(state: &AppState, mut payload: web::Payload, max_bytes: u64) -> MatrixResult<StoredObject> {
+async fn store_body(
+    state: &AppState,
+    mut payload: web::Payload,
+    max_bytes: u64,
+) -> MatrixResult<StoredObject> {
     let mut writer = state
         .datastore
         .writer(max_bytes)
@@ -76,7 +89,11 @@ async fn store_body(state: &AppState, mut payload: web::Payload, max_bytes: u64)
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|err| {
             info!(error = %err, "upload body ended early; nothing stored");
-            MatrixError::new(actix_web::http::StatusCode::BAD_REQUEST, "M_UNKNOWN", "Upload body was interrupted")
+            MatrixError::new(
+                actix_web::http::StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "Upload body was interrupted",
+            )
         })?;
         writer.write(chunk).await.map_err(|err| match err {
             mr_storage::Error::TooLarge { .. } => too_large(max_bytes),
@@ -91,7 +108,11 @@ async fn store_body(state: &AppState, mut payload: web::Payload, max_bytes: u64)
 
 /// Removes a stored object that no row ended up referring to.
 async fn discard_unreferenced(state: &AppState, object: &StoredObject) {
-    match state.db.location_in_use(state.datastore.id(), &object.location).await {
+    match state
+        .db
+        .location_in_use(state.datastore.id(), &object.location)
+        .await
+    {
         Ok(false) => {
             if let Err(err) = state.datastore.delete(&object.location).await {
                 warn!(error = %err, location = %object.location, "could not remove an unreferenced object");
@@ -102,7 +123,13 @@ async fn discard_unreferenced(state: &AppState, object: &StoredObject) {
     }
 }
 
-fn record(media: &MediaRef, user_id: &str, meta: UploadMeta, object: &StoredObject, datastore_id: &str) -> MediaRecord {
+fn record(
+    media: &MediaRef,
+    user_id: &str,
+    meta: UploadMeta,
+    object: &StoredObject,
+    datastore_id: &str,
+) -> MediaRecord {
     MediaRecord {
         origin: media.origin.clone(),
         media_id: media.media_id.clone(),
@@ -127,13 +154,20 @@ fn warm_cache(state: &web::Data<AppState>, object: &StoredObject) {
 }
 
 /// `POST /_matrix/media/v3/upload` (and r0).
-pub async fn upload(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> MatrixResult<HttpResponse> {
+pub async fn upload(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
     let user = state.auth.authenticate(&req).await?;
     let config = state.config();
     check_declared_length(&req, config.uploads.max_bytes)?;
     let meta = upload_meta(&req)?;
     let object = store_body(&state, payload, config.uploads.max_bytes).await?;
-    let media = MediaRef { origin: user.homeserver.clone(), media_id: mr_storage::random_media_id() };
+    let media = MediaRef {
+        origin: user.homeserver.clone(),
+        media_id: mr_storage::random_media_id(),
+    };
     let row = record(&media, &user.user_id, meta, &object, state.datastore.id());
     if let Err(err) = state.db.insert_media(&row).await {
         discard_unreferenced(&state, &object).await;
@@ -155,9 +189,15 @@ pub async fn create(req: HttpRequest, state: web::Data<AppState>) -> MatrixResul
         .await
         .map_err(|err| MatrixError::internal("counting pending uploads failed", &err))?;
     if pending >= u64::from(config.uploads.max_pending_per_user) {
-        return Err(MatrixError::limit_exceeded("Too many pending uploads; upload or wait for them to expire", 30));
+        return Err(MatrixError::limit_exceeded(
+            "Too many pending uploads; upload or wait for them to expire",
+            30,
+        ));
     }
-    let media = MediaRef { origin: user.homeserver.clone(), media_id: mr_storage::random_media_id() };
+    let media = MediaRef {
+        origin: user.homeserver.clone(),
+        media_id: mr_storage::random_media_id(),
+    };
     let expires_at_ms = now + (config.uploads.pending_expiry_secs as i64) * 1000;
     let row = PendingUpload {
         origin: media.origin.clone(),
@@ -171,7 +211,8 @@ pub async fn create(req: HttpRequest, state: web::Data<AppState>) -> MatrixResul
         .create_pending(&row)
         .await
         .map_err(|err| MatrixError::internal("recording a pending upload failed", &err))?;
-    Ok(HttpResponse::Ok().json(json!({ "content_uri": media.mxc(), "unused_expires_at": expires_at_ms })))
+    Ok(HttpResponse::Ok()
+        .json(json!({ "content_uri": media.mxc(), "unused_expires_at": expires_at_ms })))
 }
 
 /// `PUT /_matrix/media/v3/upload/{server}/{mediaId}`: fills an id reserved by `create`.
@@ -185,17 +226,34 @@ pub async fn upload_to(
     let (origin, media_id) = path.into_inner();
     let media = MediaRef::parse(&origin, &media_id)?;
     let config = state.config();
-    let db_err = |err: mr_storage::Error| MatrixError::internal("reading upload state failed", &err);
-    if state.db.get_media(&media.origin, &media.media_id).await.map_err(db_err)?.is_some() {
+    let db_err =
+        |err: mr_storage::Error| MatrixError::internal("reading upload state failed", &err);
+    if state
+        .db
+        .get_media(&media.origin, &media.media_id)
+        .await
+        .map_err(db_err)?
+        .is_some()
+    {
         return Err(MatrixError::cannot_overwrite());
     }
-    let pending = state.db.get_pending(&media.origin, &media.media_id).await.map_err(db_err)?;
+    let pending = state
+        .db
+        .get_pending(&media.origin, &media.media_id)
+        .await
+        .map_err(db_err)?;
     let pending = match pending {
         Some(p) if p.expires_at_ms > now_ms() => p,
-        _ => return Err(MatrixError::not_found("No pending upload with this ID (unknown or expired)")),
+        _ => {
+            return Err(MatrixError::not_found(
+                "No pending upload with this ID (unknown or expired)",
+            ))
+        }
     };
     if pending.user_id != user.user_id {
-        return Err(MatrixError::forbidden("This media ID was created by another user"));
+        return Err(MatrixError::forbidden(
+            "This media ID was created by another user",
+        ));
     }
     check_declared_length(&req, config.uploads.max_bytes)?;
     let meta = upload_meta(&req)?;
@@ -205,7 +263,10 @@ pub async fn upload_to(
         discard_unreferenced(&state, &object).await;
         return match err {
             mr_storage::Error::AlreadyExists { .. } => Err(MatrixError::cannot_overwrite()),
-            other => Err(MatrixError::internal("recording an async upload failed", &other)),
+            other => Err(MatrixError::internal(
+                "recording an async upload failed",
+                &other,
+            )),
         };
     }
     state.pending.announce(&media.origin, &media.media_id);
