@@ -408,9 +408,18 @@ async fn unreachable_postgres_fails_loudly() {
 async fn location_in_use_counts_rows_sharing_an_object(fx: &Fixture) {
     let db = fx.connect().await;
     let first = media("example.org", "first");
-    assert!(!db.location_in_use("default", &first.location).await.unwrap());
+    assert!(!db
+        .location_in_use("default", &first.location)
+        .await
+        .unwrap());
     db.insert_media(&first).await.unwrap();
-    assert!(db.location_in_use("default", &first.location).await.unwrap());
-    assert!(!db.location_in_use("other", &first.location).await.unwrap(), "scoped to the datastore");
+    assert!(db
+        .location_in_use("default", &first.location)
+        .await
+        .unwrap());
+    assert!(
+        !db.location_in_use("other", &first.location).await.unwrap(),
+        "scoped to the datastore"
+    );
     assert!(!db.location_in_use("default", "cd/cd/unused").await.unwrap());
 }
