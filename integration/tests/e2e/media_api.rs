@@ -587,3 +587,32 @@ fn legacy_download_freeze(db: Db) {
         assert_eq!(served.bytes().unwrap().as_ref(), b"legacy");
     }
 }
+
+#[test]
+fn an_unreachable_homeserver_is_a_clear_502() {
+    let dead_port = integration::free_port();
+    let yaml = format!(
+        "server:\n  bind: \"127.0.0.1:{{port}}\"\n\
+         homeservers:\n  - name: \"example.org\"\n    client_api_url: \"http://127.0.0.1:{dead_port}\"\n\
+         database:\n  url: \"sqlite://{{dir}}/media-repo.db\"\n\
+         datastores:\n  - id: default\n    kind: file\n    path: \"{{dir}}/media\"\n"
+    );
+    let repo = integration::MediaRepo::start(&yaml).unwrap();
+    let http = reqwest::blocking::Client::new();
+    let response = http
+        .post(format!("{}/_matrix/media/v3/upload", repo.base_url()))
+        .bearer_auth("some-token")
+        .body("bytes")
+        .send()
+        .unwrap();
+    assert!(response.headers().get("retry-after").is_some());
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().unwrap();
+    assert_eq!(status, 502);
+    assert_eq!(body["errcode"], "M_UNKNOWN");
+    assert!(
+        body["error"].as_str().unwrap().contains("example.org"),
+        "{body}"
+    );
+    assert_eq!(crate::common::count_files(&repo.dir().join("media")), 0);
+}
