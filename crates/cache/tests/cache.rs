@@ -265,7 +265,7 @@ impl Fixture {
         } else {
             for (name, shard) in &self.shards {
                 assert_eq!(
-                    shard.cli(&["EXISTS", key]),
+                    shard.cli(&["EXISTS", key]).unwrap(),
                     "0",
                     "{key} survived delete on {name}"
                 );
@@ -440,14 +440,14 @@ mod redis_faults {
 
     #[actix_rt::test]
     async fn shard_killed_under_load_gives_only_misses() {
-        shard_fault_under_load(|server| server.kill()).await;
+        shard_fault_under_load(|server| server.kill9()).await;
     }
 
     /// A hung shard (SIGSTOP: connections stay open, nothing answers) is the slow case: every
     /// call to it must still come back within the bounded wait.
     #[actix_rt::test]
     async fn shard_hung_under_load_gives_only_misses() {
-        shard_fault_under_load(|server| server.signal("STOP")).await;
+        shard_fault_under_load(|server| server.pause()).await;
     }
 
     async fn shard_fault_under_load(fault: impl FnOnce(&mut RedisServer)) {
@@ -516,7 +516,7 @@ mod redis_faults {
             .put_record(&key, bytes::Bytes::from_static(b"r"))
             .await;
         for (_, shard) in &mut f.shards {
-            shard.kill();
+            shard.kill9();
         }
 
         async fn every_call(f: &Fixture, sha: &str, data: &[u8], key: &str, bound: Duration) {
@@ -563,7 +563,7 @@ mod redis_faults {
     #[actix_rt::test]
     async fn reload_adds_a_shard() {
         let f = Fixture::redis_with(2).await;
-        let extra = RedisServer::start();
+        let extra = RedisServer::start().unwrap();
         let mut cfg = base_config();
         cfg.backend = mr_config::CacheBackend::Redis;
         cfg.redis.shards = f
@@ -571,11 +571,11 @@ mod redis_faults {
             .iter()
             .map(|(n, s)| mr_config::ShardConfig {
                 name: n.clone(),
-                addr: s.addr(),
+                addr: s.url(),
             })
             .chain([mr_config::ShardConfig {
                 name: "extra".into(),
-                addr: extra.addr(),
+                addr: extra.url(),
             }])
             .collect();
         f.cache.apply_config(&cfg);
@@ -625,14 +625,19 @@ async fn ttl_applies_in_redis() {
         .await;
     assert!(put(&f.cache, &sha(61), &bytes_of(5_000, 61)).await);
     for key in [key, blob_header_key(&sha(61)), blob_chunk_key(&sha(61), 1)] {
-        let pttl: i64 = f.shard_for(&key).cli(&["PTTL", &key]).parse().unwrap();
+        let pttl: i64 = f
+            .shard_for(&key)
+            .cli(&["PTTL", &key])
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((90_000..=100_000).contains(&pttl), "{key} has PTTL {pttl}");
     }
     // Without ttl_secs, keys are left to Redis' eviction policy.
     let f = Fixture::redis_with(1).await;
     assert!(put(&f.cache, &sha(62), &bytes_of(10, 62)).await);
     let header = blob_header_key(&sha(62));
-    assert_eq!(f.shard_for(&header).cli(&["PTTL", &header]), "-1");
+    assert_eq!(f.shard_for(&header).cli(&["PTTL", &header]).unwrap(), "-1");
 }
 
 /// The counters an operator graphs move with what callers saw.

@@ -1,12 +1,15 @@
 //! The ring actor over real redis-server processes: routing, failover, panics, reconfiguration.
 
+// The async polling helper lives with mr-shard-actor's tests; one copy serves both.
+#[path = "../../shard-actor/tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{wait_until, RedisServer};
+use common::wait_until;
+use integration::RedisServer;
 use mr_config::{RedisConfig, ShardConfig};
 use mr_ring::{hashing, ApplyRedisConfig, RingActor, RingHandle, Status};
 use mr_shard_actor::{Get, Set};
@@ -52,9 +55,9 @@ async fn wait_all_up(ring: &RingHandle, n: usize) {
 
 #[actix_rt::test]
 async fn routes_keys_over_healthy_shards_and_skips_a_dead_one() {
-    let a = RedisServer::start();
-    let mut b = RedisServer::start();
-    let c = RedisServer::start();
+    let a = RedisServer::start().unwrap();
+    let mut b = RedisServer::start().unwrap();
+    let c = RedisServer::start().unwrap();
     let (ring_addr, ring) = RingActor::start(&redis_config(&[("a", &a), ("b", &b), ("c", &c)]));
     wait_all_up(&ring, 3).await;
 
@@ -85,10 +88,10 @@ async fn routes_keys_over_healthy_shards_and_skips_a_dead_one() {
             "b" => &b,
             _ => &c,
         };
-        assert_eq!(server.cli(&["GET", &key]), key);
+        assert_eq!(server.cli(&["GET", &key]).unwrap(), key);
     }
 
-    b.kill();
+    b.kill9();
     wait_until(DETECT, || !spread(&ring).contains_key("b"))
         .await
         .expect("dead shard still routed after 2 s");
@@ -108,7 +111,7 @@ async fn routes_keys_over_healthy_shards_and_skips_a_dead_one() {
     );
     assert_eq!(ring.shards().len(), 3, "a down shard stays configured");
 
-    b.restart();
+    b.restart().unwrap();
     wait_until(DETECT, || spread(&ring).contains_key("b"))
         .await
         .expect("restarted shard not routed again");
@@ -116,8 +119,8 @@ async fn routes_keys_over_healthy_shards_and_skips_a_dead_one() {
 
 #[actix_rt::test]
 async fn a_panicking_shard_actor_is_replaced_and_serves_again() {
-    let a = RedisServer::start();
-    let b = RedisServer::start();
+    let a = RedisServer::start().unwrap();
+    let b = RedisServer::start().unwrap();
     let (_ring_addr, ring) = RingActor::start(&redis_config(&[("a", &a), ("b", &b)]));
     wait_all_up(&ring, 2).await;
 
@@ -169,15 +172,15 @@ async fn a_panicking_shard_actor_is_replaced_and_serves_again() {
             .unwrap(),
         Some(Bytes::from_static(b"v"))
     );
-    assert_eq!(a.cli(&["GET", &key]), "v");
+    assert_eq!(a.cli(&["GET", &key]).unwrap(), "v");
 }
 
 #[actix_rt::test]
 async fn apply_redis_config_adds_removes_and_moves_shards() {
-    let a = RedisServer::start();
-    let b = RedisServer::start();
-    let c = RedisServer::start();
-    let d = RedisServer::start();
+    let a = RedisServer::start().unwrap();
+    let b = RedisServer::start().unwrap();
+    let c = RedisServer::start().unwrap();
+    let d = RedisServer::start().unwrap();
     let (ring_addr, ring) = RingActor::start(&redis_config(&[("a", &a), ("b", &b)]));
     wait_all_up(&ring, 2).await;
     let before = spread(&ring);
@@ -241,8 +244,8 @@ async fn apply_redis_config_adds_removes_and_moves_shards() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(d.cli(&["GET", &key]), "on-d");
-    assert_eq!(b.cli(&["EXISTS", &key]), "0");
+    assert_eq!(d.cli(&["GET", &key]).unwrap(), "on-d");
+    assert_eq!(b.cli(&["EXISTS", &key]).unwrap(), "0");
 
     // Nothing left: no route at all.
     ring_addr

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use actix::{Addr, Arbiter, Supervisor};
 use bytes::Bytes;
-use common::{wait_until, RedisServer};
+use common::wait_until;
+use integration::RedisServer;
 use mr_shard_actor::{
     Del, DelIfEq, Get, Info, Set, SetNx, ShardActor, ShardError, ShardHealth, ShardSettings,
 };
@@ -64,7 +65,7 @@ async fn wait_down(health: &ShardHealth) -> Duration {
 
 #[actix_rt::test]
 async fn commands_round_trip_through_a_real_server() {
-    let server = RedisServer::start();
+    let server = RedisServer::start().unwrap();
     let (addr, health, _arbiter) = start("cmd", server.url());
     wait_up(&health).await;
 
@@ -79,7 +80,11 @@ async fn commands_round_trip_through_a_real_server() {
     .unwrap()
     .unwrap();
     assert_eq!(get(&addr, "k").await.unwrap(), Some(value));
-    assert_eq!(server.cli(&["TTL", "k"]), "-1", "no ttl was asked for");
+    assert_eq!(
+        server.cli(&["TTL", "k"]).unwrap(),
+        "-1",
+        "no ttl was asked for"
+    );
 
     addr.send(Set {
         key: "t".into(),
@@ -89,7 +94,7 @@ async fn commands_round_trip_through_a_real_server() {
     .await
     .unwrap()
     .unwrap();
-    let pttl: i64 = server.cli(&["PTTL", "t"]).parse().unwrap();
+    let pttl: i64 = server.cli(&["PTTL", "t"]).unwrap().parse().unwrap();
     assert!(pttl > 50_000 && pttl <= 60_000, "pttl {pttl}");
 
     // Leases: only the first SET NX wins; only the owner's value releases.
@@ -100,7 +105,7 @@ async fn commands_round_trip_through_a_real_server() {
     };
     assert!(addr.send(lease(b"me")).await.unwrap().unwrap());
     assert!(!addr.send(lease(b"other")).await.unwrap().unwrap());
-    let pttl: i64 = server.cli(&["PTTL", "lock"]).parse().unwrap();
+    let pttl: i64 = server.cli(&["PTTL", "lock"]).unwrap().parse().unwrap();
     assert!(pttl > 0, "lease has a ttl");
     let release = |value: &'static [u8]| DelIfEq {
         key: "lock".into(),
@@ -108,12 +113,12 @@ async fn commands_round_trip_through_a_real_server() {
     };
     assert!(!addr.send(release(b"other")).await.unwrap().unwrap());
     assert_eq!(
-        server.cli(&["GET", "lock"]),
+        server.cli(&["GET", "lock"]).unwrap(),
         "me",
         "a foreign release must not delete"
     );
     assert!(addr.send(release(b"me")).await.unwrap().unwrap());
-    assert_eq!(server.cli(&["EXISTS", "lock"]), "0");
+    assert_eq!(server.cli(&["EXISTS", "lock"]).unwrap(), "0");
     assert!(
         !addr.send(release(b"me")).await.unwrap().unwrap(),
         "nothing left to release"
@@ -130,12 +135,13 @@ async fn commands_round_trip_through_a_real_server() {
     assert_eq!(addr.send(Del { keys: vec![] }).await.unwrap().unwrap(), 0);
 
     for i in 0..10 {
-        server.cli(&["SET", &format!("seed{i}"), "x"]);
+        server.cli(&["SET", &format!("seed{i}"), "x"]).unwrap();
     }
     let info = addr.send(Info).await.unwrap().unwrap();
     assert_eq!(info.keys, 10);
     let used: u64 = server
         .cli(&["INFO", "memory"])
+        .unwrap()
         .lines()
         .find_map(|l| l.strip_prefix("used_memory:"))
         .unwrap()
@@ -151,7 +157,7 @@ async fn commands_round_trip_through_a_real_server() {
 
 #[actix_rt::test]
 async fn commands_run_concurrently_and_metrics_are_per_shard() {
-    let server = RedisServer::start();
+    let server = RedisServer::start().unwrap();
     let (addr, health, _arbiter) = start("metrics-shard", server.url());
     wait_up(&health).await;
     addr.send(Set {
@@ -216,7 +222,7 @@ async fn commands_run_concurrently_and_metrics_are_per_shard() {
 
 #[actix_rt::test]
 async fn killed_server_fails_fast_goes_down_and_comes_back() {
-    let mut server = RedisServer::start();
+    let mut server = RedisServer::start().unwrap();
     let (addr, health, _arbiter) = start("kill", server.url());
     wait_up(&health).await;
     addr.send(Set {
@@ -228,7 +234,7 @@ async fn killed_server_fails_fast_goes_down_and_comes_back() {
     .unwrap()
     .unwrap();
 
-    server.kill();
+    server.kill9();
     let killed = Instant::now();
     // Until the health check notices, calls fail on the refused connection — quickly.
     let started = Instant::now();
@@ -251,7 +257,7 @@ async fn killed_server_fails_fast_goes_down_and_comes_back() {
         started.elapsed()
     );
 
-    server.restart();
+    server.restart().unwrap();
     let up_after = wait_up(&health).await;
     eprintln!("restart: marked up after {up_after:?}");
     addr.send(Set {
@@ -270,7 +276,7 @@ async fn killed_server_fails_fast_goes_down_and_comes_back() {
 
 #[actix_rt::test]
 async fn stopped_server_never_holds_a_call_past_the_timeout() {
-    let server = RedisServer::start();
+    let server = RedisServer::start().unwrap();
     let (addr, health, _arbiter) = start("stop", server.url());
     wait_up(&health).await;
 
@@ -321,8 +327,10 @@ async fn stopped_server_never_holds_a_call_past_the_timeout() {
 
 #[actix_rt::test]
 async fn server_absent_at_start_is_picked_up_when_it_appears() {
-    let port = common::free_port();
-    let (addr, health, _arbiter) = start("late", format!("redis://127.0.0.1:{port}"));
+    // Start and kill a server only to own a port on which nothing listens yet.
+    let mut server = RedisServer::start().unwrap();
+    server.kill9();
+    let (addr, health, _arbiter) = start("late", server.url());
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(!health.is_up());
     let started = Instant::now();
@@ -333,7 +341,7 @@ async fn server_absent_at_start_is_picked_up_when_it_appears() {
         started.elapsed()
     );
 
-    let _server = RedisServer::start_on(port);
+    server.restart().unwrap();
     wait_up(&health).await;
     let started = Instant::now();
     while get(&addr, "k").await.is_err() {
@@ -357,7 +365,7 @@ async fn unusable_url_keeps_the_shard_down_without_crashing() {
 #[cfg(feature = "fault-injection")]
 #[actix_rt::test]
 async fn panic_message_kills_the_actor() {
-    let server = RedisServer::start();
+    let server = RedisServer::start().unwrap();
     let (addr, health, _arbiter) = start("panic", server.url());
     wait_up(&health).await;
     let _ = addr.send(mr_shard_actor::Panic).await;
@@ -369,7 +377,7 @@ async fn panic_message_kills_the_actor() {
 
 #[actix_rt::test]
 async fn idle_stopped_server_is_found_by_the_health_check_alone() {
-    let server = RedisServer::start();
+    let server = RedisServer::start().unwrap();
     let (_addr, health, _arbiter) = start("idle-stop", server.url());
     wait_up(&health).await;
     server.pause();

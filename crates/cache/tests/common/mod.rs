@@ -3,8 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,102 +15,29 @@ pub const CHUNK: u64 = 4096;
 /// max_object_bytes used by the contract tests.
 pub const MAX_OBJECT: u64 = 64 * 1024;
 
-/// A redis-server on a free loopback port, killed (SIGKILL) when dropped.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
-}
+pub use integration::RedisServer;
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-impl RedisServer {
-    pub fn start() -> RedisServer {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--bind",
-                "127.0.0.1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        let server = RedisServer {
-            port,
-            child: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while server.cli(&["PING"]) != "PONG" {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    pub fn addr(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Runs redis-cli against this server; stdout trimmed.
-    pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("redis-cli must be installed");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    /// `SET key <value>` with a binary value passed on stdin (`redis-cli -x`).
-    pub fn cli_set_binary(&self, key: &str, value: &[u8]) {
-        use std::io::Write;
-        let mut child = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "-x", "SET", key])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(value).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
-    }
-
-    /// Sends a signal (e.g. `STOP`, `CONT`) with kill(1).
-    pub fn signal(&self, name: &str) {
-        let pid = self.child.as_ref().expect("server running").id();
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} {pid} failed");
-    }
-
-    /// kill -9, as a crashed shard.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// `SET key <value>` on `server` with a binary value passed on stdin (`redis-cli -x`): the
+/// harness' `cli` takes arguments only, which cannot carry arbitrary bytes.
+pub fn cli_set_binary(server: &RedisServer, key: &str, value: &[u8]) {
+    use std::io::Write;
+    let mut child = Command::new("redis-cli")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port().to_string(),
+            "-x",
+            "SET",
+            key,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli must be installed");
+    child.stdin.take().unwrap().write_all(value).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
 }
 
 pub fn base_config() -> CacheConfig {
@@ -154,14 +80,14 @@ impl Fixture {
 
     pub async fn redis_with_config(n: usize, mut cfg: CacheConfig) -> Fixture {
         let shards: Vec<(String, RedisServer)> = (0..n)
-            .map(|i| (format!("shard{i}"), RedisServer::start()))
+            .map(|i| (format!("shard{i}"), RedisServer::start().unwrap()))
             .collect();
         cfg.backend = CacheBackend::Redis;
         cfg.redis.shards = shards
             .iter()
             .map(|(name, server)| ShardConfig {
                 name: name.clone(),
-                addr: server.addr(),
+                addr: server.url(),
             })
             .collect();
         let cache = Cache::start(&cfg);
@@ -196,7 +122,7 @@ impl Fixture {
             self.cache.memory_debug_put_raw(key, None).await;
         } else {
             assert_eq!(
-                self.shard_for(key).cli(&["DEL", key]),
+                self.shard_for(key).cli(&["DEL", key]).unwrap(),
                 "1",
                 "{key} was not on the shard the ring picks"
             );
@@ -212,11 +138,11 @@ impl Fixture {
         } else {
             let shard = self.shard_for(key);
             assert_eq!(
-                shard.cli(&["EXISTS", key]),
+                shard.cli(&["EXISTS", key]).unwrap(),
                 "1",
                 "{key} was not on the shard the ring picks"
             );
-            shard.cli_set_binary(key, value);
+            cli_set_binary(shard, key, value);
         }
     }
 }
