@@ -1,9 +1,14 @@
 //! Locating (and if needed building) the `media-repo` binary under test.
 //!
-//! `cargo test` builds a package's binaries only for that package's own tests, so the
-//! integration tests cannot rely on cargo having built `media-repo` for them. Instead
-//! the first lookup in a test process runs `cargo build -p mr-web --bin media-repo` once:
-//! a no-op when the binary is current, and the guarantee that we never test a stale one.
+//! `cargo test` builds a package's binaries only for that package's own tests. `mr-web`
+//! has tests of its own (`crates/web/tests/cli.rs`), so `cargo test --workspace` (the
+//! README's test command) always builds a current `media-repo` next to the test
+//! executables, with the same feature set as the tests: that one is used. Only when it
+//! is missing (e.g. `cargo test -p integration` on a fresh tree) does the first lookup run
+//! `cargo build -p mr-web --bin media-repo`. Building unconditionally would not do: a
+//! plain `cargo build -p mr-web` resolves features differently from a workspace test
+//! run, so it would rebuild several crates in the middle of the tests and swap the
+//! binary under tests that are running it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,8 +31,8 @@ pub fn media_repo_bin() -> PathBuf {
 }
 
 /// Path to the `media-repo` binary: `$MEDIA_REPO_BIN` if set, else the one in this test
-/// executable's target dir (`target/<profile>/media-repo`), brought up to date by one
-/// `cargo build -p mr-web --bin media-repo` per test process.
+/// executable's target dir (`target/<profile>/media-repo`), built by
+/// `cargo build -p mr-web --bin media-repo` if it is not there yet.
 pub fn try_media_repo_bin() -> anyhow::Result<PathBuf> {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| locate().map_err(|e| format!("{e:#}")))
@@ -55,7 +60,9 @@ fn locate() -> anyhow::Result<PathBuf> {
         )
     })?;
     let bin = profile_dir.join(format!("{BIN_NAME}{}", std::env::consts::EXE_SUFFIX));
-    build(profile_dir)?;
+    if !bin.is_file() {
+        build(profile_dir)?;
+    }
     if !bin.is_file() {
         bail!(
             "`cargo build -p mr-web --bin {BIN_NAME}` succeeded but {} does not exist; \
