@@ -19,7 +19,6 @@ pub enum Db {
 pub struct Users {
     pub alice: String,
     pub bob: String,
-    pub alice_id: String,
 }
 
 pub fn users() -> &'static Users {
@@ -29,7 +28,6 @@ pub fn users() -> &'static Users {
         Users {
             alice: synapse.user_token("alice").expect("alice"),
             bob: synapse.user_token("bob").expect("bob"),
-            alice_id: format!("@alice:{}", synapse.server_name),
         }
     })
 }
@@ -39,7 +37,6 @@ pub struct Stack {
     pub repo: MediaRepo,
     pub http: Client,
     pub server_name: String,
-    pub db: Db,
     /// Kept alive for the test; dropped (schema dropped) after the repo.
     pub schema: Option<PgSchema>,
 }
@@ -105,7 +102,6 @@ impl Stack {
                 .build()
                 .unwrap(),
             server_name: synapse.server_name.clone(),
-            db: options.db,
             schema,
         }
     }
