@@ -47,6 +47,8 @@ impl Nginx {
             .unwrap_or_default();
         let conf = format!(
             r#"user root;
+# One process, so that killing the child leaves no worker behind.
+master_process off;
 worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
