@@ -17,8 +17,8 @@ use crate::metrics;
 use crate::routes;
 use crate::state::AppState;
 
-/// How often expired async-upload reservations are removed.
-const PENDING_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
+/// How often expired async-upload reservations and stale temp files are removed.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Runs the media repo until it is told to stop (SIGINT/SIGTERM).
 pub async fn run(
@@ -57,7 +57,7 @@ pub async fn run(
     ));
 
     actix_web::rt::spawn(crate::reload::watch_sighup(hangups, state.clone()));
-    actix_web::rt::spawn(clean_expired_pending(state.clone()));
+    actix_web::rt::spawn(housekeeping(state.clone()));
 
     let metrics_server = match &metrics_bind {
         Some(addr) => {
@@ -151,10 +151,23 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-async fn clean_expired_pending(state: web::Data<AppState>) {
-    let mut tick = tokio::time::interval(PENDING_CLEANUP_INTERVAL);
+/// Removes what expired: async-upload reservations nobody filled, and temp files left by a
+/// crash (a live upload's temp file is younger than `STALE_TEMP_AGE`, so it is kept).
+async fn housekeeping(state: web::Data<AppState>) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     loop {
         tick.tick().await;
+        let datastore = state.datastore.clone();
+        match tokio::task::spawn_blocking(move || {
+            datastore.remove_stale_temp_files(mr_storage::STALE_TEMP_AGE)
+        })
+        .await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(removed = n, "stale temp files removed from the datastore"),
+            Ok(Err(err)) => warn!(error = %err, "removing stale temp files failed"),
+            Err(err) => warn!(error = %err, "the temp file sweep did not run"),
+        }
         match state
             .db
             .delete_expired_pending(crate::media::now_ms())
