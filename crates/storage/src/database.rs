@@ -48,6 +48,24 @@ macro_rules! with_pool {
     };
 }
 
+/// Binds a media row's columns in `INSERT_MEDIA`'s order (one list for both call sites
+/// and both backends).
+macro_rules! bind_media {
+    ($query:expr, $m:expr, $size:expr) => {
+        $query
+            .bind(&$m.origin)
+            .bind(&$m.media_id)
+            .bind(&$m.user_id)
+            .bind(&$m.content_type)
+            .bind(&$m.upload_name)
+            .bind($size)
+            .bind(&$m.sha256)
+            .bind(&$m.datastore_id)
+            .bind(&$m.location)
+            .bind($m.created_at_ms)
+    };
+}
+
 const INSERT_MEDIA: &str = "INSERT INTO media (origin, media_id, user_id, content_type, \
      upload_name, size_bytes, sha256, datastore_id, location, created_at_ms) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
@@ -123,17 +141,7 @@ impl Database {
     pub async fn insert_media(&self, m: &MediaRecord) -> Result<()> {
         let size = records::db_size(m)?;
         let done = with_pool!(self, pool => {
-            sqlx::query(INSERT_MEDIA)
-                .bind(&m.origin)
-                .bind(&m.media_id)
-                .bind(&m.user_id)
-                .bind(&m.content_type)
-                .bind(&m.upload_name)
-                .bind(size)
-                .bind(&m.sha256)
-                .bind(&m.datastore_id)
-                .bind(&m.location)
-                .bind(m.created_at_ms)
+            bind_media!(sqlx::query(INSERT_MEDIA), m, size)
                 .execute(pool)
                 .await
                 .map(|_| ())
@@ -205,17 +213,7 @@ impl Database {
         let size = records::db_size(m)?;
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            sqlx::query(INSERT_MEDIA)
-                .bind(&m.origin)
-                .bind(&m.media_id)
-                .bind(&m.user_id)
-                .bind(&m.content_type)
-                .bind(&m.upload_name)
-                .bind(size)
-                .bind(&m.sha256)
-                .bind(&m.datastore_id)
-                .bind(&m.location)
-                .bind(m.created_at_ms)
+            bind_media!(sqlx::query(INSERT_MEDIA), m, size)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| conflict_or(e, &m.origin, &m.media_id))?;
