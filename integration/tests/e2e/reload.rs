@@ -81,4 +81,25 @@ fn sighup_adds_a_shard_and_a_broken_config_is_refused() {
     })
     .unwrap();
     assert_eq!(shard_up(&repo, "b"), Some(1.0));
+
+    // A new database URL needs a restart: applied parts go ahead, the log says what waits.
+    let moved_db =
+        config_with_shards(&[("a", &a), ("b", &b)]).replace("{dir}/media.db", "{dir}/other.db");
+    repo.write_config(&moved_db).unwrap();
+    repo.sighup();
+    repo.wait_for("shard a back", Duration::from_secs(10), || {
+        shard_up(&repo, "a") == Some(1.0)
+    })
+    .unwrap();
+    let logs = repo.logs();
+    assert!(
+        logs.contains("only takes effect after a restart") && logs.contains("database.url"),
+        "the log names the setting that needs a restart:\n{logs}"
+    );
+    assert!(
+        !repo.dir().join("other.db").exists(),
+        "the running database is kept"
+    );
+    let health = reqwest::blocking::get(format!("{}/healthz", repo.base_url())).unwrap();
+    assert_eq!(health.status(), 200);
 }
