@@ -263,6 +263,9 @@ pub async fn upload_to(
         discard_unreferenced(&state, &object).await;
         return match err {
             mr_storage::Error::AlreadyExists { .. } => Err(MatrixError::cannot_overwrite()),
+            mr_storage::Error::NoPendingUpload { .. } => Err(MatrixError::not_found(
+                "The pending upload expired while its bytes were arriving",
+            )),
             other => Err(MatrixError::internal(
                 "recording an async upload failed",
                 &other,
