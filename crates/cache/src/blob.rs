@@ -1,18 +1,26 @@
-//! Chunked blobs over the key-value layer: streaming writes and verified, ranged reads.
+//! Blobs over the key-value layer: streaming writes and verified, ranged reads.
 //!
-//! A blob is stored as chunks `mr1:blob:{sha}:N` and a header `mr1:blob:{sha}:m`
-//! (see `header.rs`). Writers put every chunk first and the header last, so a reader that
-//! finds a header has seen a complete write. Readers still trust nothing: eviction may drop
-//! any single chunk and a key may be overwritten, so every chunk is checked for length and
-//! checksum before a byte of it is handed out. A chunk that fails ends the read with
-//! [`BlobRead::Lost`] at the offset where correct bytes stop — never wrong or short bytes.
+//! A blob of at most `Limits::inline_max_bytes` (see [`crate::INLINE_MAX_BYTES`]) is one key:
+//! its header value `mr1:blob:{sha}:m` carries the bytes (inline form, `header.rs`), so a
+//! write is one `SET` and an open one `GET`, and the bytes are verified before the open
+//! succeeds — a damaged inline value is a miss. A larger blob is stored as chunks
+//! `mr1:blob:{sha}:N` and a header (chunked form). Writers put every chunk first and the
+//! header last, so a reader that finds a header has seen a complete write. Readers still
+//! trust nothing: eviction may drop any single chunk and a key may be overwritten, so every
+//! chunk is checked for length and checksum before a byte of it is handed out. A chunk that
+//! fails ends the read with [`BlobRead::Lost`] at the offset where correct bytes stop —
+//! never wrong or short bytes.
+
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
 
 use crate::error::{CacheError, Result};
-use crate::header::{checksum, BlobHeader};
+use crate::header::{
+    checksum, seal_inline, start_inline, BlobHeader, StoredBlob, INLINE_HEADER_LEN,
+};
 use crate::keys::{blob_chunk_key, blob_header_key};
 use crate::kv::Kv;
 use crate::limits::Limits;
@@ -30,6 +38,9 @@ pub(crate) async fn put_blob<R: AsyncRead + Unpin + Send>(
 ) -> Result<bool> {
     if size > limits.max_object_bytes {
         return Ok(false);
+    }
+    if size <= limits.inline_max_bytes() {
+        return put_inline(kv, limits, sha256, size, reader).await;
     }
     let chunk_bytes = limits.chunk_bytes;
     let mut checksums =
@@ -85,18 +96,63 @@ pub(crate) async fn put_blob<R: AsyncRead + Unpin + Send>(
         .await)
 }
 
+/// Writes a blob small enough to live inside its header value: one `SET`, nothing else.
+async fn put_inline<R: AsyncRead + Unpin + Send>(
+    kv: &Kv,
+    limits: Limits,
+    sha256: &str,
+    size: u64,
+    mut reader: R,
+) -> Result<bool> {
+    // The caller checked `size` against the inline limit, far below usize::MAX.
+    let len = usize::try_from(size).unwrap_or(usize::MAX);
+    let mut value = start_inline(len);
+    fill(&mut reader, &mut value, INLINE_HEADER_LEN + len).await?;
+    let got = (value.len() - INLINE_HEADER_LEN) as u64;
+    if got < size {
+        return Err(CacheError::SizeMismatch {
+            expected: size,
+            actual: got,
+            more: false,
+        });
+    }
+    if !read_chunk(&mut reader, 0).await?.is_empty() {
+        return Err(CacheError::SizeMismatch {
+            expected: size,
+            actual: size + 1,
+            more: true,
+        });
+    }
+    seal_inline(&mut value);
+    Ok(kv
+        .set(blob_header_key(sha256), value.freeze(), limits.ttl)
+        .await)
+}
+
 /// Reads exactly `want` bytes unless the reader ends first, into a buffer of exactly that
 /// capacity (the memory backend weighs values by length, so no slack may hide in them).
 /// `want == 0` reads at most one byte, to detect a reader longer than announced.
 async fn read_chunk<R: AsyncRead + Unpin>(reader: &mut R, want: u64) -> std::io::Result<Bytes> {
     let want = usize::try_from(want.max(1)).unwrap_or(usize::MAX);
     let mut buf = BytesMut::with_capacity(want);
-    while buf.len() < want {
-        if reader.read_buf(&mut buf).await? == 0 {
+    fill(reader, &mut buf, want).await?;
+    Ok(buf.freeze())
+}
+
+/// Appends to `buf` until it is `len` bytes long or the reader ends, never reading past
+/// that (the bytes after belong to the size check).
+async fn fill<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    len: usize,
+) -> std::io::Result<()> {
+    let mut limited = reader.take(len.saturating_sub(buf.len()) as u64);
+    while buf.len() < len {
+        if limited.read_buf(buf).await? == 0 {
             break;
         }
     }
-    Ok(buf.freeze())
+    Ok(())
 }
 
 /// Deletes a blob everywhere. Without a header we cannot know the chunk count, so we also
@@ -107,8 +163,8 @@ pub(crate) async fn delete_blob(kv: &Kv, limits: Limits, sha256: &str) {
     let from_header = kv
         .get(&header_key)
         .await
-        .and_then(|bytes| BlobHeader::decode(&bytes))
-        .map_or(0, |h| h.chunk_count());
+        .and_then(|bytes| StoredBlob::decode(&bytes))
+        .map_or(0, |stored| stored.chunk_count());
     let possible = limits.max_object_bytes.div_ceil(limits.chunk_bytes);
     let count = from_header.max(possible);
     let mut keys = Vec::with_capacity(usize::try_from(count).unwrap_or(0) + 1);
@@ -118,23 +174,31 @@ pub(crate) async fn delete_blob(kv: &Kv, limits: Limits, sha256: &str) {
 }
 
 /// Opens a blob for reading `range` (inclusive, absolute offsets; None = all of it).
-/// None when the header is missing or damaged, or the range does not fit the blob.
+/// None when the header is missing or damaged (for an inline blob: its bytes too), or the
+/// range does not fit the blob.
 pub(crate) async fn open_blob(
     kv: &Kv,
     sha256: &str,
     range: Option<(u64, u64)>,
 ) -> Option<BlobReader> {
-    let header = BlobHeader::decode(&kv.get(&blob_header_key(sha256)).await?)?;
+    let stored = StoredBlob::decode(&kv.get(&blob_header_key(sha256)).await?)?;
+    let total_size = match &stored {
+        StoredBlob::Chunked(header) => header.total_size,
+        StoredBlob::Inline(bytes) => bytes.len() as u64,
+    };
     let (pos, end) = match range {
-        None => (0, header.total_size),
-        Some((start, last)) if start <= last && last < header.total_size => (start, last + 1),
+        None => (0, total_size),
+        Some((start, last)) if start <= last && last < total_size => (start, last + 1),
         Some(_) => return None,
     };
     Some(BlobReader {
-        total_size: header.total_size,
+        total_size,
         kv: kv.clone(),
         sha256: sha256.to_owned(),
-        header,
+        source: match stored {
+            StoredBlob::Chunked(header) => Source::Chunks(Arc::new(header)),
+            StoredBlob::Inline(bytes) => Source::Inline(bytes),
+        },
         pos,
         end,
         lost_at: None,
@@ -154,13 +218,22 @@ pub enum BlobRead {
     Lost { at: u64 },
 }
 
+/// Where a reader's bytes come from.
+enum Source {
+    /// Chunk keys, fetched one by one (shared so a fetch needs no copy of the checksums).
+    Chunks(Arc<BlobHeader>),
+    /// Already here: an inline blob, verified when it was opened.
+    Inline(Bytes),
+}
+
 /// A streaming, verified read of one cached blob (or a range of it).
 pub struct BlobReader {
     /// Size of the whole blob, whatever range is being read.
     pub total_size: u64,
     kv: Kv,
     sha256: String,
-    header: BlobHeader,
+    /// Where the bytes are.
+    source: Source,
     /// Next absolute offset to deliver.
     pos: u64,
     /// One past the last offset to deliver.
@@ -183,34 +256,46 @@ impl BlobReader {
         if self.pos >= self.end {
             return BlobRead::End;
         }
-        let chunk_size = u64::from(self.header.chunk_size);
-        let index = self.pos / chunk_size;
-        let (chunk_start, chunk_len) = self.header.chunk_span(index);
+        let (chunk_start, bytes) = match &self.source {
+            Source::Inline(bytes) => (0, bytes.clone()),
+            Source::Chunks(header) => {
+                let header = Arc::clone(header);
+                match self.next_chunk(&header).await {
+                    Some(found) => found,
+                    None => return self.lose(),
+                }
+            }
+        };
+        let chunk_len = bytes.len() as u64;
+        let from = (self.pos - chunk_start) as usize;
+        let to = (self.end.min(chunk_start + chunk_len) - chunk_start) as usize;
+        self.pos = chunk_start + to as u64;
+        metrics::bytes_served(self.kv.backend(), to - from);
+        BlobRead::Data(bytes.slice(from..to))
+    }
+
+    /// Fetches and verifies the chunk holding `pos`: its start offset and bytes, or None
+    /// if the cache lost or damaged it.
+    async fn next_chunk(&mut self, header: &BlobHeader) -> Option<(u64, Bytes)> {
+        let index = self.pos / u64::from(header.chunk_size);
+        let (chunk_start, chunk_len) = header.chunk_span(index);
         let fetched = match self.prefetch.take() {
             Some((i, handle)) if i == index => {
-                self.start_prefetch(index + 1);
+                self.start_prefetch(header, index + 1);
                 handle.await.ok().flatten()
             }
             stale => {
                 if let Some((_, handle)) = stale {
                     handle.abort();
                 }
-                self.start_prefetch(index + 1);
+                self.start_prefetch(header, index + 1);
                 self.kv.get(&blob_chunk_key(&self.sha256, index)).await
             }
         };
         let verified = fetched.filter(|bytes| {
-            bytes.len() as u64 == chunk_len
-                && checksum(bytes) == self.header.checksums[index as usize]
+            bytes.len() as u64 == chunk_len && checksum(bytes) == header.checksums[index as usize]
         });
-        let Some(bytes) = verified else {
-            return self.lose();
-        };
-        let from = (self.pos - chunk_start) as usize;
-        let to = (self.end.min(chunk_start + chunk_len) - chunk_start) as usize;
-        self.pos = chunk_start + to as u64;
-        metrics::bytes_served(self.kv.backend(), to - from);
-        BlobRead::Data(bytes.slice(from..to))
+        verified.map(|bytes| (chunk_start, bytes))
     }
 
     fn lose(&mut self) -> BlobRead {
@@ -226,9 +311,9 @@ impl BlobReader {
 
     /// Requests chunk `index` in the background if the range needs it and the backend is
     /// remote; keeps at most this one chunk ahead.
-    fn start_prefetch(&mut self, index: u64) {
-        let (start, _) = self.header.chunk_span(index);
-        if index >= self.header.chunk_count() || start >= self.end || !self.kv.prefetch_pays() {
+    fn start_prefetch(&mut self, header: &BlobHeader, index: u64) {
+        let (start, _) = header.chunk_span(index);
+        if index >= header.chunk_count() || start >= self.end || !self.kv.prefetch_pays() {
             return;
         }
         let kv = self.kv.clone();

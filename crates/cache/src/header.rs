@@ -1,11 +1,13 @@
-//! The blob header (`mr1:blob:{sha}:m`): what a reader must know before trusting any chunk.
+//! The blob header (`mr1:blob:{sha}:m`): what a reader must know before trusting any byte.
 //!
-//! Compact binary, little-endian, fixed layout:
+//! Compact binary, little-endian, fixed layout, in one of two forms told apart by the
+//! version byte. **Chunked** (version 1): the bytes live in chunk keys `mr1:blob:{sha}:N`,
+//! written before this header.
 //!
 //! ```text
 //! offset  size      field
 //! 0       4         magic "MRBH"
-//! 4       1         format version (1)
+//! 4       1         format version (1 = chunked)
 //! 5       8         total size in bytes (u64)
 //! 13      4         chunk size in bytes (u32, > 0)
 //! 17      4         chunk count (u32) = ceil(total / chunk size)
@@ -13,15 +15,36 @@
 //! 21+8n   8         xxh64 (seed 0) of all preceding header bytes
 //! ```
 //!
-//! Anything that does not decode exactly (wrong length, magic, version, count, or self
-//! checksum) is treated as a miss: a damaged header must never make us serve bytes.
+//! **Inline** (version 2): a blob of at most [`crate::INLINE_MAX_BYTES`] (and at most one
+//! chunk) travels inside its header value, so writing it is one `SET` and reading it one
+//! `GET`; no chunk key exists. The bytes are checked exactly like a chunk's.
+//!
+//! ```text
+//! offset  size      field
+//! 0       4         magic "MRBH"
+//! 4       1         format version (2 = inline)
+//! 5       8         total size in bytes (u64) = length of the bytes
+//! 13      8         xxh64 (seed 0) of the bytes (the one chunk's checksum)
+//! 21      8         xxh64 (seed 0) of header bytes 0..21
+//! 29      total     the bytes
+//! ```
+//!
+//! Anything that does not decode exactly (wrong length, magic, unknown version, count,
+//! self checksum, or inline bytes that fail their checksum) is treated as a miss: a damaged
+//! header must never make us serve bytes. A version-1 reader (before inline blobs existed)
+//! sees version 2 as unknown, so it misses rather than misreads.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use xxhash_rust::xxh64::xxh64;
 
 const MAGIC: &[u8; 4] = b"MRBH";
-const VERSION: u8 = 1;
+/// Version byte of the chunked form.
+const VERSION_CHUNKED: u8 = 1;
+/// Version byte of the inline form.
+const VERSION_INLINE: u8 = 2;
 const FIXED_LEN: usize = 4 + 1 + 8 + 4 + 4;
+/// Bytes of the inline form before the blob's own bytes (fixed fields + both checksums).
+pub(crate) const INLINE_HEADER_LEN: usize = 4 + 1 + 8 + 8 + 8;
 /// Refuse headers claiming more chunks than this (a 64 GiB blob at 1 KiB chunks): bounds the
 /// allocation a corrupt or hostile header could cause.
 const MAX_CHUNKS: u32 = 1 << 26;
@@ -29,6 +52,72 @@ const MAX_CHUNKS: u32 = 1 << 26;
 /// Checksum used for chunks and the header itself.
 pub(crate) fn checksum(bytes: &[u8]) -> u64 {
     xxh64(bytes, 0)
+}
+
+/// What a header value holds, once decoded and verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StoredBlob {
+    /// The bytes are in chunk keys, described by this header.
+    Chunked(BlobHeader),
+    /// The whole blob, already checked against its checksum.
+    Inline(Bytes),
+}
+
+impl StoredBlob {
+    /// Decodes a header value of either form; None for anything damaged or unknown.
+    pub(crate) fn decode(value: &Bytes) -> Option<StoredBlob> {
+        match value.get(4) {
+            Some(&VERSION_INLINE) => decode_inline(value).map(StoredBlob::Inline),
+            _ => BlobHeader::decode(value).map(StoredBlob::Chunked),
+        }
+    }
+
+    /// Number of chunk keys this blob uses (0 when inline).
+    pub(crate) fn chunk_count(&self) -> u64 {
+        match self {
+            StoredBlob::Chunked(header) => header.chunk_count(),
+            StoredBlob::Inline(_) => 0,
+        }
+    }
+}
+
+/// Prepares an inline value for a blob of `len` bytes: the header's space is reserved and
+/// zeroed, the caller appends exactly `len` bytes, then [`seal_inline`] fills the header in.
+/// The buffer has exactly the final capacity (the memory backend weighs values by length).
+pub(crate) fn start_inline(len: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(INLINE_HEADER_LEN + len);
+    buf.put_bytes(0, INLINE_HEADER_LEN);
+    buf
+}
+
+/// Writes the inline header in front of the bytes appended after [`start_inline`].
+pub(crate) fn seal_inline(buf: &mut BytesMut) {
+    let total = (buf.len() - INLINE_HEADER_LEN) as u64;
+    let data_sum = checksum(&buf[INLINE_HEADER_LEN..]);
+    let mut head = [0u8; INLINE_HEADER_LEN];
+    head[..4].copy_from_slice(MAGIC);
+    head[4] = VERSION_INLINE;
+    head[5..13].copy_from_slice(&total.to_le_bytes());
+    head[13..21].copy_from_slice(&data_sum.to_le_bytes());
+    let own = checksum(&head[..21]);
+    head[21..29].copy_from_slice(&own.to_le_bytes());
+    buf[..INLINE_HEADER_LEN].copy_from_slice(&head);
+}
+
+/// The verified bytes of an inline value, sharing its buffer; None if anything is off.
+fn decode_inline(value: &Bytes) -> Option<Bytes> {
+    if value.len() < INLINE_HEADER_LEN || &value[..4] != MAGIC || value[4] != VERSION_INLINE {
+        return None;
+    }
+    let word = |at: usize| value[at..at + 8].try_into().ok().map(u64::from_le_bytes);
+    let (total, data_sum, own) = (word(5)?, word(13)?, word(21)?);
+    if checksum(&value[..21]) != own
+        || u64::try_from(value.len() - INLINE_HEADER_LEN).ok()? != total
+    {
+        return None;
+    }
+    let bytes = value.slice(INLINE_HEADER_LEN..);
+    (checksum(&bytes) == data_sum).then_some(bytes)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +131,7 @@ impl BlobHeader {
     pub(crate) fn encode(&self) -> Bytes {
         let mut buf = BytesMut::with_capacity(FIXED_LEN + 8 * self.checksums.len() + 8);
         buf.put_slice(MAGIC);
-        buf.put_u8(VERSION);
+        buf.put_u8(VERSION_CHUNKED);
         buf.put_u64_le(self.total_size);
         buf.put_u32_le(self.chunk_size);
         buf.put_u32_le(self.checksums.len() as u32);
@@ -55,7 +144,7 @@ impl BlobHeader {
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Option<BlobHeader> {
-        if bytes.len() < FIXED_LEN + 8 || &bytes[..4] != MAGIC || bytes[4] != VERSION {
+        if bytes.len() < FIXED_LEN + 8 || &bytes[..4] != MAGIC || bytes[4] != VERSION_CHUNKED {
             return None;
         }
         let total_size = u64::from_le_bytes(bytes[5..13].try_into().ok()?);
@@ -142,5 +231,57 @@ mod tests {
             checksums: vec![1, 2, 3],
         };
         assert_eq!(BlobHeader::decode(&wrong.encode()), None);
+    }
+
+    fn inline(bytes: &[u8]) -> Bytes {
+        let mut value = start_inline(bytes.len());
+        value.extend_from_slice(bytes);
+        seal_inline(&mut value);
+        value.freeze()
+    }
+
+    #[test]
+    fn inline_round_trip() {
+        for data in [&b""[..], b"x", b"hello inline blob"] {
+            let value = inline(data);
+            assert_eq!(value.len(), INLINE_HEADER_LEN + data.len());
+            assert_eq!(
+                StoredBlob::decode(&value),
+                Some(StoredBlob::Inline(Bytes::copy_from_slice(data)))
+            );
+            assert_eq!(StoredBlob::decode(&value).unwrap().chunk_count(), 0);
+        }
+        // The chunked form still decodes through the same entry point.
+        let chunked = sample();
+        assert_eq!(
+            StoredBlob::decode(&chunked.encode()),
+            Some(StoredBlob::Chunked(chunked))
+        );
+    }
+
+    #[test]
+    fn inline_damage_is_rejected() {
+        let good = inline(b"some bytes worth keeping");
+        for i in 0..good.len() {
+            let mut bad = good.to_vec();
+            bad[i] ^= 0x40;
+            assert_eq!(
+                StoredBlob::decode(&Bytes::from(bad)),
+                None,
+                "flip at byte {i} accepted"
+            );
+        }
+        for cut in 0..good.len() {
+            assert_eq!(StoredBlob::decode(&good.slice(..cut)), None, "cut at {cut}");
+        }
+        let mut longer = good.to_vec();
+        longer.push(0);
+        assert_eq!(StoredBlob::decode(&Bytes::from(longer)), None);
+        // An unknown version is a miss even when everything else is consistent.
+        let mut future = good.to_vec();
+        future[4] = 3;
+        let own = checksum(&future[..21]);
+        future[21..29].copy_from_slice(&own.to_le_bytes());
+        assert_eq!(StoredBlob::decode(&Bytes::from(future)), None);
     }
 }

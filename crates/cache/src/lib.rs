@@ -2,8 +2,9 @@
 //!
 //! Backends: `none`, `memory` (in-process moka, byte-bounded, TinyLFU) and `redis` (shard
 //! actors reached through the ring; this crate never talks to Redis itself). Blobs are
-//! stored in verified chunks so a read can stop cleanly where the cache lost data, records
-//! describe remote media, and leases keep two repos from fetching the same remote file.
+//! stored in verified chunks so a read can stop cleanly where the cache lost data (small
+//! blobs inline in their header, one key), records describe remote media, and leases keep
+//! two repos from fetching the same remote file.
 //!
 //! Invariant: no call here fails because the cache failed — backend trouble is a miss.
 
@@ -26,7 +27,7 @@ pub use keys::{
     blob_chunk_key, blob_header_key, is_valid_sha256, lease_key, remote_record_key, KEY_PREFIX,
 };
 pub use lease::Lease;
-pub use limits::{MAX_CHUNK_BYTES, MAX_RECORD_BYTES, MIN_CHUNK_BYTES};
+pub use limits::{INLINE_MAX_BYTES, MAX_CHUNK_BYTES, MAX_RECORD_BYTES, MIN_CHUNK_BYTES};
 /// A shard as [`Cache::status`] reports it (the ring's own type).
 pub use mr_ring::ShardStatus;
 pub use shards::MAILBOX_GRACE;

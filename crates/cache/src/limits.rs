@@ -7,6 +7,13 @@ pub const MIN_CHUNK_BYTES: u64 = 4 * 1024;
 /// Largest chunk we write: one multiplexed Redis connection carries one value at a time, so
 /// a huge chunk stalls every small request behind it (and the header stores it as u32).
 pub const MAX_CHUNK_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest blob stored inline, inside its header value (one `SET` to write, one `GET` to
+/// read, instead of a header plus a chunk key each way). Never more than one chunk: a blob
+/// above `min(INLINE_MAX_BYTES, chunk size)` is chunked. Reading a range of an inline blob
+/// fetches all of it, as reading a range inside one chunk does. 64 KiB: at 4 KiB and 64 KiB
+/// the second Redis command cost a third to a half of the throughput (docs/benchmarks.md,
+/// "Cache"), while a 64 KiB value still leaves a shard connection free for others quickly.
+pub const INLINE_MAX_BYTES: u64 = 64 * 1024;
 /// Records (remote media descriptions) are small JSON; anything larger is not cached.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 
@@ -21,6 +28,11 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
+    /// Largest blob written inline under these limits (at most one chunk).
+    pub(crate) fn inline_max_bytes(&self) -> u64 {
+        INLINE_MAX_BYTES.min(self.chunk_bytes)
+    }
+
     pub(crate) fn new(max_object_bytes: u64, chunk_bytes: u64, ttl_secs: Option<u64>) -> Limits {
         Limits {
             max_object_bytes,

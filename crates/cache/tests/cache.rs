@@ -7,7 +7,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mr_cache::{blob_chunk_key, blob_header_key, lease_key, remote_record_key, Cache, CacheError};
+use mr_cache::{
+    blob_chunk_key, blob_header_key, lease_key, remote_record_key, Cache, CacheError,
+    INLINE_MAX_BYTES,
+};
 
 /// The contract every backend must keep.
 mod contract {
@@ -23,6 +26,12 @@ mod contract {
             assert!(
                 put(&f.cache, &sha, &data).await,
                 "blob of {len} bytes not stored"
+            );
+            // Up to one chunk the blob is inline: its header key is its only key.
+            assert_eq!(
+                f.key_exists(&blob_chunk_key(&sha, 0)).await,
+                len as u64 > CHUNK,
+                "layout of a blob of {len} bytes"
             );
             let reader = f
                 .cache
@@ -81,6 +90,125 @@ mod contract {
         assert!(got == data[8_192..]);
     }
 
+    /// Ranges of a blob that lives inline (one key): sliced out of the one value.
+    pub async fn inline_ranges(f: &Fixture) {
+        let data = bytes_of(3_000, 20);
+        let sha = sha(20);
+        assert!(put(&f.cache, &sha, &data).await);
+        assert!(!f.key_exists(&blob_chunk_key(&sha, 0)).await, "not inline");
+        for (start, end) in [(0, 0), (2_999, 2_999), (100, 2_000), (0, 2_999), (1, 2_998)] {
+            let reader = f
+                .cache
+                .open_blob(&sha, Some((start, end)))
+                .await
+                .expect("range opens");
+            assert_eq!(reader.total_size, 3_000);
+            assert_eq!(reader.range(), (start, end + 1));
+            let (got, ending) = read_all(reader).await;
+            assert_eq!(ending, Ending::End, "range {start}-{end}");
+            assert!(
+                got == data[start as usize..=end as usize],
+                "range {start}-{end} wrong bytes"
+            );
+        }
+        for bad in [(0, 3_000), (3_000, 3_000), (6, 5)] {
+            assert!(
+                f.cache.open_blob(&sha, Some(bad)).await.is_none(),
+                "range {bad:?} must be a miss"
+            );
+        }
+    }
+
+    /// An inline value damaged in any way is a miss, never wrong or short bytes; the same
+    /// value put back is a hit again (so the damage, not the test, caused the misses).
+    pub async fn corrupted_inline_is_a_miss(f: &Fixture) {
+        let data = bytes_of(3_000, 21);
+        let sha = sha(21);
+        let key = blob_header_key(&sha);
+        assert!(put(&f.cache, &sha, &data).await);
+        // A record read returns any key's raw value: the stored inline form.
+        let raw = f
+            .cache
+            .get_record(&key)
+            .await
+            .expect("inline value present");
+        assert!(
+            raw.len() > data.len() && raw.ends_with(&data),
+            "bytes not inline"
+        );
+        let mut flipped_data = raw.to_vec();
+        *flipped_data.last_mut().unwrap() ^= 1;
+        let mut flipped_size = raw.to_vec();
+        flipped_size[5] ^= 1;
+        let damaged: [(&str, Vec<u8>); 5] = [
+            ("same-length garbage", bytes_of(raw.len(), 99)),
+            ("one data byte flipped", flipped_data),
+            ("size field flipped", flipped_size),
+            ("truncated by one byte", raw[..raw.len() - 1].to_vec()),
+            (
+                "truncated to half the bytes",
+                raw[..raw.len() - 1_500].to_vec(),
+            ),
+        ];
+        for (what, value) in damaged {
+            f.overwrite_key(&key, &value).await;
+            assert!(
+                f.cache.open_blob(&sha, None).await.is_none(),
+                "{what}: must be a miss"
+            );
+            assert!(
+                f.cache.open_blob(&sha, Some((0, 10))).await.is_none(),
+                "{what}: a range must be a miss too"
+            );
+        }
+        f.overwrite_key(&key, &raw).await;
+        let (got, ending) = read_all(f.cache.open_blob(&sha, None).await.unwrap()).await;
+        assert_eq!(ending, Ending::End);
+        assert!(got == data);
+    }
+
+    /// At the contract's chunk size the inline limit is the chunk: CHUNK bytes are one key,
+    /// CHUNK + 1 bytes are a header and two chunks.
+    pub async fn inline_limit_is_one_chunk(f: &Fixture) {
+        for (n, len, inline) in [(30, CHUNK, true), (31, CHUNK + 1, false)] {
+            let data = bytes_of(len as usize, n);
+            let sha = sha(n);
+            assert!(put(&f.cache, &sha, &data).await);
+            assert_eq!(f.key_exists(&blob_chunk_key(&sha, 0)).await, !inline);
+            assert_eq!(f.key_exists(&blob_chunk_key(&sha, 1)).await, !inline);
+            let (got, ending) = read_all(f.cache.open_blob(&sha, None).await.unwrap()).await;
+            assert_eq!(ending, Ending::End);
+            assert!(got == data, "{len} bytes read back different");
+            let (got, ending) = read_all(
+                f.cache
+                    .open_blob(&sha, Some((CHUNK - 2, len - 1)))
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(ending, Ending::End);
+            assert!(got == data[CHUNK as usize - 2..]);
+        }
+    }
+
+    /// Re-putting a blob under another chunk size switches its layout either way, and each
+    /// layout reads back (a chunked header left by an earlier write stays readable).
+    pub async fn layout_switches_with_chunk_size(f: &Fixture) {
+        let data = bytes_of(6_000, 22);
+        let sha = sha(22);
+        let mut cfg = f.cfg.clone();
+        for (chunk, inline) in [(CHUNK, false), (2 * CHUNK, true), (CHUNK, false)] {
+            cfg.chunk_bytes = chunk;
+            f.cache.apply_config(&cfg);
+            assert!(put(&f.cache, &sha, &data).await);
+            let raw = f.cache.get_record(&blob_header_key(&sha)).await.unwrap();
+            assert_eq!(raw.len() > data.len(), inline, "chunk {chunk}");
+            let (got, ending) = read_all(f.cache.open_blob(&sha, None).await.unwrap()).await;
+            assert_eq!(ending, Ending::End);
+            assert!(got == data, "chunk {chunk}: read back different");
+        }
+    }
+
     pub async fn too_big_not_cached(f: &Fixture) {
         let data = bytes_of(MAX_OBJECT as usize + 1, 3);
         let sha = sha(3);
@@ -132,6 +260,12 @@ mod contract {
         for i in 0..3 {
             f.overwrite_key_absent(&blob_chunk_key(&sha, i)).await;
         }
+        // An inline blob: its one key goes.
+        let small = common::sha(6);
+        assert!(put(&f.cache, &small, &data[..100]).await);
+        f.cache.delete_blob(&small).await;
+        assert!(f.cache.open_blob(&small, None).await.is_none());
+        f.overwrite_key_absent(&blob_header_key(&small)).await;
     }
 
     pub async fn records(f: &Fixture) {
@@ -253,6 +387,15 @@ mod contract {
 }
 
 impl Fixture {
+    /// Whether `key` is stored (on the shard the ring picks, for Redis).
+    async fn key_exists(&self, key: &str) -> bool {
+        if self.shards.is_empty() {
+            self.cache.get_record(key).await.is_some()
+        } else {
+            self.shard_for(key).cli(&["EXISTS", key]).unwrap() == "1"
+        }
+    }
+
     /// Asserts `key` is gone from wherever it could be.
     async fn overwrite_key_absent(&self, key: &str) {
         if self.shards.is_empty() {
@@ -280,7 +423,9 @@ macro_rules! contract_tests {
             use super::*;
             contract_tests!(@each $fixture; put_open_whole, ranges, too_big_not_cached,
                 bad_reader_publishes_nothing, delete, records, leases,
-                evicted_chunk_is_lost_at_its_offset, corrupted_chunk_is_lost);
+                evicted_chunk_is_lost_at_its_offset, corrupted_chunk_is_lost, inline_ranges,
+                corrupted_inline_is_a_miss, inline_limit_is_one_chunk,
+                layout_switches_with_chunk_size);
         }
     };
     (@each $fixture:expr; $($case:ident),*) => {
@@ -296,6 +441,57 @@ macro_rules! contract_tests {
 
 contract_tests!(memory, Fixture::memory());
 contract_tests!(redis, Fixture::redis());
+
+/// With a chunk larger than `INLINE_MAX_BYTES`, the constant itself is the boundary.
+mod inline_max {
+    use super::*;
+
+    async fn boundary(f: &Fixture) {
+        let max = INLINE_MAX_BYTES;
+        for (n, len, inline) in [(40, max, true), (41, max + 1, false)] {
+            let data = bytes_of(len as usize, n);
+            let sha = sha(n);
+            assert!(put(&f.cache, &sha, &data).await, "{len} bytes not stored");
+            assert_eq!(
+                f.key_exists(&blob_chunk_key(&sha, 0)).await,
+                !inline,
+                "{len}"
+            );
+            let (got, ending) = read_all(f.cache.open_blob(&sha, None).await.unwrap()).await;
+            assert_eq!(ending, Ending::End);
+            assert!(got == data, "{len} bytes read back different");
+            for (start, end) in [(0, 0), (len - 1, len - 1), (1_000, len - 1_000)] {
+                let reader = f.cache.open_blob(&sha, Some((start, end))).await.unwrap();
+                let (got, ending) = read_all(reader).await;
+                assert_eq!(ending, Ending::End);
+                assert!(
+                    got == data[start as usize..=end as usize],
+                    "{len}: {start}-{end}"
+                );
+            }
+            // Same-length garbage in the header key: a miss, whichever the layout.
+            let key = blob_header_key(&sha);
+            let raw = f.cache.get_record(&key).await.unwrap();
+            f.overwrite_key(&key, &bytes_of(raw.len(), 98)).await;
+            assert!(f.cache.open_blob(&sha, None).await.is_none(), "{len}");
+            f.overwrite_key(&key, &raw[..raw.len() - 1]).await;
+            assert!(f.cache.open_blob(&sha, None).await.is_none(), "{len}");
+            f.cache.delete_blob(&sha).await;
+            f.overwrite_key_absent(&key).await;
+            f.overwrite_key_absent(&blob_chunk_key(&sha, 0)).await;
+        }
+    }
+
+    #[actix_rt::test]
+    async fn memory() {
+        boundary(&Fixture::memory_with(wide_config()).await).await;
+    }
+
+    #[actix_rt::test]
+    async fn redis() {
+        boundary(&Fixture::redis_with_config(3, wide_config()).await).await;
+    }
+}
 
 #[actix_rt::test]
 async fn memory_byte_bound_holds() {

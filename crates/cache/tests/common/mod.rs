@@ -54,6 +54,8 @@ pub fn base_config() -> CacheConfig {
 pub struct Fixture {
     pub cache: Cache,
     pub shards: Vec<(String, RedisServer)>,
+    /// The config the cache was started with (shards included), for `apply_config` tests.
+    pub cfg: CacheConfig,
 }
 
 impl Fixture {
@@ -66,6 +68,7 @@ impl Fixture {
         Fixture {
             cache: Cache::start(&cfg),
             shards: Vec::new(),
+            cfg,
         }
     }
 
@@ -91,7 +94,7 @@ impl Fixture {
             })
             .collect();
         let cache = Cache::start(&cfg);
-        let fixture = Fixture { cache, shards };
+        let fixture = Fixture { cache, shards, cfg };
         fixture.wait_up(n).await;
         fixture
     }
@@ -144,6 +147,16 @@ impl Fixture {
             );
             cli_set_binary(shard, key, value);
         }
+    }
+}
+
+/// A config whose chunk is larger than `INLINE_MAX_BYTES`, so the inline limit itself (not
+/// the chunk size) decides the layout.
+pub fn wide_config() -> CacheConfig {
+    CacheConfig {
+        chunk_bytes: 4 * mr_cache::INLINE_MAX_BYTES,
+        max_object_bytes: 8 * mr_cache::INLINE_MAX_BYTES,
+        ..base_config()
     }
 }
 
