@@ -12,9 +12,10 @@ use redis::{RedisError, RedisResult};
 
 use crate::error::{Result, ShardError};
 use crate::health::{HealthTracker, ShardHealth};
+use crate::io_threads::{run_on, IoThreadGone, IoThreads};
 use crate::messages::{Del, DelIfEq, Get, Info, Set, SetNx, ShardInfo};
 use crate::metrics;
-use crate::pool::{self, Pool, Slot};
+use crate::pool::{self, Conn, Load, Pool, Slot};
 use crate::settings::ShardSettings;
 
 /// Messages that may wait in the mailbox. Handlers only start a future, so the mailbox drains
@@ -40,6 +41,8 @@ pub struct ShardActor {
     /// `Err` holds why the URL was rejected: the actor then stays down and says so.
     client: std::result::Result<redis::Client, String>,
     pool: Pool,
+    /// The threads the connections live on; dropping the actor stops them.
+    io: IoThreads,
     /// Source of slot generations, so answers about a replaced manager are ignored.
     generation: u64,
 }
@@ -54,11 +57,13 @@ impl ShardActor {
             settings.down_after_failures,
         ));
         let pool = Pool::new(settings.connections);
+        let io = IoThreads::new(settings.connections.saturating_sub(1));
         ShardActor {
             settings,
             tracker,
             client,
             pool,
+            io,
             generation: 0,
         }
     }
@@ -86,13 +91,38 @@ impl ShardActor {
     fn connect(&mut self, ctx: &mut Context<Self>, idx: usize, client: redis::Client) {
         let config = pool::manager_config(&self.settings);
         let bound = pool::connect_bound(&self.settings);
-        let fut = async move {
+        let io = if pool::is_local(idx) {
+            None
+        } else {
+            match self.io.for_slot(idx - 1) {
+                Ok(io) => Some(io),
+                Err(err) => {
+                    self.pool.slots[idx] = Slot::Empty;
+                    self.tracker
+                        .failure(&format_args!("no thread for a connection: {err}"));
+                    return;
+                }
+            }
+        };
+        // Created on the thread it belongs to, so the manager's I/O task runs there.
+        let create = async move {
             match tokio::time::timeout(bound, ConnectionManager::new_with_config(client, config))
                 .await
             {
-                Ok(Ok(conn)) => Ok(conn),
+                Ok(Ok(manager)) => Ok(manager),
                 Ok(Err(err)) => Err(err.to_string()),
                 Err(_) => Err(format!("connect took longer than {bound:?}")),
+            }
+        };
+        let fut = async move {
+            let created = match &io {
+                None => Ok(create.await),
+                Some(io) => run_on(io, create).await,
+            };
+            match created {
+                Ok(Ok(manager)) => Ok(Conn::new(manager, io)),
+                Ok(Err(why)) => Err(why),
+                Err(IoThreadGone) => Err("connection thread stopped".to_owned()),
             }
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
@@ -115,16 +145,10 @@ impl ShardActor {
         }));
     }
 
-    fn ping(
-        &mut self,
-        ctx: &mut Context<Self>,
-        idx: usize,
-        mut conn: ConnectionManager,
-        generation: u64,
-    ) {
+    fn ping(&mut self, ctx: &mut Context<Self>, idx: usize, conn: Conn, generation: u64) {
         let timeout = self.settings.response_timeout;
         let name = self.settings.name.clone();
-        let fut = async move {
+        let probe = move |mut conn: ConnectionManager| async move {
             let started = Instant::now();
             let res =
                 tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn))
@@ -141,6 +165,11 @@ impl ShardActor {
                 started.elapsed(),
             );
             res
+        };
+        let fut = async move {
+            conn.run(probe)
+                .await
+                .unwrap_or_else(|IoThreadGone| Err("connection thread stopped".to_owned()))
         };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             let current = match &mut act.pool.slots[idx] {
@@ -180,33 +209,37 @@ impl ShardActor {
         if !self.tracker.is_up() {
             return;
         }
-        let Some(conn) = self.pool.pick_for_command() else {
+        let Some(conn) = self.pool.pick_for_command(Load::Small) else {
             return;
         };
         let timeout = self.settings.response_timeout;
         let name = self.settings.name.clone();
+        let read = move |manager: ConnectionManager| async move {
+            let res = tokio::time::timeout(timeout, fetch_info(&name, manager)).await;
+            match res {
+                Ok(Ok(info)) => metrics::set_usage(&name, info.used_memory_bytes, info.keys),
+                Ok(Err(err)) => {
+                    tracing::debug!(shard = %name, %err, "reading shard stats failed")
+                }
+                Err(_) => tracing::debug!(shard = %name, "reading shard stats timed out"),
+            }
+        };
         ctx.spawn(
             async move {
-                let res = tokio::time::timeout(timeout, fetch_info(&name, conn)).await;
-                match res {
-                    Ok(Ok(info)) => metrics::set_usage(&name, info.used_memory_bytes, info.keys),
-                    Ok(Err(err)) => {
-                        tracing::debug!(shard = %name, %err, "reading shard stats failed")
-                    }
-                    Err(_) => tracing::debug!(shard = %name, "reading shard stats timed out"),
-                }
+                // A stopped thread means the actor is going away: no stats to keep.
+                let _ = conn.run(read).await;
             }
             .into_actor(self),
         );
     }
 
     /// Checks health and takes a connection for one command.
-    fn call(&mut self, op: &'static str) -> Result<Call> {
+    fn call(&mut self, op: &'static str, load: Load) -> Result<Call> {
         if !self.tracker.is_up() {
             metrics::observe(&self.settings.name, op, "down", Duration::ZERO);
             return Err(ShardError::Down(self.settings.name.clone()));
         }
-        let Some(conn) = self.pool.pick_for_command() else {
+        let Some(conn) = self.pool.pick_for_command(load) else {
             metrics::observe(&self.settings.name, op, "error", Duration::ZERO);
             return Err(ShardError::NotConnected(self.settings.name.clone()));
         };
@@ -221,19 +254,20 @@ impl ShardActor {
 
 /// One command about to run: its connection and what it needs to report the outcome.
 struct Call {
-    conn: ConnectionManager,
+    conn: Conn,
     op: &'static str,
     timeout: Duration,
     tracker: Arc<HealthTracker>,
 }
 
 impl Call {
-    /// Runs `command` bounded by the response timeout; `outcome` names the metric result of a
-    /// success (`hit`/`miss`/`ok`).
+    /// Runs `command` on the connection's thread, bounded by the response timeout; `outcome`
+    /// names the metric result of a success (`hit`/`miss`/`ok`).
     async fn run<T, F, Fut>(self, command: F, outcome: fn(&T) -> &'static str) -> Result<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
-        Fut: Future<Output = RedisResult<T>>,
+        T: Send + 'static,
+        F: FnOnce(ConnectionManager) -> Fut + Send + 'static,
+        Fut: Future<Output = RedisResult<T>> + Send + 'static,
     {
         let Call {
             conn,
@@ -242,28 +276,35 @@ impl Call {
             tracker,
         } = self;
         let shard = tracker.name().to_owned();
-        let started = Instant::now();
-        let res = tokio::time::timeout(timeout, command(conn)).await;
-        let elapsed = started.elapsed();
-        match res {
-            Ok(Ok(value)) => {
-                tracker.command_ok();
-                metrics::observe(&shard, op, outcome(&value), elapsed);
-                Ok(value)
-            }
-            Ok(Err(source)) => {
-                if is_connection_failure(&source) {
-                    tracker.failure(&format_args!("{op}: {source}"));
+        let gone = shard.clone();
+        let work = move |manager: ConnectionManager| async move {
+            let started = Instant::now();
+            let res = tokio::time::timeout(timeout, command(manager)).await;
+            let elapsed = started.elapsed();
+            match res {
+                Ok(Ok(value)) => {
+                    tracker.command_ok();
+                    metrics::observe(&shard, op, outcome(&value), elapsed);
+                    Ok(value)
                 }
-                metrics::observe(&shard, op, "error", elapsed);
-                Err(ShardError::Redis { shard, source })
+                Ok(Err(source)) => {
+                    if is_connection_failure(&source) {
+                        tracker.failure(&format_args!("{op}: {source}"));
+                    }
+                    metrics::observe(&shard, op, "error", elapsed);
+                    Err(ShardError::Redis { shard, source })
+                }
+                Err(_) => {
+                    tracker.failure(&format_args!("{op}: no answer within {timeout:?}"));
+                    metrics::observe(&shard, op, "error", elapsed);
+                    Err(ShardError::Timeout { shard, timeout })
+                }
             }
-            Err(_) => {
-                tracker.failure(&format_args!("{op}: no answer within {timeout:?}"));
-                metrics::observe(&shard, op, "error", elapsed);
-                Err(ShardError::Timeout { shard, timeout })
-            }
-        }
+        };
+        conn.run(work).await.unwrap_or_else(|IoThreadGone| {
+            metrics::observe(&gone, op, "error", Duration::ZERO);
+            Err(ShardError::NotConnected(gone))
+        })
     }
 }
 
@@ -345,11 +386,11 @@ impl Handler<Get> for ShardActor {
     type Result = ResponseFuture<Result<Option<Bytes>>>;
 
     fn handle(&mut self, msg: Get, _ctx: &mut Self::Context) -> Self::Result {
-        let call = self.call("get");
+        let call = self.call("get", Load::Small);
         Box::pin(async move {
             call?
                 .run(
-                    |mut conn| async move {
+                    move |mut conn| async move {
                         redis::cmd("GET").arg(&msg.key).query_async(&mut conn).await
                     },
                     |value: &Option<Bytes>| if value.is_some() { "hit" } else { "miss" },
@@ -363,11 +404,11 @@ impl Handler<Set> for ShardActor {
     type Result = ResponseFuture<Result<()>>;
 
     fn handle(&mut self, msg: Set, _ctx: &mut Self::Context) -> Self::Result {
-        let call = self.call("set");
+        let call = self.call("set", Load::of_value(msg.value.len()));
         Box::pin(async move {
             call?
                 .run(
-                    |mut conn| async move {
+                    move |mut conn| async move {
                         let mut cmd = redis::cmd("SET");
                         cmd.arg(&msg.key).arg(msg.value.as_ref());
                         if let Some(ttl) = msg.ttl {
@@ -386,11 +427,11 @@ impl Handler<SetNx> for ShardActor {
     type Result = ResponseFuture<Result<bool>>;
 
     fn handle(&mut self, msg: SetNx, _ctx: &mut Self::Context) -> Self::Result {
-        let call = self.call("setnx");
+        let call = self.call("setnx", Load::of_value(msg.value.len()));
         Box::pin(async move {
             call?
                 .run(
-                    |mut conn| async move {
+                    move |mut conn| async move {
                         let reply: Option<String> = redis::cmd("SET")
                             .arg(&msg.key)
                             .arg(msg.value.as_ref())
@@ -412,11 +453,11 @@ impl Handler<DelIfEq> for ShardActor {
     type Result = ResponseFuture<Result<bool>>;
 
     fn handle(&mut self, msg: DelIfEq, _ctx: &mut Self::Context) -> Self::Result {
-        let call = self.call("delifeq");
+        let call = self.call("delifeq", Load::Small);
         Box::pin(async move {
             call?
                 .run(
-                    |mut conn| async move {
+                    move |mut conn| async move {
                         let deleted: u64 = DEL_IF_EQ
                             .key(&msg.key)
                             .arg(msg.value.as_ref())
@@ -438,11 +479,11 @@ impl Handler<Del> for ShardActor {
         if msg.keys.is_empty() {
             return Box::pin(async { Ok(0) });
         }
-        let call = self.call("del");
+        let call = self.call("del", Load::Small);
         Box::pin(async move {
             call?
                 .run(
-                    |mut conn| async move {
+                    move |mut conn| async move {
                         redis::cmd("DEL")
                             .arg(&msg.keys)
                             .query_async(&mut conn)
@@ -459,36 +500,47 @@ impl Handler<Info> for ShardActor {
     type Result = ResponseFuture<Result<ShardInfo>>;
 
     fn handle(&mut self, _msg: Info, _ctx: &mut Self::Context) -> Self::Result {
-        let call = self.call("info");
+        let call = self.call("info", Load::Small);
         Box::pin(async move {
-            let call = call?;
-            let shard = call.tracker.name().to_owned();
-            let (conn, timeout) = (call.conn.clone(), call.timeout);
-            let started = Instant::now();
-            let res = tokio::time::timeout(timeout, fetch_info(&shard, conn)).await;
-            let res = match res {
-                Ok(res) => res,
-                Err(_) => Err(ShardError::Timeout {
-                    shard: shard.clone(),
-                    timeout,
-                }),
-            };
-            match &res {
-                Ok(info) => {
-                    call.tracker.command_ok();
-                    metrics::set_usage(&shard, info.used_memory_bytes, info.keys);
-                    metrics::observe(&shard, "info", "ok", started.elapsed());
-                }
-                Err(err) => {
-                    if matches!(err, ShardError::Timeout { .. })
-                        || matches!(err, ShardError::Redis { source, .. } if is_connection_failure(source))
-                    {
-                        call.tracker.failure(err);
+            let Call {
+                conn,
+                timeout,
+                tracker,
+                ..
+            } = call?;
+            let shard = tracker.name().to_owned();
+            let gone = shard.clone();
+            let work = move |manager: ConnectionManager| async move {
+                let started = Instant::now();
+                let res = tokio::time::timeout(timeout, fetch_info(&shard, manager)).await;
+                let res = match res {
+                    Ok(res) => res,
+                    Err(_) => Err(ShardError::Timeout {
+                        shard: shard.clone(),
+                        timeout,
+                    }),
+                };
+                match &res {
+                    Ok(info) => {
+                        tracker.command_ok();
+                        metrics::set_usage(&shard, info.used_memory_bytes, info.keys);
+                        metrics::observe(&shard, "info", "ok", started.elapsed());
                     }
-                    metrics::observe(&shard, "info", "error", started.elapsed());
+                    Err(err) => {
+                        if matches!(err, ShardError::Timeout { .. })
+                            || matches!(err, ShardError::Redis { source, .. } if is_connection_failure(source))
+                        {
+                            tracker.failure(err);
+                        }
+                        metrics::observe(&shard, "info", "error", started.elapsed());
+                    }
                 }
-            }
-            res
+                res
+            };
+            conn.run(work).await.unwrap_or_else(|IoThreadGone| {
+                metrics::observe(&gone, "info", "error", Duration::ZERO);
+                Err(ShardError::NotConnected(gone))
+            })
         })
     }
 }

@@ -1,9 +1,12 @@
 //! One actix actor per Redis shard.
 //!
-//! A [`ShardActor`] owns a few multiplexed connections to its server (created on its own
-//! arbiter thread, so their I/O runs there), PINGs the server every health interval and flips
-//! the shared [`ShardHealth`] the ring reads without a mailbox trip, and runs the commands of
-//! [`messages`] concurrently, each bounded by the response timeout. A shard marked down
+//! A [`ShardActor`] owns a few multiplexed connections to its server: one on its own arbiter
+//! thread for small commands, the others each created on and used from one of the actor's
+//! connection threads (at most [`MAX_IO_THREADS_PER_SHARD`]) for values of at least
+//! [`LARGE_VALUE_BYTES`], so the copying of large values runs beside the actor's thread. It
+//! PINGs the server every health interval and flips the shared [`ShardHealth`] the ring reads
+//! without a mailbox trip, and runs the commands of [`messages`] concurrently, each bounded by
+//! the response timeout. A shard marked down
 //! answers [`ShardError::Down`] at once; callers treat every error as a cache miss.
 //!
 //! This is the only crate of the workspace that knows `redis`.
@@ -11,6 +14,7 @@
 mod actor;
 pub mod error;
 mod health;
+mod io_threads;
 pub mod messages;
 mod metrics;
 mod pool;
@@ -19,8 +23,10 @@ mod settings;
 pub use actor::{ShardActor, MAILBOX_CAPACITY, STATS_INTERVAL};
 pub use error::ShardError;
 pub use health::ShardHealth;
+pub use io_threads::MAX_IO_THREADS_PER_SHARD;
 pub use messages::{Del, DelIfEq, Get, Info, Set, SetNx, ShardInfo};
 pub use metrics::forget_shard_metrics;
+pub use pool::LARGE_VALUE_BYTES;
 pub use settings::ShardSettings;
 
 #[cfg(feature = "fault-injection")]
