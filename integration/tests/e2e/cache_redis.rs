@@ -10,9 +10,14 @@ use std::time::Duration;
 use integration::{MediaRepo, RedisServer, Synapse};
 use sha2::{Digest, Sha256};
 
-use crate::common::{config_yaml, random_bytes, users, Options, Stack};
+use crate::common::{config_yaml, random_bytes, users, Options, Stack, DEFAULT_MAX_UPLOAD_BYTES};
 
-/// Small chunks, so a few-MiB file spans many of them.
+/// Larger than what loopback socket buffers can hold (several MiB on each side), so when
+/// the client has read 1 MiB most of the file has not left the server yet and must come
+/// from somewhere after the shard dies.
+const MID_DOWNLOAD_FILE_BYTES: usize = 40 * 1024 * 1024;
+
+/// Small chunks, so a file spans many of them.
 const CHUNK_BYTES: usize = 262_144;
 
 fn redis_cache_yaml(shards: &[(&str, &RedisServer)]) -> String {
@@ -66,6 +71,7 @@ fn downloads_hit_redis_and_survive_a_shard_killed_mid_download() {
     let cache = redis_cache_yaml(&[("a", &shards[0]), ("b", &shards[1]), ("c", &shards[2])]);
     let s = Stack::start(Options {
         cache_yaml: &cache,
+        max_upload_bytes: MID_DOWNLOAD_FILE_BYTES as u64,
         ..Options::default()
     });
     let u = users();
@@ -75,12 +81,12 @@ fn downloads_hit_redis_and_survive_a_shard_killed_mid_download() {
         })
         .unwrap();
 
-    let bytes = random_bytes(6 * 1024 * 1024 + 123);
+    let bytes = random_bytes(MID_DOWNLOAD_FILE_BYTES - 123);
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let (server, id) = s.upload(&u.alice, bytes.clone(), "video/mp4", Some("clip.mp4"));
     // The upload warms the cache in the background.
     s.repo
-        .wait_for("upload cached", Duration::from_secs(10), || {
+        .wait_for("upload cached", Duration::from_secs(60), || {
             blob_stored(&s.repo) >= 1.0
         })
         .unwrap();
@@ -195,6 +201,7 @@ fn reshard_on_sighup_while_a_client_keeps_reading() {
         .write_config(&config_yaml(
             synapse,
             "sqlite://{dir}/media-repo.db",
+            DEFAULT_MAX_UPLOAD_BYTES,
             &three,
             "",
         ))
@@ -219,6 +226,7 @@ fn reshard_on_sighup_while_a_client_keeps_reading() {
         .write_config(&config_yaml(
             synapse,
             "sqlite://{dir}/media-repo.db",
+            DEFAULT_MAX_UPLOAD_BYTES,
             &without_a,
             "",
         ))

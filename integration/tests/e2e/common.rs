@@ -44,6 +44,7 @@ pub struct Stack {
 /// Settings a test may change; the rest is the same for every stack.
 pub struct Options<'a> {
     pub db: Db,
+    pub max_upload_bytes: u64,
     pub cache_yaml: &'a str,
     pub extra_yaml: &'a str,
 }
@@ -52,15 +53,20 @@ impl Default for Options<'_> {
     fn default() -> Self {
         Options {
             db: Db::Sqlite,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             cache_yaml: "cache:\n  backend: memory\n",
             extra_yaml: "",
         }
     }
 }
 
+/// The upload limit of the test stacks (8 MiB): small, so limit tests stay fast.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 8_388_608;
+
 pub fn config_yaml(
     synapse: &Synapse,
     database_url: &str,
+    max_upload_bytes: u64,
     cache_yaml: &str,
     extra_yaml: &str,
 ) -> String {
@@ -69,7 +75,7 @@ pub fn config_yaml(
          homeservers:\n  - name: \"{name}\"\n    client_api_url: \"{url}\"\n\
          database:\n  url: \"{database_url}\"\n\
          datastores:\n  - id: default\n    kind: file\n    path: \"{{dir}}/media\"\n\
-         uploads:\n  max_bytes: 8388608\n  max_pending_per_user: 3\n\
+         uploads:\n  max_bytes: {max_upload_bytes}\n  max_pending_per_user: 3\n\
          {cache_yaml}{extra_yaml}",
         name = synapse.server_name,
         url = synapse.base_url(),
@@ -91,6 +97,7 @@ impl Stack {
         let repo = MediaRepo::start(&config_yaml(
             synapse,
             &database_url,
+            options.max_upload_bytes,
             options.cache_yaml,
             options.extra_yaml,
         ))
