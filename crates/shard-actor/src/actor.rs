@@ -351,6 +351,24 @@ fn parse_used_memory(info: &str) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// Room for the argument bytes of `SET key value [NX] PX ms` besides key and value: the
+/// command and option names plus the digits of any `u64`.
+const SET_ARGS_OVERHEAD: usize = "SET".len() + "NX".len() + "PX".len() + 20;
+
+/// `SET key value [NX] [PX ms]`, its argument buffer sized once up front: growing it while
+/// appending after a large value would reallocate (and copy) that value a second time.
+fn set_command(key: &str, value: &[u8], px_ms: Option<u64>, nx: bool) -> redis::Cmd {
+    let mut cmd = redis::Cmd::with_capacity(6, key.len() + value.len() + SET_ARGS_OVERHEAD);
+    cmd.arg("SET").arg(key).arg(value);
+    if nx {
+        cmd.arg("NX");
+    }
+    if let Some(ms) = px_ms {
+        cmd.arg("PX").arg(ms);
+    }
+    cmd
+}
+
 /// Milliseconds for `PX`, at least 1 (Redis rejects 0).
 fn px(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -404,21 +422,25 @@ impl Handler<Set> for ShardActor {
     type Result = ResponseFuture<Result<()>>;
 
     fn handle(&mut self, msg: Set, _ctx: &mut Self::Context) -> Self::Result {
-        let call = self.call("set", Load::of_value(msg.value.len()));
-        Box::pin(async move {
-            call?
-                .run(
-                    move |mut conn| async move {
-                        let mut cmd = redis::cmd("SET");
-                        cmd.arg(&msg.key).arg(msg.value.as_ref());
-                        if let Some(ttl) = msg.ttl {
-                            cmd.arg("PX").arg(px(ttl));
-                        }
-                        cmd.query_async::<()>(&mut conn).await
-                    },
-                    ok,
+        // Encoded here, on the actor's thread, so a large value's first copy is not one more
+        // on its connection thread (which still packs, writes and sends it). The message,
+        // value included, is dropped before the command waits for its turn.
+        let prepared = self
+            .call("set", Load::of_value(msg.value.len()))
+            .map(|call| {
+                (
+                    call,
+                    set_command(&msg.key, &msg.value, msg.ttl.map(px), false),
                 )
-                .await
+            });
+        drop(msg);
+        Box::pin(async move {
+            let (call, cmd) = prepared?;
+            call.run(
+                move |mut conn| async move { cmd.query_async::<()>(&mut conn).await },
+                ok,
+            )
+            .await
         })
     }
 }
@@ -427,24 +449,25 @@ impl Handler<SetNx> for ShardActor {
     type Result = ResponseFuture<Result<bool>>;
 
     fn handle(&mut self, msg: SetNx, _ctx: &mut Self::Context) -> Self::Result {
-        let call = self.call("setnx", Load::of_value(msg.value.len()));
-        Box::pin(async move {
-            call?
-                .run(
-                    move |mut conn| async move {
-                        let reply: Option<String> = redis::cmd("SET")
-                            .arg(&msg.key)
-                            .arg(msg.value.as_ref())
-                            .arg("NX")
-                            .arg("PX")
-                            .arg(px(msg.ttl))
-                            .query_async(&mut conn)
-                            .await?;
-                        Ok(reply.is_some())
-                    },
-                    ok,
+        let prepared = self
+            .call("setnx", Load::of_value(msg.value.len()))
+            .map(|call| {
+                (
+                    call,
+                    set_command(&msg.key, &msg.value, Some(px(msg.ttl)), true),
                 )
-                .await
+            });
+        drop(msg);
+        Box::pin(async move {
+            let (call, cmd) = prepared?;
+            call.run(
+                move |mut conn| async move {
+                    let reply: Option<String> = cmd.query_async(&mut conn).await?;
+                    Ok(reply.is_some())
+                },
+                ok,
+            )
+            .await
         })
     }
 }
@@ -566,6 +589,26 @@ mod tests {
         let info = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\n";
         assert_eq!(parse_used_memory(info), Some(1_048_576));
         assert_eq!(parse_used_memory("# Memory\r\n"), None);
+    }
+
+    #[test]
+    fn set_commands_carry_every_argument_in_order() {
+        let value = vec![7u8; 300 * 1024];
+        let packed = set_command("k", &value, Some(1500), false).get_packed_command();
+        let mut expected = b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$307200\r\n".to_vec();
+        expected.extend_from_slice(&value);
+        expected.extend_from_slice(b"\r\n$2\r\nPX\r\n$4\r\n1500\r\n");
+        assert_eq!(packed, expected);
+
+        let packed = set_command("lease", b"me", Some(u64::MAX), true).get_packed_command();
+        let expected = format!(
+            "*6\r\n$3\r\nSET\r\n$5\r\nlease\r\n$2\r\nme\r\n$2\r\nNX\r\n$2\r\nPX\r\n$20\r\n{}\r\n",
+            u64::MAX
+        );
+        assert_eq!(packed, expected.as_bytes());
+
+        let packed = set_command("k", b"v", None, false).get_packed_command();
+        assert_eq!(packed, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n");
     }
 
     #[test]
