@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mr_config::Config;
 
+/// glibc's malloc hands each freed 1 MiB buffer (cache chunks, Redis commands) back to the
+/// kernel and faults it in again on the next allocation; mimalloc keeps them. Measured in
+/// cache-bench: 1 MiB cache puts ~0.45 → ~0.64 of plain redis-rs with that behaviour off.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "media-repo",

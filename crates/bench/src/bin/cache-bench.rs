@@ -134,6 +134,11 @@ struct Sample {
     outcome: Outcome,
 }
 
+/// The same allocator as the `media-repo` binary, so the actor path is measured as it runs
+/// there (the plain baseline shares it: one process).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.rounds == 0 || args.tasks == 0 || args.secs <= 0.0 {
