@@ -38,28 +38,18 @@ fn resource(path: &str) -> actix_web::Resource {
 }
 
 fn download_routes(cfg: &mut web::ServiceConfig, prefix: &str, authenticated: bool) {
-    let [get, head] = if authenticated {
-        get_and_head(download::authenticated)
-    } else {
-        get_and_head(download::legacy)
-    };
-    cfg.service(
-        resource(&format!("{prefix}/download/{{server}}/{{media_id}}"))
-            .route(get)
-            .route(head),
-    );
-    let [get, head] = if authenticated {
-        get_and_head(download::authenticated_named)
-    } else {
-        get_and_head(download::legacy_named)
-    };
-    cfg.service(
-        resource(&format!(
-            "{prefix}/download/{{server}}/{{media_id}}/{{file_name}}"
-        ))
-        .route(get)
-        .route(head),
-    );
+    for path in ["{server}/{media_id}", "{server}/{media_id}/{file_name}"] {
+        let [get, head] = if authenticated {
+            get_and_head(download::authenticated)
+        } else {
+            get_and_head(download::legacy)
+        };
+        cfg.service(
+            resource(&format!("{prefix}/download/{path}"))
+                .route(get)
+                .route(head),
+        );
+    }
 }
 
 /// The whole application: media API, health, and (when it has no listener of its own) metrics.

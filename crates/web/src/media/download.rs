@@ -9,6 +9,7 @@ use actix_web::http::{header, Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use mr_config::Config;
 use mr_storage::MediaRecord;
+use serde::Deserialize;
 
 use super::body::MediaBody;
 use super::{now_ms, query_param, MediaRef};
@@ -26,48 +27,29 @@ enum Api {
     Legacy,
 }
 
-pub async fn authenticated(
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-    state: web::Data<AppState>,
-) -> MatrixResult<HttpResponse> {
-    let (origin, media_id) = path.into_inner();
-    serve(req, state, Api::Authenticated, &origin, &media_id, None).await
+/// `{server}/{media_id}[/{file_name}]` of a download path (route names in routes.rs).
+#[derive(Deserialize)]
+pub struct DownloadPath {
+    server: String,
+    media_id: String,
+    /// Overrides the uploaded filename in Content-Disposition.
+    file_name: Option<String>,
 }
 
-pub async fn authenticated_named(
+pub async fn authenticated(
     req: HttpRequest,
-    path: web::Path<(String, String, String)>,
+    path: web::Path<DownloadPath>,
     state: web::Data<AppState>,
 ) -> MatrixResult<HttpResponse> {
-    let (origin, media_id, name) = path.into_inner();
-    serve(
-        req,
-        state,
-        Api::Authenticated,
-        &origin,
-        &media_id,
-        Some(name),
-    )
-    .await
+    serve(req, state, Api::Authenticated, path.into_inner()).await
 }
 
 pub async fn legacy(
     req: HttpRequest,
-    path: web::Path<(String, String)>,
+    path: web::Path<DownloadPath>,
     state: web::Data<AppState>,
 ) -> MatrixResult<HttpResponse> {
-    let (origin, media_id) = path.into_inner();
-    serve(req, state, Api::Legacy, &origin, &media_id, None).await
-}
-
-pub async fn legacy_named(
-    req: HttpRequest,
-    path: web::Path<(String, String, String)>,
-    state: web::Data<AppState>,
-) -> MatrixResult<HttpResponse> {
-    let (origin, media_id, name) = path.into_inner();
-    serve(req, state, Api::Legacy, &origin, &media_id, Some(name)).await
+    serve(req, state, Api::Legacy, path.into_inner()).await
 }
 
 /// How long to wait for a created-but-not-uploaded media (`timeout_ms`).
@@ -136,14 +118,12 @@ async fn serve(
     req: HttpRequest,
     state: web::Data<AppState>,
     api: Api,
-    origin: &str,
-    media_id: &str,
-    name_override: Option<String>,
+    path: DownloadPath,
 ) -> MatrixResult<HttpResponse> {
     if api == Api::Authenticated {
         state.auth.authenticate(&req).await?;
     }
-    let media = MediaRef::parse(origin, media_id)?;
+    let media = MediaRef::parse(&path.server, &path.media_id)?;
     let config = state.config();
     let wait = wait_limit(&req, &config)?;
     let record = find_media(&state, &media, wait).await?;
@@ -172,7 +152,7 @@ async fn serve(
         }
     };
     let length = if size == 0 { 0 } else { end - start + 1 };
-    let filename = name_override.or_else(|| record.upload_name.clone());
+    let filename = path.file_name.or_else(|| record.upload_name.clone());
 
     let mut response = HttpResponse::build(status);
     response
