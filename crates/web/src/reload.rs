@@ -100,6 +100,6 @@ fn keep_restart_only_parts(old: &Config, mut new: Config) -> Config {
     new.metrics = old.metrics.clone();
     new.database = old.database.clone();
     new.datastores = old.datastores.clone();
-    new.cache.backend = old.cache.backend.clone();
+    new.cache.backend = old.cache.backend;
     new
 }
