@@ -57,6 +57,14 @@ async fn wait_up(health: &ShardHealth) -> Duration {
         .expect("shard not marked up within 2 s")
 }
 
+/// A fresh redis-server with a shard actor on it, once the actor has seen it up.
+async fn start_up(name: &str) -> (RedisServer, Addr<ShardActor>, Arc<ShardHealth>, Arbiter) {
+    let server = RedisServer::start().unwrap();
+    let (addr, health, arbiter) = start(name, server.url());
+    wait_up(&health).await;
+    (server, addr, health, arbiter)
+}
+
 async fn wait_down(health: &ShardHealth) -> Duration {
     wait_until(DETECT, || !health.is_up())
         .await
@@ -65,9 +73,7 @@ async fn wait_down(health: &ShardHealth) -> Duration {
 
 #[actix_rt::test]
 async fn commands_round_trip_through_a_real_server() {
-    let server = RedisServer::start().unwrap();
-    let (addr, health, _arbiter) = start("cmd", server.url());
-    wait_up(&health).await;
+    let (server, addr, _health, _arbiter) = start_up("cmd").await;
 
     assert_eq!(get(&addr, "k").await.unwrap(), None);
     let value = Bytes::from_static(b"\x00binary\xffvalue");
@@ -157,9 +163,7 @@ async fn commands_round_trip_through_a_real_server() {
 
 #[actix_rt::test]
 async fn commands_run_concurrently_and_metrics_are_per_shard() {
-    let server = RedisServer::start().unwrap();
-    let (addr, health, _arbiter) = start("metrics-shard", server.url());
-    wait_up(&health).await;
+    let (_server, addr, _health, _arbiter) = start_up("metrics-shard").await;
     addr.send(Set {
         key: "a".into(),
         value: Bytes::from_static(b"1"),
@@ -276,9 +280,7 @@ async fn killed_server_fails_fast_goes_down_and_comes_back() {
 
 #[actix_rt::test]
 async fn stopped_server_never_holds_a_call_past_the_timeout() {
-    let server = RedisServer::start().unwrap();
-    let (addr, health, _arbiter) = start("stop", server.url());
-    wait_up(&health).await;
+    let (server, addr, health, _arbiter) = start_up("stop").await;
 
     server.pause();
     let paused = Instant::now();
@@ -365,9 +367,7 @@ async fn unusable_url_keeps_the_shard_down_without_crashing() {
 #[cfg(feature = "fault-injection")]
 #[actix_rt::test]
 async fn panic_message_kills_the_actor() {
-    let server = RedisServer::start().unwrap();
-    let (addr, health, _arbiter) = start("panic", server.url());
-    wait_up(&health).await;
+    let (_server, addr, _health, _arbiter) = start_up("panic").await;
     let _ = addr.send(mr_shard_actor::Panic).await;
     assert!(
         wait_until(DETECT, || !addr.connected()).await.is_some(),
@@ -377,9 +377,7 @@ async fn panic_message_kills_the_actor() {
 
 #[actix_rt::test]
 async fn idle_stopped_server_is_found_by_the_health_check_alone() {
-    let server = RedisServer::start().unwrap();
-    let (_addr, health, _arbiter) = start("idle-stop", server.url());
-    wait_up(&health).await;
+    let (server, _addr, health, _arbiter) = start_up("idle-stop").await;
     server.pause();
     let down_after = wait_down(&health).await;
     eprintln!("SIGSTOP, no traffic: marked down after {down_after:?}");
