@@ -324,7 +324,11 @@ fn spawn_healthy(bin: &Path, dir: &Path, launch: Launch, port: u16) -> Result<Pr
     if launch == Launch::WithConfig {
         cmd.arg("--config").arg(dir.join(CONFIG_FILE));
     }
-    cmd.current_dir(dir).env("RUST_BACKTRACE", "1");
+    // MEDIA_REPO_TEST_HOOKS: debug builds then honour test-only request hooks (a pause
+    // between storing an upload and writing its row, for race tests).
+    cmd.current_dir(dir)
+        .env("RUST_BACKTRACE", "1")
+        .env("MEDIA_REPO_TEST_HOOKS", "1");
     let proc = Proc::spawn(cmd, &log).map_err(|e| LaunchFailure {
         error: e,
         addr_in_use: false,

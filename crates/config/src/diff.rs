@@ -70,6 +70,11 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         new.server.bind.clone(),
     );
     restart(
+        "server.trusted_proxies",
+        format!("{:?}", old.server.trusted_proxies),
+        format!("{:?}", new.server.trusted_proxies),
+    );
+    restart(
         "metrics.bind",
         show_option(&old.metrics.bind),
         show_option(&new.metrics.bind),

@@ -18,6 +18,7 @@ mod go_redis;
 mod homeserver;
 mod media;
 mod parse;
+mod proxies;
 mod server;
 mod shard_addr;
 mod storage;
@@ -33,6 +34,7 @@ pub use media::{
     DownloadsConfig, LegacyFreezeConfig, ThumbnailMethod, ThumbnailSize, ThumbnailsConfig,
     UploadsConfig,
 };
+pub use proxies::IpRange;
 pub use server::{LoggingConfig, MetricsConfig, ServerConfig};
 pub use shard_addr::redact_url;
 pub use storage::{DatabaseConfig, DatastoreConfig, DatastoreKind};

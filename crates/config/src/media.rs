@@ -24,6 +24,18 @@ pub struct UploadsConfig {
     /// already a hit. Default true.
     #[serde(default = "default_warm_cache")]
     pub warm_cache: bool,
+    /// Uploads one user may have in progress at once; more answer 429
+    /// `M_LIMIT_EXCEEDED` with Retry-After. Default 10.
+    #[serde(default = "default_max_concurrent_per_user")]
+    pub max_concurrent_per_user: u32,
+    /// Uploads in progress at once over all users; more answer 429. Each holds a socket,
+    /// at most one temp file and up to 128 KiB of received bytes. Default 256.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: u32,
+    /// Seconds an upload may go without receiving a byte before it is cut off with 408
+    /// (its temp file removed, nothing stored). Default 30.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
 }
 
 fn default_upload_max_bytes() -> u64 {
@@ -42,6 +54,18 @@ fn default_warm_cache() -> bool {
     true
 }
 
+fn default_max_concurrent_per_user() -> u32 {
+    10
+}
+
+fn default_max_concurrent() -> u32 {
+    256
+}
+
+fn default_idle_timeout_secs() -> u64 {
+    30
+}
+
 impl Default for UploadsConfig {
     fn default() -> Self {
         UploadsConfig {
@@ -49,6 +73,9 @@ impl Default for UploadsConfig {
             max_pending_per_user: default_max_pending_per_user(),
             pending_expiry_secs: default_pending_expiry_secs(),
             warm_cache: default_warm_cache(),
+            max_concurrent_per_user: default_max_concurrent_per_user(),
+            max_concurrent: default_max_concurrent(),
+            idle_timeout_secs: default_idle_timeout_secs(),
         }
     }
 }

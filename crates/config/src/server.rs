@@ -11,6 +11,23 @@ pub struct ServerConfig {
     /// Changing it takes a restart.
     #[serde(default = "default_bind")]
     pub bind: String,
+    /// Peers (IP addresses or CIDR ranges) whose `X-Forwarded-Host` / `Forwarded: host=`
+    /// headers are believed when choosing the homeserver a request is for; from any other
+    /// peer only `Host` counts. Default empty: forwarded headers are never believed. List
+    /// your reverse proxy here if it rewrites `Host`. Changing it takes a restart.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl ServerConfig {
+    /// `trusted_proxies` parsed; entries that do not parse (validation reports them) are
+    /// left out.
+    pub fn trusted_proxy_ranges(&self) -> Vec<crate::IpRange> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|entry| entry.parse().ok())
+            .collect()
+    }
 }
 
 fn default_bind() -> String {
@@ -21,6 +38,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             bind: default_bind(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -54,6 +54,11 @@ fn check_listeners(config: &Config, p: &mut Problems) {
             config.server.bind
         ));
     }
+    for (i, entry) in config.server.trusted_proxies.iter().enumerate() {
+        if let Err(why) = entry.parse::<crate::IpRange>() {
+            p.add(format!("server.trusted_proxies[{i}]: {why}"));
+        }
+    }
     if let Some(bind) = &config.metrics.bind {
         match parse_socket_addr(bind) {
             None => p.add(format!(
@@ -212,6 +217,12 @@ fn check_media(config: &Config, p: &mut Problems) {
         up.max_pending_per_user.into(),
     );
     p.nonzero("uploads.pending_expiry_secs", up.pending_expiry_secs);
+    p.nonzero(
+        "uploads.max_concurrent_per_user",
+        up.max_concurrent_per_user.into(),
+    );
+    p.nonzero("uploads.max_concurrent", up.max_concurrent.into());
+    p.nonzero("uploads.idle_timeout_secs", up.idle_timeout_secs);
 
     let down = &config.downloads;
     p.nonzero("downloads.max_bytes", down.max_bytes);

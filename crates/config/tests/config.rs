@@ -359,12 +359,30 @@ fn redis_backend_needs_shards() {
 }
 
 #[test]
+fn trusted_proxies_are_addresses_or_ranges() {
+    let config =
+        parse("server:\n  trusted_proxies: [\"127.0.0.1\", \"10.0.0.0/8\", \"::1/128\"]\n");
+    let ranges = config.server.trusted_proxy_ranges();
+    assert_eq!(ranges.len(), 3);
+    assert!(ranges[1].contains("10.9.8.7".parse().unwrap()));
+    assert!(config.server.trusted_proxies.len() == 3);
+    let msg = invalid("server:\n  trusted_proxies: [\"proxy.example.org\", \"10.0.0.0/40\"]\n");
+    assert!(msg.contains("server.trusted_proxies[0]"), "{msg}");
+    assert!(msg.contains("server.trusted_proxies[1]"), "{msg}");
+    // Default: nobody's forwarded headers are believed.
+    assert!(parse("{}\n").server.trusted_proxies.is_empty());
+}
+
+#[test]
 fn zero_limits_are_rejected() {
     let keys = [
         ("database", "max_connections"),
         ("uploads", "max_bytes"),
         ("uploads", "max_pending_per_user"),
         ("uploads", "pending_expiry_secs"),
+        ("uploads", "max_concurrent_per_user"),
+        ("uploads", "max_concurrent"),
+        ("uploads", "idle_timeout_secs"),
         ("downloads", "max_bytes"),
         ("downloads", "default_timeout_ms"),
         ("downloads", "max_timeout_ms"),

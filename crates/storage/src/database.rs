@@ -87,8 +87,17 @@ const SELECT_PENDING: &str = "SELECT origin, media_id, user_id, created_at_ms, e
 const COUNT_PENDING_FOR_USER: &str =
     "SELECT COUNT(*) FROM pending_uploads WHERE user_id = $1 AND expires_at_ms > $2";
 
-const COUNT_LOCATION_USERS: &str =
-    "SELECT COUNT(*) FROM media WHERE datastore_id = $1 AND location = $2";
+/// Media rows plus upload claims that refer to one stored object.
+const COUNT_LOCATION_REFERENCES: &str =
+    "SELECT (SELECT COUNT(*) FROM media WHERE datastore_id = $1 AND location = $2) \
+          + (SELECT COUNT(*) FROM content_claims WHERE datastore_id = $1 AND location = $2)";
+
+const INSERT_CLAIM: &str = "INSERT INTO content_claims \
+     (claim_id, datastore_id, location, created_at_ms) VALUES ($1, $2, $3, $4)";
+
+const DELETE_CLAIM: &str = "DELETE FROM content_claims WHERE claim_id = $1";
+
+const DELETE_OLD_CLAIMS: &str = "DELETE FROM content_claims WHERE created_at_ms <= $1";
 
 const DELETE_PENDING: &str = "DELETE FROM pending_uploads WHERE origin = $1 AND media_id = $2";
 
@@ -247,17 +256,59 @@ impl Database {
         Ok(removed)
     }
 
-    /// Whether any media row still refers to an object: content is stored once per hash, so
-    /// an object may only be deleted when this says no.
+    /// Whether any media row or upload claim refers to an object: content is stored once
+    /// per hash, so an object may only be deleted when this says no (and only the way
+    /// `content::remove_unreferenced` does it).
     pub async fn location_in_use(&self, datastore_id: &str, location: &str) -> Result<bool> {
         let n: i64 = with_pool!(self, pool => {
-            sqlx::query_scalar(COUNT_LOCATION_USERS)
+            sqlx::query_scalar(COUNT_LOCATION_REFERENCES)
                 .bind(datastore_id)
                 .bind(location)
                 .fetch_one(pool)
                 .await?
         });
         Ok(n > 0)
+    }
+
+    /// Records that an upload is about to rely on the object at `location`.
+    pub(crate) async fn insert_claim(
+        &self,
+        claim_id: &str,
+        datastore_id: &str,
+        location: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query(INSERT_CLAIM)
+                .bind(claim_id)
+                .bind(datastore_id)
+                .bind(location)
+                .bind(now_ms)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    pub(crate) async fn delete_claim(&self, claim_id: &str) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query(DELETE_CLAIM).bind(claim_id).execute(pool).await.map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    /// Removes claims made at or before `before_ms` (left by processes that crashed
+    /// between storing bytes and writing their row); returns how many.
+    pub async fn delete_claims_made_before(&self, before_ms: i64) -> Result<u64> {
+        let removed = with_pool!(self, pool => {
+            sqlx::query(DELETE_OLD_CLAIMS)
+                .bind(before_ms)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
+        Ok(removed)
     }
 
     /// Number of media rows (tests and metrics).

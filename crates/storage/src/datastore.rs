@@ -1,23 +1,17 @@
 //! The `file` datastore: content-addressed objects under a root directory, written through
 //! a temp file in `root/tmp` and renamed into place, so a reader never sees half an object.
 //!
-//! Identical bytes are stored once. Deleting a location is therefore the caller's decision
-//! to make only when no media row still points at it.
+//! Identical bytes are stored once. Deleting a location is therefore decided by
+//! `content::remove_unreferenced`, which checks media rows and upload claims; this module only
+//! gives it the steps (move aside, restore, discard).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use crate::location;
 use crate::writer::ObjectWriter;
-
-/// Temp files older than this are left over from a crash and removed at start. Younger
-/// ones may belong to another media repo process sharing the directory (e.g. over NFS)
-/// and are left alone; an upload in progress keeps touching its file.
-pub const STALE_TEMP_AGE: Duration = Duration::from_secs(60 * 60);
 
 /// Directory under the root that holds in-progress writes: on the same filesystem as the
 /// objects, so the final rename is atomic.
@@ -25,6 +19,10 @@ const TMP_DIR: &str = "tmp";
 
 /// Name suffix of temp files, so cleanup never touches anything it did not create.
 pub(crate) const TEMP_SUFFIX: &str = ".part";
+
+/// Name suffix of an object moved aside to be deleted (`<sha256>.<random>.deleting` in the
+/// temp dir): until the deletion is confirmed it can still be put back.
+const ASIDE_SUFFIX: &str = ".deleting";
 
 /// A file datastore; cheap to clone.
 #[derive(Clone, Debug)]
@@ -40,8 +38,8 @@ struct Inner {
 }
 
 impl FileDatastore {
-    /// Opens (creating if needed) the datastore at `root` and removes temp files older
-    /// than [`STALE_TEMP_AGE`].
+    /// Opens (creating if needed) the datastore at `root`, removes temp files no running
+    /// upload owns and puts back objects a crash left moved aside. Blocking.
     pub fn new(id: &str, root: PathBuf) -> Result<FileDatastore> {
         let tmp = root.join(TMP_DIR);
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -52,10 +50,14 @@ impl FileDatastore {
                 tmp,
             }),
         };
-        let removed = store.remove_stale_temp_files(STALE_TEMP_AGE)?;
+        let removed = store.remove_orphan_temp_files()?;
         if removed > 0 {
-            info!(datastore = id, removed, "removed stale temp files");
+            info!(
+                datastore = id,
+                removed, "removed temp files of uploads a crash interrupted"
+            );
         }
+        store.recover_moved_aside()?;
         Ok(store)
     }
 
@@ -98,16 +100,44 @@ impl FileDatastore {
         Ok(file)
     }
 
-    /// Deletes a stored object. Deleting a missing object succeeds (it is gone either way).
-    pub async fn delete(&self, location: &str) -> Result<()> {
+    /// Moves an object out of its location into the temp dir, as the first step of
+    /// deleting it; `None` if it is not there. Until [`FileDatastore::discard_aside`] the
+    /// bytes can be put back with [`FileDatastore::restore`].
+    pub(crate) async fn move_aside(&self, location: &str) -> Result<Option<AsideObject>> {
         let path = self.path_of(location)?;
-        match tokio::fs::remove_file(&path).await {
+        let sha256 = location.rsplit('/').next().unwrap_or_default();
+        let aside = self.inner.tmp.join(format!(
+            "{sha256}.{}{ASIDE_SUFFIX}",
+            crate::ids::random_media_id()
+        ));
+        match tokio::fs::rename(&path, &aside).await {
+            Ok(()) => Ok(Some(AsideObject {
+                location: location.to_owned(),
+                path: aside,
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    /// Puts a moved-aside object back. If an upload stored the same bytes there meanwhile,
+    /// this replaces them with identical bytes.
+    pub(crate) async fn restore(&self, aside: AsideObject) -> Result<()> {
+        let path = self.path_of(&aside.location)?;
+        tokio::fs::rename(&aside.path, &path)
+            .await
+            .map_err(|e| Error::io(&path, e))
+    }
+
+    /// Deletes a moved-aside object for good.
+    pub(crate) async fn discard_aside(&self, aside: AsideObject) -> Result<()> {
+        match tokio::fs::remove_file(&aside.path).await {
             Ok(()) => {
-                debug!(datastore = %self.inner.id, location, "deleted object");
+                debug!(datastore = %self.inner.id, location = %aside.location, "deleted object");
                 Ok(())
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(path, e)),
+            Err(e) => Err(Error::io(aside.path, e)),
         }
     }
 
@@ -116,40 +146,100 @@ impl FileDatastore {
         location::resolve(&self.inner.root, location)
     }
 
-    /// Removes our temp files (`*.part` in `root/tmp`) last modified more than `older_than`
-    /// ago; returns how many were removed. Blocking: call at start or from a blocking task.
-    pub fn remove_stale_temp_files(&self, older_than: Duration) -> Result<u64> {
-        let tmp = &self.inner.tmp;
-        let entries = std::fs::read_dir(tmp).map_err(|e| Error::io(tmp, e))?;
-        let now = SystemTime::now();
+    /// Removes our temp files (`*.part` in `root/tmp`) that no running upload owns, in
+    /// this process or any other sharing the directory: a writer holds an exclusive
+    /// `flock` on its file for its whole life, so a file we can lock is an orphan. Returns
+    /// how many were removed. Blocking: call at start or from a blocking task.
+    pub fn remove_orphan_temp_files(&self) -> Result<u64> {
         let mut removed = 0;
-        for entry in entries {
-            let entry = entry.map_err(|e| Error::io(tmp, e))?;
-            let path = entry.path();
-            let ours = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with(TEMP_SUFFIX));
-            if !ours {
-                continue;
-            }
-            let age = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map(|modified| now.duration_since(modified).unwrap_or_default());
-            match age {
-                Ok(age) if age >= older_than => match std::fs::remove_file(&path) {
-                    Ok(()) => removed += 1,
-                    // Another process cleaned it up first.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        warn!(path = %path.display(), error = %e, "cannot remove stale temp file")
-                    }
-                },
-                Ok(_) => {}
-                Err(e) => warn!(path = %path.display(), error = %e, "cannot stat temp file"),
+        for path in self.tmp_entries(TEMP_SUFFIX)? {
+            match remove_if_unlocked(&path) {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "cannot remove orphan temp file")
+                }
             }
         }
         Ok(removed)
+    }
+
+    /// Objects a crash left moved aside mid-deletion go back where they were, unless the
+    /// location holds the bytes again: the deletion had not been confirmed, and a
+    /// concurrent upload may have relied on them. Blocking.
+    fn recover_moved_aside(&self) -> Result<()> {
+        for path in self.tmp_entries(ASIDE_SUFFIX)? {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let sha256 = name.split('.').next().unwrap_or_default();
+            let target = location::location_for_checked(sha256)
+                .and_then(|location| location::resolve(&self.inner.root, &location).ok());
+            let Some(target) = target else {
+                warn!(path = %path.display(), "ignoring a moved-aside file with an unexpected name");
+                continue;
+            };
+            let result = if target.exists() {
+                std::fs::remove_file(&path)
+            } else {
+                info!(path = %path.display(), "putting back an object whose deletion a crash interrupted");
+                std::fs::rename(&path, &target)
+            };
+            if let Err(e) = result {
+                warn!(path = %path.display(), error = %e, "cannot recover a moved-aside object");
+            }
+        }
+        Ok(())
+    }
+
+    /// Files in the temp dir whose name ends with `suffix`.
+    fn tmp_entries(&self, suffix: &str) -> Result<Vec<PathBuf>> {
+        let tmp = &self.inner.tmp;
+        let entries = std::fs::read_dir(tmp).map_err(|e| Error::io(tmp, e))?;
+        let mut paths = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| Error::io(tmp, e))?.path();
+            let matches = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(suffix));
+            if matches {
+                paths.push(path);
+            }
+        }
+        Ok(paths)
+    }
+}
+
+/// An object moved out of its location by [`FileDatastore::move_aside`].
+#[derive(Debug)]
+pub(crate) struct AsideObject {
+    location: String,
+    path: PathBuf,
+}
+
+/// Removes `path` if no one holds its lock. The lock is checked on the file the path
+/// names at that moment, and the path removed only while it still names that file: an
+/// upload that renamed its temp file into place meanwhile keeps it.
+fn remove_if_unlocked(path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if file.try_lock().is_err() {
+        return Ok(false);
+    }
+    let held = file.metadata()?;
+    match std::fs::metadata(path) {
+        Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {}
+        _ => return Ok(false),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }

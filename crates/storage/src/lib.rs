@@ -3,8 +3,10 @@
 //!
 //! * [`Database`] — media rows and pending uploads.
 //! * [`FileDatastore`] / [`ObjectWriter`] — streaming, hashing, deduplicating object writes.
+//! * [`content`] — claims on stored bytes, and deleting only what nothing refers to.
 //! * [`ids`] — media id generation and the allow-lists for ids and server names.
 
+pub mod content;
 mod database;
 mod datastore;
 pub mod error;
@@ -14,8 +16,11 @@ mod records;
 mod writer;
 
 pub use database::{Database, ACQUIRE_TIMEOUT};
-pub use datastore::{FileDatastore, STALE_TEMP_AGE};
+pub use datastore::FileDatastore;
 pub use error::{Error, Result};
 pub use ids::{is_valid_media_id, is_valid_server_name, random_media_id};
 pub use records::{MediaRecord, PendingUpload};
-pub use writer::{ObjectWriter, StoredObject, WRITE_QUEUE_CHUNKS};
+pub use writer::{
+    blocking_writes_running, ObjectWriter, StagedObject, StoredObject, MAX_BLOCKING_WRITES,
+    WRITE_BATCH_BYTES,
+};

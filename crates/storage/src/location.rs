@@ -13,6 +13,16 @@ pub(crate) fn location_for(sha256: &str) -> String {
     format!("{}/{}/{}", &sha256[0..2], &sha256[2..4], sha256)
 }
 
+/// The location for a name that should be a SHA-256 but was read from somewhere that may
+/// hold anything (a file name): `None` unless it is 64 lowercase hex digits.
+pub(crate) fn location_for_checked(sha256: &str) -> Option<String> {
+    let is_sha = sha256.len() == SHA256_HEX_LEN
+        && sha256
+            .bytes()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    is_sha.then(|| location_for(sha256))
+}
+
 /// Checks `location` is exactly `ab/cd/<64 lowercase hex>` with the directories matching
 /// the hash, and returns it as a path under `root`. Locations are generated, never user
 /// input; this is a second lock on the door against a tampered database row.

@@ -2,20 +2,25 @@
 //!
 //! The token comes from `Authorization: Bearer` or the deprecated `access_token` query
 //! parameter. The homeserver is the configured one whose server name matches the request's
-//! Host; with a single homeserver configured it is that one. Its
-//! `/_matrix/client/v3/account/whoami` answers who the token belongs to; answers are cached
-//! for `auth.whoami_cache_secs` and concurrent checks of one token share one request.
+//! Host (`X-Forwarded-Host` / `Forwarded` only from `server.trusted_proxies`); with a single
+//! homeserver configured it is that one. Its `/_matrix/client/v3/account/whoami` answers
+//! who the token belongs to (a body of at most [`MAX_WHOAMI_BODY_BYTES`]), and the user must
+//! belong to that homeserver: a homeserver vouches only for its own users, so no token can
+//! act in another homeserver's namespace. Answers are cached for `auth.whoami_cache_secs`
+//! and concurrent checks of one token share one request.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
 use arc_swap::ArcSwap;
-use mr_config::{Config, HomeserverConfig};
+use mr_config::{Config, HomeserverConfig, IpRange};
 use serde::Deserialize;
 
 use crate::error::{MatrixError, MatrixResult};
+use crate::limited_body::read_limited;
 
 /// How long a rejected token is remembered, so a client retrying a bad token does not
 /// hammer its homeserver, while a token that was just issued works again soon.
@@ -24,6 +29,9 @@ const REJECTED_TOKEN_CACHE: Duration = Duration::from_secs(2);
 const MAX_CACHED_TOKENS: u64 = 100_000;
 /// Longest token accepted; longer ones are rejected without asking the homeserver.
 const MAX_TOKEN_LEN: usize = 4096;
+/// Largest whoami answer read. A real one is well under 1 KiB; a homeserver streaming
+/// 200 MiB used to take the process from 24 MB to 1.5 GB RSS.
+pub const MAX_WHOAMI_BODY_BYTES: usize = 64 * 1024;
 
 /// An authenticated user.
 #[derive(Debug, Clone)]
@@ -45,6 +53,8 @@ pub struct Auth {
     /// `None` when `auth.whoami_cache_secs` is 0: every request asks the homeserver.
     accepted: ArcSwap<Option<moka::future::Cache<(String, String), Verdict>>>,
     rejected: moka::future::Cache<(String, String), Verdict>,
+    /// `server.trusted_proxies` (restart-only, so fixed for the process's life).
+    trusted_proxies: Vec<IpRange>,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +90,7 @@ impl Auth {
                 .max_capacity(MAX_CACHED_TOKENS)
                 .time_to_live(REJECTED_TOKEN_CACHE)
                 .build(),
+            trusted_proxies: config.server.trusted_proxy_ranges(),
         }
     }
 
@@ -93,7 +104,7 @@ impl Auth {
     /// The homeserver that serves this request's Host.
     pub fn homeserver_for(&self, req: &HttpRequest) -> MatrixResult<HomeserverConfig> {
         let homeservers = self.homeservers.load();
-        let host = req.connection_info().host().to_ascii_lowercase();
+        let host = self.request_host(req).to_ascii_lowercase();
         if let Some(hs) = homeservers
             .iter()
             .find(|hs| hs.name.eq_ignore_ascii_case(&host))
@@ -115,6 +126,27 @@ impl Auth {
         }
     }
 
+    /// The host the request is for: `Host` (or the HTTP/2 authority), or the forwarded host
+    /// when the peer is a trusted proxy.
+    fn request_host(&self, req: &HttpRequest) -> String {
+        let trusted = req
+            .peer_addr()
+            .is_some_and(|peer| self.is_trusted_proxy(peer.ip()));
+        if trusted {
+            return req.connection_info().host().to_owned();
+        }
+        req.headers()
+            .get(header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    fn is_trusted_proxy(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|range| range.contains(ip))
+    }
+
     /// Checks the request's access token; nothing else about the request is looked at first.
     pub async fn authenticate(&self, req: &HttpRequest) -> MatrixResult<User> {
         let token = access_token(req)?;
@@ -132,10 +164,19 @@ impl Auth {
             None => self.whoami(&hs, &token).await,
         };
         match lookup? {
-            Verdict::Valid(user_id) => Ok(User {
-                user_id,
-                homeserver: hs.name,
-            }),
+            Verdict::Valid(user_id) => {
+                if !belongs_to(&user_id, &hs.name) {
+                    tracing::warn!(homeserver = %hs.name, user = %user_id, "a homeserver vouched for a user of another server; refused");
+                    return Err(MatrixError::forbidden(format!(
+                        "The homeserver {} vouched for {user_id}, who is not its user",
+                        hs.name
+                    )));
+                }
+                Ok(User {
+                    user_id,
+                    homeserver: hs.name,
+                })
+            }
             Verdict::Rejected => {
                 if let Some(cache) = accepted.as_ref() {
                     cache.invalidate(&cache_key).await;
@@ -166,12 +207,27 @@ impl Auth {
                 hs.name
             )));
         }
-        let who: WhoAmI = response.json().await.map_err(|err| {
+        let unreadable = |err: &dyn std::fmt::Display| {
             tracing::warn!(homeserver = %hs.name, error = %err, "homeserver sent an unreadable whoami answer");
-            MatrixError::homeserver_unavailable(format!("The homeserver {} sent an unreadable whoami answer", hs.name))
-        })?;
+            MatrixError::homeserver_unavailable(format!(
+                "The homeserver {} sent an unreadable whoami answer",
+                hs.name
+            ))
+        };
+        let body = read_limited(response, MAX_WHOAMI_BODY_BYTES)
+            .await
+            .map_err(|err| unreadable(&err))?;
+        let who: WhoAmI = serde_json::from_slice(&body).map_err(|err| unreadable(&err))?;
         Ok(Verdict::Valid(who.user_id))
     }
+}
+
+/// Whether `user_id` (`@local:server`) is a user of the homeserver named `server_name`.
+/// Server names compare case-insensitively, like the host names they mostly are.
+fn belongs_to(user_id: &str, server_name: &str) -> bool {
+    user_id
+        .split_once(':')
+        .is_some_and(|(_, server)| server.eq_ignore_ascii_case(server_name))
 }
 
 /// The access token of a request, from the header or the query string.
@@ -197,4 +253,19 @@ fn access_token(req: &HttpRequest) -> MatrixResult<String> {
         return Err(MatrixError::unknown_token());
     }
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::belongs_to;
+
+    #[test]
+    fn a_user_belongs_to_the_server_in_its_id() {
+        assert!(belongs_to("@alice:a.test", "a.test"));
+        assert!(belongs_to("@alice:A.Test", "a.test"));
+        assert!(belongs_to("@alice:127.0.0.1:8448", "127.0.0.1:8448"));
+        assert!(!belongs_to("@alice:a.test", "b.test"));
+        assert!(!belongs_to("@alice:a.test:8448", "a.test"));
+        assert!(!belongs_to("@alice", "a.test"));
+    }
 }

@@ -17,7 +17,8 @@ use crate::metrics;
 use crate::routes;
 use crate::state::AppState;
 
-/// How often expired async-upload reservations and stale temp files are removed.
+/// How often expired async-upload reservations, orphan temp files and expired content
+/// claims are removed.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Runs the media repo until it is told to stop (SIGINT/SIGTERM).
@@ -29,6 +30,7 @@ pub async fn run(
     // First, before anything can take time: SIGHUP's default action would kill the process.
     let hangups = signal(SignalKind::hangup()).context("registering the SIGHUP handler")?;
     metrics::init();
+    crate::media::slots::init_metrics();
 
     config
         .prepare_datastores()
@@ -151,22 +153,26 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// Removes what expired: async-upload reservations nobody filled, and temp files left by a
-/// crash (a live upload's temp file is younger than `STALE_TEMP_AGE`, so it is kept).
+/// Removes what expired: async-upload reservations nobody filled, temp files no running
+/// upload owns (left by a crash of another process sharing the datastore), and content
+/// claims of processes that crashed mid-upload.
 async fn housekeeping(state: web::Data<AppState>) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     loop {
         tick.tick().await;
         let datastore = state.datastore.clone();
-        match tokio::task::spawn_blocking(move || {
-            datastore.remove_stale_temp_files(mr_storage::STALE_TEMP_AGE)
-        })
-        .await
-        {
+        match tokio::task::spawn_blocking(move || datastore.remove_orphan_temp_files()).await {
             Ok(Ok(0)) => {}
-            Ok(Ok(n)) => info!(removed = n, "stale temp files removed from the datastore"),
-            Ok(Err(err)) => warn!(error = %err, "removing stale temp files failed"),
+            Ok(Ok(n)) => info!(removed = n, "orphan temp files removed from the datastore"),
+            Ok(Err(err)) => warn!(error = %err, "removing orphan temp files failed"),
             Err(err) => warn!(error = %err, "the temp file sweep did not run"),
+        }
+        let claims_before =
+            crate::media::now_ms() - mr_storage::content::CLAIM_LIFETIME.as_millis() as i64;
+        match state.db.delete_claims_made_before(claims_before).await {
+            Ok(0) => {}
+            Ok(n) => info!(removed = n, "expired content claims removed"),
+            Err(err) => warn!(error = %err, "removing expired content claims failed"),
         }
         match state
             .db

@@ -10,6 +10,7 @@ use mr_storage::{Database, FileDatastore};
 
 use crate::auth::Auth;
 use crate::logging::LogLevelHandle;
+use crate::media::slots::UploadSlots;
 use crate::pending::PendingUploads;
 
 /// Shared by all actix workers through `web::Data`.
@@ -25,6 +26,8 @@ pub struct AppState {
     pub cache: Cache,
     pub auth: Auth,
     pub pending: PendingUploads,
+    /// Uploads in progress, for the per-user and overall caps.
+    pub upload_slots: UploadSlots,
     pub log_level: LogLevelHandle,
 }
 
@@ -46,6 +49,7 @@ impl AppState {
             cache,
             auth,
             pending: PendingUploads::default(),
+            upload_slots: UploadSlots::default(),
             log_level,
         }
     }

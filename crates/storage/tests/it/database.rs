@@ -383,7 +383,15 @@ async fn postgres_tables_live_in_the_search_path_schema() {
     .await
     .unwrap();
     tables.sort();
-    assert_eq!(tables, ["_sqlx_migrations", "media", "pending_uploads"]);
+    assert_eq!(
+        tables,
+        [
+            "_sqlx_migrations",
+            "content_claims",
+            "media",
+            "pending_uploads"
+        ]
+    );
     pool.close().await;
     db.close().await;
 }

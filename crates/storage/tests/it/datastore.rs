@@ -1,10 +1,10 @@
 //! The file datastore on real directories: content addressing, dedup, limits, aborts.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mr_storage::{Error, FileDatastore, StoredObject};
+use mr_storage::{Error, FileDatastore, StoredObject, WRITE_BATCH_BYTES};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
@@ -49,7 +49,7 @@ async fn put(store: &FileDatastore, data: &[u8], chunk: usize) -> StoredObject {
     for piece in data.chunks(chunk) {
         writer.write(Bytes::copy_from_slice(piece)).await.unwrap();
     }
-    writer.finish().await.unwrap()
+    writer.finish().await.unwrap().commit().await.unwrap()
 }
 
 async fn read_all(store: &FileDatastore, location: &str) -> Vec<u8> {
@@ -102,7 +102,15 @@ async fn round_trip_is_content_addressed() {
 #[tokio::test]
 async fn empty_object() {
     let (_dir, store) = store();
-    let object = store.writer(0).unwrap().finish().await.unwrap();
+    let object = store
+        .writer(0)
+        .unwrap()
+        .finish()
+        .await
+        .unwrap()
+        .commit()
+        .await
+        .unwrap();
     assert_eq!(object.sha256, sha_hex(b""));
     assert_eq!(object.size, 0);
     assert!(read_all(&store, &object.location).await.is_empty());
@@ -139,7 +147,6 @@ async fn too_large_leaves_nothing() {
     let (_dir, store) = store();
     let mut writer = store.writer(10).unwrap();
     writer.write(Bytes::from_static(b"123456")).await.unwrap();
-    assert_eq!(temp_files(&store).len(), 1, "the write goes to a temp file");
     match writer.write(Bytes::from_static(b"789012")).await {
         Err(Error::TooLarge { max_bytes: 10 }) => {}
         other => panic!("expected TooLarge, got {other:?}"),
@@ -157,7 +164,31 @@ async fn too_large_leaves_nothing() {
     let mut writer = store.writer(10).unwrap();
     writer.write(Bytes::from_static(b"12345")).await.unwrap();
     writer.write(Bytes::from_static(b"67890")).await.unwrap();
-    assert_eq!(writer.finish().await.unwrap().size, 10);
+    assert_eq!(writer.finish().await.unwrap().object().size, 10);
+    assert!(temp_files(&store).is_empty() || wait_ok(&store).await);
+
+    // Past the limit after a batch went to disk: the temp file is gone too.
+    let mut writer = store.writer(WRITE_BATCH_BYTES as u64 + 10).unwrap();
+    writer
+        .write(Bytes::from(vec![7u8; WRITE_BATCH_BYTES]))
+        .await
+        .unwrap();
+    assert_eq!(
+        temp_files(&store).len(),
+        1,
+        "a full batch goes to a temp file"
+    );
+    assert!(matches!(
+        writer.write(Bytes::from(vec![7u8; 11])).await,
+        Err(Error::TooLarge { .. })
+    ));
+    assert!(temp_files(&store).is_empty());
+}
+
+/// A dropped staged object removes its temp file off-thread; true once it is gone.
+async fn wait_ok(store: &FileDatastore) -> bool {
+    wait_for_no_temp_files(store).await;
+    true
 }
 
 #[tokio::test]
@@ -202,7 +233,7 @@ async fn streams_64_mib_in_small_chunks() {
         expected.update(&chunk);
         writer.write(Bytes::copy_from_slice(&chunk)).await.unwrap();
     }
-    let object = writer.finish().await.unwrap();
+    let object = writer.finish().await.unwrap().commit().await.unwrap();
     assert_eq!(object.size, TOTAL as u64);
     assert_eq!(object.sha256, hex::encode(expected.finalize()));
     let on_disk = std::fs::metadata(store.path_of(&object.location).unwrap()).unwrap();
@@ -211,19 +242,10 @@ async fn streams_64_mib_in_small_chunks() {
 }
 
 #[tokio::test]
-async fn open_and_delete() {
+async fn open_a_missing_object() {
     let (_dir, store) = store();
-    let object = put(&store, b"to be deleted", 5).await;
     let missing = format!("00/00/{}", "0".repeat(64));
     assert!(matches!(store.open(&missing).await, Err(Error::NotFound(l)) if l == missing));
-
-    store.delete(&object.location).await.unwrap();
-    assert!(matches!(
-        store.open(&object.location).await,
-        Err(Error::NotFound(_))
-    ));
-    // Deleting again is fine: the object is gone either way.
-    store.delete(&object.location).await.unwrap();
 }
 
 #[tokio::test]
@@ -261,38 +283,61 @@ async fn locations_are_validated() {
             store.open(location).await,
             Err(Error::InvalidLocation(_))
         ));
-        assert!(matches!(
-            store.delete(location).await,
-            Err(Error::InvalidLocation(_))
-        ));
     }
 }
 
 #[tokio::test]
-async fn stale_temp_files_are_removed_at_start() {
+async fn temp_files_no_upload_owns_are_removed_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("media");
+    let store = FileDatastore::new("default", root.clone()).unwrap();
     let tmp = root.join("tmp");
-    std::fs::create_dir_all(&tmp).unwrap();
-    let two_hours_ago = SystemTime::now() - Duration::from_secs(2 * 3600);
-    let make = |name: &str, modified: SystemTime| {
-        let file = std::fs::File::create(tmp.join(name)).unwrap();
-        file.set_modified(modified).unwrap();
-    };
-    make("upload-crashed.part", two_hours_ago);
-    make("upload-in-progress.part", SystemTime::now());
-    make("not-ours.txt", two_hours_ago);
 
-    let store = FileDatastore::new("default", root).unwrap();
-    let mut left: Vec<_> = temp_files(&store)
+    // A running upload (a full batch on disk, its file locked) ...
+    let mut running = store.writer(u64::MAX).unwrap();
+    running
+        .write(Bytes::from(vec![1u8; WRITE_BATCH_BYTES]))
+        .await
+        .unwrap();
+    assert_eq!(temp_files(&store).len(), 1);
+    // ... and what a crash leaves: a just-written temp file nobody holds, and a file that
+    // is not ours.
+    std::fs::write(tmp.join("upload-crashed.part"), b"half an upload").unwrap();
+    std::fs::write(tmp.join("not-ours.txt"), b"keep").unwrap();
+
+    // A second process opening the same datastore (a restart beside a live process).
+    let reopened = FileDatastore::new("default", root.clone()).unwrap();
+    let mut left: Vec<_> = temp_files(&reopened)
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    assert_eq!(left, ["not-ours.txt", "upload-in-progress.part"]);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(left[0], "not-ours.txt");
+    assert!(left[1].starts_with("upload-") && left[1] != "upload-crashed.part");
 
-    assert_eq!(store.remove_stale_temp_files(Duration::ZERO).unwrap(), 1);
-    assert_eq!(temp_files(&store).len(), 1);
+    // The running upload is unharmed and finishes.
+    let object = running.finish().await.unwrap().commit().await.unwrap();
+    assert_eq!(object.size, WRITE_BATCH_BYTES as u64);
+    assert_eq!(reopened.remove_orphan_temp_files().unwrap(), 0);
+    assert_eq!(temp_files(&store).len(), 1, "only not-ours.txt");
+}
+
+#[tokio::test]
+async fn an_idle_upload_holds_no_blocking_thread() {
+    let (_dir, store) = store();
+    let mut writers = Vec::new();
+    for _ in 0..100 {
+        let mut writer = store.writer(u64::MAX).unwrap();
+        writer
+            .write(Bytes::from_static(b"a trickle"))
+            .await
+            .unwrap();
+        writers.push(writer);
+    }
+    assert_eq!(mr_storage::blocking_writes_running(), 0);
+    assert!(temp_files(&store).is_empty(), "no file before a full batch");
+    drop(writers);
 }
 
 #[test]

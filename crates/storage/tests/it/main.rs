@@ -2,6 +2,7 @@
 //! (one schema per test), and real directories for the file datastore.
 
 mod common;
+mod content;
 mod database;
 mod datastore;
 mod ids;

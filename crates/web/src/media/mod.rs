@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod download;
+pub mod slots;
 pub mod upload;
 
 use std::time::{SystemTime, UNIX_EPOCH};

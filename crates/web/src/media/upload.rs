@@ -1,12 +1,19 @@
 //! Uploads: `POST /upload` (new media), `POST /create` + `PUT /upload/{server}/{id}` (async).
 //!
 //! The body streams to a temp file in the datastore while it is hashed; only when all of it
-//! arrived within the size limit is it renamed into place and the row written. An upload that
-//! fails at any step leaves neither a file nor a row.
+//! arrived within the size limit is its location claimed, the file renamed into place and
+//! the row written. An upload that fails at any step leaves neither a file nor a row, and
+//! never removes bytes another upload relies on (`mr_storage::content`).
+//!
+//! Each upload takes a slot (`slots.rs`: per user and overall caps) before its body is read,
+//! and is cut off when its client sends nothing for `uploads.idle_timeout_secs`.
 
-use actix_web::http::header;
+use std::time::Duration;
+
+use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
+use mr_storage::content::{self, Claim};
 use mr_storage::{MediaRecord, PendingUpload, StoredObject};
 use serde_json::json;
 use tracing::{info, warn};
@@ -76,21 +83,52 @@ fn too_large(max_bytes: u64) -> MatrixError {
     ))
 }
 
-/// Streams the request body into the datastore.
+/// Streams the request body into the datastore and stores it under a claim: the caller
+/// writes its row, then releases the claim (or discards the object if the row failed).
 async fn store_body(
+    req: &HttpRequest,
     state: &AppState,
     mut payload: web::Payload,
     max_bytes: u64,
-) -> MatrixResult<StoredObject> {
+    idle_timeout: Duration,
+) -> MatrixResult<(StoredObject, Claim)> {
     let mut writer = state
         .datastore
         .writer(max_bytes)
         .map_err(|err| MatrixError::internal("opening a datastore temp file failed", &err))?;
-    while let Some(chunk) = payload.next().await {
+    if let Err(err) = receive_body(&mut writer, &mut payload, max_bytes, idle_timeout).await {
+        // Removed before the client hears of the failure. (A client that disconnects drops
+        // this future instead; the writer's drop then removes the file.)
+        writer.abort().await;
+        return Err(err);
+    }
+    let staged = writer.finish().await.map_err(|err| match err {
+        mr_storage::Error::TooLarge { .. } => too_large(max_bytes),
+        other => MatrixError::internal("finishing an upload failed", &other),
+    })?;
+    let stored = content::commit_claimed(&state.db, &state.datastore, staged, now_ms())
+        .await
+        .map_err(|err| MatrixError::internal("storing an upload failed", &err))?;
+    test_hooks::pause_before_record(req).await;
+    Ok(stored)
+}
+
+/// Feeds the body into the writer until it ends, fails, passes the limit or stalls.
+async fn receive_body(
+    writer: &mut mr_storage::ObjectWriter,
+    payload: &mut web::Payload,
+    max_bytes: u64,
+    idle_timeout: Duration,
+) -> MatrixResult<()> {
+    loop {
+        let next = tokio::time::timeout(idle_timeout, payload.next())
+            .await
+            .map_err(|_| idle_timeout_error(idle_timeout))?;
+        let Some(chunk) = next else { return Ok(()) };
         let chunk = chunk.map_err(|err| {
             info!(error = %err, "upload body ended early; nothing stored");
             MatrixError::new(
-                actix_web::http::StatusCode::BAD_REQUEST,
+                StatusCode::BAD_REQUEST,
                 "M_UNKNOWN",
                 "Upload body was interrupted",
             )
@@ -100,27 +138,70 @@ async fn store_body(
             other => MatrixError::internal("writing an upload failed", &other),
         })?;
     }
-    writer.finish().await.map_err(|err| match err {
-        mr_storage::Error::TooLarge { .. } => too_large(max_bytes),
-        other => MatrixError::internal("finishing an upload failed", &other),
-    })
 }
 
-/// Removes a stored object that no row ended up referring to.
-async fn discard_unreferenced(state: &AppState, object: &StoredObject) {
-    match state
-        .db
-        .location_in_use(state.datastore.id(), &object.location)
-        .await
-    {
-        Ok(false) => {
-            if let Err(err) = state.datastore.delete(&object.location).await {
-                warn!(error = %err, location = %object.location, "could not remove an unreferenced object");
-            }
+fn idle_timeout_error(idle_timeout: Duration) -> MatrixError {
+    info!(
+        idle_secs = idle_timeout.as_secs(),
+        "upload body stalled; nothing stored"
+    );
+    MatrixError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "M_UNKNOWN",
+        format!(
+            "No upload data arrived for {} s; nothing was stored",
+            idle_timeout.as_secs()
+        ),
+    )
+}
+
+/// Writes the row of a stored upload, then releases the upload's claim. If the row could
+/// not be written, the object is removed unless something else refers to it.
+async fn record_stored(
+    state: &AppState,
+    object: &StoredObject,
+    claim: Claim,
+    insert: impl std::future::Future<Output = mr_storage::Result<()>>,
+) -> mr_storage::Result<()> {
+    let inserted = insert.await;
+    claim.release().await;
+    if inserted.is_err() {
+        if let Err(err) =
+            content::remove_unreferenced(&state.db, &state.datastore, &object.location).await
+        {
+            warn!(error = %err, location = %object.location, "could not remove an unreferenced object");
         }
-        Ok(true) => {}
-        Err(err) => warn!(error = %err, "could not check whether an object is still referenced"),
     }
+    inserted
+}
+
+/// A pause between storing an upload's bytes and writing its row, so a test can make a
+/// concurrent request act in that window. Only in debug builds, and only when the
+/// process runs with `MEDIA_REPO_TEST_HOOKS=1`; the request asks for it with the header
+/// `X-Media-Repo-Test-Pause-Ms`.
+mod test_hooks {
+    use actix_web::HttpRequest;
+
+    #[cfg(debug_assertions)]
+    pub async fn pause_before_record(req: &HttpRequest) {
+        /// Longest pause a request may ask for.
+        const MAX_PAUSE_MS: u64 = 30_000;
+        if std::env::var_os("MEDIA_REPO_TEST_HOOKS").is_none_or(|v| v != "1") {
+            return;
+        }
+        let pause_ms = req
+            .headers()
+            .get("x-media-repo-test-pause-ms")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(ms) = pause_ms {
+            tracing::info!(ms, "test hook: pausing before the media row is written");
+            tokio::time::sleep(std::time::Duration::from_millis(ms.min(MAX_PAUSE_MS))).await;
+        }
+    }
+
+    #[cfg(not(debug_assertions))]
+    pub async fn pause_before_record(_req: &HttpRequest) {}
 }
 
 fn record(
@@ -153,6 +234,19 @@ fn warm_cache(state: &web::Data<AppState>, object: &StoredObject) {
     super::body::fill_cache_in_background(state, &object.sha256, &object.location, object.size);
 }
 
+/// An upload slot for `user_id` under the configured caps, or 429.
+fn admit(
+    state: &AppState,
+    user_id: &str,
+    config: &mr_config::Config,
+) -> MatrixResult<super::slots::UploadSlot> {
+    state.upload_slots.admit(
+        user_id,
+        config.uploads.max_concurrent_per_user,
+        config.uploads.max_concurrent,
+    )
+}
+
 /// `POST /_matrix/media/v3/upload` (and r0).
 pub async fn upload(
     req: HttpRequest,
@@ -163,16 +257,23 @@ pub async fn upload(
     let config = state.config();
     check_declared_length(&req, config.uploads.max_bytes)?;
     let meta = upload_meta(&req)?;
-    let object = store_body(&state, payload, config.uploads.max_bytes).await?;
+    let _slot = admit(&state, &user.user_id, &config)?;
+    let (object, claim) = store_body(
+        &req,
+        &state,
+        payload,
+        config.uploads.max_bytes,
+        Duration::from_secs(config.uploads.idle_timeout_secs),
+    )
+    .await?;
     let media = MediaRef {
         origin: user.homeserver.clone(),
         media_id: mr_storage::random_media_id(),
     };
     let row = record(&media, &user.user_id, meta, &object, state.datastore.id());
-    if let Err(err) = state.db.insert_media(&row).await {
-        discard_unreferenced(&state, &object).await;
-        return Err(MatrixError::internal("recording an upload failed", &err));
-    }
+    record_stored(&state, &object, claim, state.db.insert_media(&row))
+        .await
+        .map_err(|err| MatrixError::internal("recording an upload failed", &err))?;
     info!(mxc = %media.mxc(), size = object.size, user = %user.user_id, "media uploaded");
     warm_cache(&state, &object);
     Ok(HttpResponse::Ok().json(json!({ "content_uri": media.mxc() })))
@@ -225,9 +326,22 @@ pub async fn upload_to(
     let user = state.auth.authenticate(&req).await?;
     let (origin, media_id) = path.into_inner();
     let media = MediaRef::parse(&origin, &media_id)?;
+    if media.origin != user.homeserver {
+        return Err(MatrixError::forbidden(
+            "Media can only be uploaded to your own homeserver's media IDs",
+        ));
+    }
     let config = state.config();
     let db_err =
         |err: mr_storage::Error| MatrixError::internal("reading upload state failed", &err);
+    // The pending row first: a completing upload deletes it and inserts the media row in
+    // one transaction, so if the row is gone by now, the media check below sees the media
+    // (409), never a confusing 404 for an id that was just uploaded.
+    let pending = state
+        .db
+        .get_pending(&media.origin, &media.media_id)
+        .await
+        .map_err(db_err)?;
     if state
         .db
         .get_media(&media.origin, &media.media_id)
@@ -237,11 +351,6 @@ pub async fn upload_to(
     {
         return Err(MatrixError::cannot_overwrite());
     }
-    let pending = state
-        .db
-        .get_pending(&media.origin, &media.media_id)
-        .await
-        .map_err(db_err)?;
     let pending = match pending {
         Some(p) if p.expires_at_ms > now_ms() => p,
         _ => {
@@ -257,10 +366,17 @@ pub async fn upload_to(
     }
     check_declared_length(&req, config.uploads.max_bytes)?;
     let meta = upload_meta(&req)?;
-    let object = store_body(&state, payload, config.uploads.max_bytes).await?;
+    let _slot = admit(&state, &user.user_id, &config)?;
+    let (object, claim) = store_body(
+        &req,
+        &state,
+        payload,
+        config.uploads.max_bytes,
+        Duration::from_secs(config.uploads.idle_timeout_secs),
+    )
+    .await?;
     let row = record(&media, &user.user_id, meta, &object, state.datastore.id());
-    if let Err(err) = state.db.complete_pending(&row).await {
-        discard_unreferenced(&state, &object).await;
+    if let Err(err) = record_stored(&state, &object, claim, state.db.complete_pending(&row)).await {
         return match err {
             mr_storage::Error::AlreadyExists { .. } => Err(MatrixError::cannot_overwrite()),
             mr_storage::Error::NoPendingUpload { .. } => Err(MatrixError::not_found(

@@ -1,0 +1,192 @@
+//! Claims and safe deletion of shared content, on SQLite and Postgres with a real datastore.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mr_storage::content::{commit_claimed, remove_unreferenced};
+use mr_storage::{Database, FileDatastore, MediaRecord, StagedObject};
+
+use crate::common::Fixture;
+
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            use crate::common::Fixture;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(&Fixture::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            use crate::common::Fixture;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(&Fixture::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    a_claim_or_a_row_keeps_content,
+    expired_claims_are_swept,
+    concurrent_uploads_and_deletions_never_lose_a_recorded_object,
+);
+
+async fn stage(store: &FileDatastore, bytes: &[u8]) -> StagedObject {
+    let mut writer = store.writer(u64::MAX).unwrap();
+    writer.write(Bytes::copy_from_slice(bytes)).await.unwrap();
+    writer.finish().await.unwrap()
+}
+
+fn row(media_id: &str, object: &mr_storage::StoredObject) -> MediaRecord {
+    MediaRecord {
+        origin: "example.org".to_owned(),
+        media_id: media_id.to_owned(),
+        user_id: None,
+        content_type: "application/octet-stream".to_owned(),
+        upload_name: None,
+        size_bytes: object.size,
+        sha256: object.sha256.clone(),
+        datastore_id: "default".to_owned(),
+        location: object.location.clone(),
+        created_at_ms: 1,
+    }
+}
+
+async fn setup(fx: &Fixture) -> (tempfile::TempDir, Database, FileDatastore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileDatastore::new("default", dir.path().join("media")).unwrap();
+    (dir, fx.connect().await, store)
+}
+
+async fn a_claim_or_a_row_keeps_content(fx: &Fixture) {
+    let (_dir, db, store) = setup(fx).await;
+    let (object, claim) = commit_claimed(&db, &store, stage(&store, b"claimed").await, 1)
+        .await
+        .unwrap();
+    let path = store.path_of(&object.location).unwrap();
+    assert!(!remove_unreferenced(&db, &store, &object.location)
+        .await
+        .unwrap());
+    assert!(path.exists(), "a claim keeps the bytes");
+
+    db.insert_media(&row("a", &object)).await.unwrap();
+    claim.release().await;
+    assert!(!remove_unreferenced(&db, &store, &object.location)
+        .await
+        .unwrap());
+    assert!(path.exists(), "a row keeps the bytes");
+
+    // Unreferenced content goes, and nothing is left aside in the temp dir.
+    let (other, claim) = commit_claimed(&db, &store, stage(&store, b"orphan").await, 1)
+        .await
+        .unwrap();
+    claim.release().await;
+    assert!(remove_unreferenced(&db, &store, &other.location)
+        .await
+        .unwrap());
+    assert!(!store.path_of(&other.location).unwrap().exists());
+    assert_eq!(
+        std::fs::read_dir(store.root().join("tmp")).unwrap().count(),
+        0
+    );
+    // Already gone: nothing to do.
+    assert!(!remove_unreferenced(&db, &store, &other.location)
+        .await
+        .unwrap());
+}
+
+async fn expired_claims_are_swept(fx: &Fixture) {
+    let (_dir, db, store) = setup(fx).await;
+    let (object, _claim_of_a_crashed_process) =
+        commit_claimed(&db, &store, stage(&store, b"crashed").await, 1_000)
+            .await
+            .unwrap();
+    assert_eq!(db.delete_claims_made_before(999).await.unwrap(), 0);
+    assert!(db
+        .location_in_use("default", &object.location)
+        .await
+        .unwrap());
+    assert_eq!(db.delete_claims_made_before(1_000).await.unwrap(), 1);
+    assert!(remove_unreferenced(&db, &store, &object.location)
+        .await
+        .unwrap());
+}
+
+/// Uploads of the same bytes (claim, store, row; half of them fail their row and clean up)
+/// race deleters sweeping that content. Every recorded row must still have its file.
+async fn concurrent_uploads_and_deletions_never_lose_a_recorded_object(fx: &Fixture) {
+    const UPLOADS: usize = 60;
+    const DELETERS: usize = 3;
+    let (_dir, db, store) = setup(fx).await;
+    let bytes = Arc::new(vec![9u8; 4096]);
+    let location = stage(&store, &bytes).await.object().location.clone();
+    let mut tasks = Vec::new();
+    for i in 0..UPLOADS {
+        let (db, store, bytes) = (db.clone(), store.clone(), bytes.clone());
+        tasks.push(tokio::spawn(async move {
+            let staged = stage(&store, &bytes).await;
+            let (object, claim) = commit_claimed(&db, &store, staged, 1).await.unwrap();
+            tokio::task::yield_now().await;
+            let recorded = if i % 2 == 0 {
+                db.insert_media(&row(&format!("m{i}"), &object))
+                    .await
+                    .unwrap();
+                true
+            } else {
+                false
+            };
+            claim.release().await;
+            if !recorded {
+                remove_unreferenced(&db, &store, &object.location)
+                    .await
+                    .unwrap();
+            }
+            object
+        }));
+    }
+    for _ in 0..DELETERS {
+        let (db, store, location) = (db.clone(), store.clone(), location.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..UPLOADS {
+                remove_unreferenced(&db, &store, &location).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            mr_storage::StoredObject {
+                sha256: String::new(),
+                size: 0,
+                location,
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(db.location_in_use("default", &location).await.unwrap());
+    let on_disk =
+        std::fs::read(store.path_of(&location).unwrap()).expect("recorded bytes are kept");
+    assert_eq!(on_disk, *bytes);
+}
+
+#[tokio::test]
+async fn an_object_a_crash_left_moved_aside_is_put_back_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("media");
+    let store = FileDatastore::new("default", root.clone()).unwrap();
+    let object = stage(&store, b"mid-deletion").await.commit().await.unwrap();
+    let path = store.path_of(&object.location).unwrap();
+    // What a deleter that died between moving the file aside and deciding leaves.
+    let aside = root
+        .join("tmp")
+        .join(format!("{}.x1.deleting", object.sha256));
+    std::fs::rename(&path, &aside).unwrap();
+
+    FileDatastore::new("default", root.clone()).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"mid-deletion");
+    assert!(!aside.exists());
+}
