@@ -20,7 +20,7 @@ use mr_config::{Config, HomeserverConfig, IpRange};
 use serde::Deserialize;
 
 use crate::error::{MatrixError, MatrixResult};
-use crate::limited_body::read_limited;
+use mr_remote::read_limited;
 
 /// How long a rejected token is remembered, so a client retrying a bad token does not
 /// hammer its homeserver, while a token that was just issued works again soon.

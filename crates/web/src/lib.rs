@@ -5,7 +5,6 @@ pub mod auth;
 pub mod error;
 pub mod headers;
 pub mod health;
-pub mod limited_body;
 pub mod logging;
 pub mod media;
 pub mod metrics;

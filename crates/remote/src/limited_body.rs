@@ -1,6 +1,7 @@
 //! Reading a response body from another server with a hard cap, so a peer that streams an
 //! endless or huge answer (a hostile or broken homeserver) costs at most the cap in memory.
-//! Every body media-repo reads from the network into memory goes through here.
+//! Every body media-repo reads from another server into memory goes through here
+//! (whoami answers, `.well-known`, and later keys and federation JSON).
 
 use bytes::{Bytes, BytesMut};
 
