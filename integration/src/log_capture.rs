@@ -50,6 +50,15 @@ pub fn capture_logs() -> LogCapture {
 }
 
 impl LogCapture {
+    /// Every captured line that has `field` (e.g. `shard=a`) as one whitespace-separated
+    /// token, so `shard=a` does not also pick `shard=ab`, and contains all of `needles`.
+    pub fn lines_with(&self, field: &str, needles: &[&str]) -> Vec<String> {
+        self.lines_containing(needles)
+            .into_iter()
+            .filter(|line| line.split_whitespace().any(|token| token == field))
+            .collect()
+    }
+
     /// Every captured line that contains all of `needles`.
     pub fn lines_containing(&self, needles: &[&str]) -> Vec<String> {
         let captured = self.buf.lock().unwrap_or_else(|p| p.into_inner());
