@@ -150,6 +150,7 @@ impl Cache {
                             name: s.name.to_string(),
                             addr: String::new(),
                             up: s.health.is_up(),
+                            last_error: s.health.last_error(),
                         })
                         .collect(),
                 };

@@ -207,6 +207,7 @@ impl Handler<Status> for RingActor {
                     name: shard.settings.name.clone(),
                     addr: shard.config.redacted_addr(),
                     up: shard.handle.is_up(),
+                    last_error: shard.handle.health.last_error(),
                 })
                 .collect(),
         )

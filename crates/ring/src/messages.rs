@@ -24,4 +24,6 @@ pub struct ShardStatus {
     /// The configured address with any password replaced by `***`.
     pub addr: String,
     pub up: bool,
+    /// Why the shard is down (the last error seen while down); `None` while it is up.
+    pub last_error: Option<String>,
 }

@@ -8,6 +8,7 @@
 //! without a mailbox trip, and runs the commands of [`messages`] concurrently, each bounded by
 //! the response timeout. A shard marked down
 //! answers [`ShardError::Down`] at once; callers treat every error as a cache miss.
+
 //!
 //! This is the only crate of the workspace that knows `redis`.
 
@@ -22,7 +23,7 @@ mod settings;
 
 pub use actor::{ShardActor, MAILBOX_CAPACITY, STATS_INTERVAL};
 pub use error::ShardError;
-pub use health::ShardHealth;
+pub use health::{ShardHealth, MAX_REASON_BYTES};
 pub use io_threads::MAX_IO_THREADS_PER_SHARD;
 pub use messages::{Del, DelIfEq, Get, Info, Set, SetNx, ShardInfo};
 pub use metrics::forget_shard_metrics;
