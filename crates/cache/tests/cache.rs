@@ -889,3 +889,138 @@ async fn metrics_are_exported() {
     f.cache.memory_used_bytes_exact().await;
     assert!(value("media_repo_cache_memory_used_bytes", &[]) > 0.0);
 }
+
+/// Shards that are reachable but unusable (refused login, not Redis at all, out of memory)
+/// must say so in the log once, and cost the callers nothing.
+mod shard_trouble {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use integration::capture_logs;
+
+    use super::*;
+
+    /// Cache operations a never-up shard is put through (gets and puts, alternating).
+    const OPS: u64 = 100;
+    /// Pause between two of them, so the run spans several health rounds (250 ms each).
+    const OP_SPACING: Duration = Duration::from_millis(15);
+    /// Generous bound on "the first health round has reported".
+    const REPORT_WITHIN: Duration = Duration::from_secs(10);
+
+    /// A shard at `url` that never comes up: every call is an immediate miss or no-op, the
+    /// log says "down" exactly once naming the shard and containing `needle`, and the status
+    /// carries the reason.
+    async fn never_up_logs_down_once(name: &str, url: String, needle: &str) {
+        let logs = capture_logs();
+        let shard_field = format!("shard={name}");
+        let cache = redis_cache_on(&[(name, url)]);
+        let data = bytes_of(6_000, 77);
+        let started = Instant::now();
+        for i in 0..OPS {
+            let sha = sha(1_000 + i);
+            if i % 2 == 0 {
+                assert!(cache.open_blob(&sha, None).await.is_none());
+                let key = remote_record_key("trouble.example", &i.to_string());
+                assert_eq!(cache.get_record(&key).await, None);
+            } else {
+                let stored = cache
+                    .put_blob(&sha, data.len() as u64, &data[..])
+                    .await
+                    .expect("a backend failure is never an error");
+                assert!(!stored);
+                let key = remote_record_key("trouble.example", &i.to_string());
+                cache
+                    .put_record(&key, bytes::Bytes::from_static(b"r"))
+                    .await;
+            }
+            tokio::time::sleep(OP_SPACING).await;
+        }
+        let deadline = Instant::now() + REPORT_WITHIN;
+        while logs
+            .lines_with(&shard_field, &["redis shard is down"])
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "no down line for {name}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A few more health rounds, each of which fails again.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let status = cache.status().await;
+        let shard = &status.shards[0];
+        eprintln!(
+            "{name}: {OPS} ops in {:?}; status {shard:?}",
+            started.elapsed()
+        );
+        assert!(!shard.up, "{name} must never come up");
+        let reason = shard
+            .last_error
+            .as_deref()
+            .expect("status names the reason");
+        assert!(reason.contains(needle), "{name}: reason {reason:?}");
+
+        let down = logs.lines_with(&shard_field, &["redis shard is down"]);
+        assert_eq!(down.len(), 1, "exactly one down line for {name}: {down:#?}");
+        assert!(down[0].contains("WARN"), "{}", down[0]);
+        assert!(down[0].contains(needle), "{}", down[0]);
+        assert!(
+            logs.lines_with(&shard_field, &["redis shard is up"])
+                .is_empty(),
+            "{name} never came up"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn shard_needing_a_password_we_do_not_send_logs_noauth_once() {
+        let server = RedisServer::start_with_args(&["--requirepass", "secret"]).unwrap();
+        never_up_logs_down_once("noauth-shard", server.url(), "NOAUTH").await;
+    }
+
+    #[actix_rt::test]
+    async fn shard_with_a_wrong_password_logs_auth_failure_once() {
+        let server = RedisServer::start_with_args(&["--requirepass", "secret"]).unwrap();
+        let url = server.url_with_password("not-the-secret");
+        // redis-rs reports a refused AUTH as its own error kind, without the server's
+        // WRONGPASS text.
+        never_up_logs_down_once("wrongpass-shard", url, "Password authentication failed").await;
+    }
+
+    /// Something that is not Redis on the shard's port: it answers every connection with an
+    /// HTTP error and hangs up.
+    #[actix_rt::test]
+    async fn shard_address_serving_something_else_logs_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let serving = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut conn, _)) => {
+                            let _ = conn.set_nonblocking(false);
+                            let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                            let mut buf = [0u8; 512];
+                            let _ = conn.read(&mut buf);
+                            let _ = conn.write_all(
+                                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+                            );
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        never_up_logs_down_once(
+            "not-redis-shard",
+            format!("redis://127.0.0.1:{port}"),
+            "Parse error",
+        )
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        serving.join().unwrap();
+    }
+}

@@ -213,3 +213,18 @@ pub async fn read_all(mut reader: BlobReader) -> (Vec<u8>, Ending) {
 pub async fn put(cache: &Cache, sha: &str, data: &[u8]) -> bool {
     cache.put_blob(sha, data.len() as u64, data).await.unwrap()
 }
+
+/// A Redis-backed cache on the given `(name, url)` shards, started without waiting for any
+/// of them to come up (for shards that never do).
+pub fn redis_cache_on(shards: &[(&str, String)]) -> Cache {
+    let mut cfg = base_config();
+    cfg.backend = CacheBackend::Redis;
+    cfg.redis.shards = shards
+        .iter()
+        .map(|(name, url)| ShardConfig {
+            name: (*name).to_owned(),
+            addr: url.clone(),
+        })
+        .collect();
+    Cache::start(&cfg)
+}
