@@ -151,6 +151,7 @@ impl Cache {
                             addr: String::new(),
                             up: s.health.is_up(),
                             last_error: s.health.last_error(),
+                            write_error: s.health.write_error(),
                         })
                         .collect(),
                 };

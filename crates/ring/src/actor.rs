@@ -208,6 +208,7 @@ impl Handler<Status> for RingActor {
                     addr: shard.config.redacted_addr(),
                     up: shard.handle.is_up(),
                     last_error: shard.handle.health.last_error(),
+                    write_error: shard.handle.health.write_error(),
                 })
                 .collect(),
         )
