@@ -900,6 +900,7 @@ mod shard_trouble {
     use std::time::Instant;
 
     use integration::capture_logs;
+    use mr_shard_actor::{WRITE_BACKOFF_INITIAL, WRITE_BACKOFF_MAX};
 
     use super::*;
 
@@ -1022,5 +1023,155 @@ mod shard_trouble {
         .await;
         stop.store(true, Ordering::Relaxed);
         serving.join().unwrap();
+    }
+
+    /// A shard out of memory under `noeviction` answers every SET with OOM while PING and
+    /// GET work: it stays up, and without the write pause every cache fill would send it a
+    /// SET in vain. With it: one WARN, no SET reaches the server during the pause, reads
+    /// still do, and once memory is freed and the pause over, writes go through again.
+    #[actix_rt::test]
+    async fn shard_out_of_memory_pauses_writes_and_keeps_reads() {
+        const NAME: &str = "oom-shard";
+        let shard_field = format!("shard={NAME}");
+        let logs = capture_logs();
+        // Redis 7 uses ~1 MB when idle: 2 MB leaves room for a few dozen blobs.
+        let server = RedisServer::start_with_args(&[
+            "--maxmemory",
+            "2mb",
+            "--maxmemory-policy",
+            "noeviction",
+        ])
+        .unwrap();
+        let cache = redis_cache_on(&[(NAME, server.url())]);
+        let deadline = Instant::now() + REPORT_WITHIN;
+        while !cache.status().await.shards[0].up {
+            assert!(Instant::now() < deadline, "shard never up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let paused = || metric_value("media_repo_cache_shard_write_backoff", &[("shard", NAME)]);
+        assert_eq!(paused(), 0.0);
+
+        let kept = bytes_of(10_000, 80);
+        assert!(put(&cache, &sha(2_000), &kept).await);
+
+        // Fill until the server refuses.
+        let blob = bytes_of(60_000, 81);
+        let mut filled = 0;
+        while put(&cache, &sha(2_001 + filled), &blob).await {
+            filled += 1;
+            assert!(filled < 200, "2 MB never ran out");
+        }
+        let refused_at = Instant::now();
+        eprintln!("{filled} blobs of 60 kB stored before OOM");
+        // used_memory hovers around the limit (buffers come and go), so a later SET might
+        // fit again; halving the limit keeps the server refusing until FLUSHALL.
+        server.cli(&["CONFIG", "SET", "maxmemory", "1mb"]).unwrap();
+        let status = cache.status().await;
+        let shard = &status.shards[0];
+        assert!(shard.up, "OOM does not make a shard down: {shard:?}");
+        let write_error = shard
+            .write_error
+            .as_deref()
+            .expect("status names the write error");
+        assert!(write_error.contains("OOM"), "{write_error}");
+        assert_eq!(paused(), 1.0);
+
+        // During the pause: no SET reaches the server, whatever the callers try.
+        let skipped = || {
+            metric_value(
+                "media_repo_cache_backend_errors_total",
+                &[
+                    ("backend", "redis"),
+                    ("op", "set"),
+                    ("reason", "write_paused"),
+                ],
+            )
+        };
+        let (sets_before, skipped_before) = (set_commands_seen(&server), skipped());
+        for i in 0..100 {
+            assert!(!put(&cache, &sha(3_000 + i), &kept).await);
+            let key = remote_record_key("oom.example", &i.to_string());
+            cache
+                .put_record(&key, bytes::Bytes::from_static(b"r"))
+                .await;
+        }
+        let within_first_pause = refused_at.elapsed() < WRITE_BACKOFF_INITIAL;
+        let sent = set_commands_seen(&server) - sets_before;
+        eprintln!(
+            "200 writes during the pause sent {sent} SETs (within the first pause: {within_first_pause})"
+        );
+        if within_first_pause {
+            assert_eq!(sent, 0, "no SET may reach a shard whose writes are paused");
+        } else {
+            assert!(sent <= 1, "at most the one probe after the pause: {sent}");
+        }
+        assert!(
+            skipped() >= skipped_before + 199.0,
+            "skipped writes are counted"
+        );
+
+        // Reads still work.
+        let (got, ending) = read_all(cache.open_blob(&sha(2_000), None).await.unwrap()).await;
+        assert_eq!(ending, Ending::End);
+        assert!(got == kept);
+
+        // Pause over, memory still full: of a burst of writes exactly one probes (and is
+        // refused, which doubles the pause); the rest are skipped.
+        tokio::time::sleep(WRITE_BACKOFF_INITIAL.saturating_sub(refused_at.elapsed())).await;
+        let deadline = Instant::now() + WRITE_BACKOFF_MAX;
+        loop {
+            assert!(Instant::now() < deadline, "no write probed the shard");
+            let before = set_commands_seen(&server);
+            let burst = (0..50u64).map(|i| {
+                let cache = cache.clone();
+                let kept = kept.clone();
+                async move { put(&cache, &sha(6_000 + i), &kept).await }
+            });
+            let stored = futures_util::future::join_all(burst).await;
+            assert!(stored.iter().all(|s| !s), "nothing fits in a full shard");
+            let sent = set_commands_seen(&server) - before;
+            if sent == 0 {
+                // Still inside the pause (a slow clock tick); try again shortly.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            assert_eq!(sent, 1, "exactly one probe per expired pause");
+            break;
+        }
+        assert_eq!(paused(), 1.0, "the failed probe keeps writes paused");
+
+        // Memory freed: once the pause is over, the probe succeeds and writes flow again.
+        server.cli(&["FLUSHALL"]).unwrap();
+        server.cli(&["CONFIG", "SET", "maxmemory", "2mb"]).unwrap();
+        let deadline = Instant::now() + WRITE_BACKOFF_MAX;
+        let mut i = 0;
+        while !put(&cache, &sha(4_000 + i), &kept).await {
+            assert!(Instant::now() < deadline, "writes never resumed");
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "writes resumed {:?} after the first refusal",
+            refused_at.elapsed()
+        );
+        assert_eq!(paused(), 0.0);
+        assert_eq!(cache.status().await.shards[0].write_error, None);
+        assert!(put(&cache, &sha(5_000), &blob).await);
+        let (got, _) = read_all(cache.open_blob(&sha(5_000), None).await.unwrap()).await;
+        assert!(got == blob);
+
+        let refused = logs.lines_with(&shard_field, &["refuses writes"]);
+        assert_eq!(refused.len(), 1, "{refused:#?}");
+        assert!(
+            refused[0].contains("WARN") && refused[0].contains("OOM"),
+            "{}",
+            refused[0]
+        );
+        let resumed = logs.lines_with(&shard_field, &["accepts writes again"]);
+        assert_eq!(resumed.len(), 1, "{resumed:#?}");
+        assert!(resumed[0].contains("INFO"), "{}", resumed[0]);
+        assert!(logs
+            .lines_with(&shard_field, &["redis shard is down"])
+            .is_empty());
     }
 }
