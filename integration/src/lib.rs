@@ -8,6 +8,7 @@
 
 mod binary;
 pub mod http;
+mod log_capture;
 mod media_repo;
 pub mod metrics;
 pub mod nginx;
@@ -19,6 +20,7 @@ pub mod synapse;
 mod wait;
 
 pub use binary::{media_repo_bin, try_media_repo_bin};
+pub use log_capture::{capture_logs, LogCapture, MAX_CAPTURED_BYTES};
 pub use media_repo::MediaRepo;
 pub use nginx::Nginx;
 pub use pg_schema::{schema_exists as pg_schema_exists, PgSchema};

@@ -37,6 +37,10 @@ const LOG_FILE: &str = "redis.log";
 pub struct RedisServer {
     port: u16,
     proc: Proc,
+    /// Extra `redis-server` arguments, kept for `restart`.
+    args: Vec<String>,
+    /// The `--requirepass` among `args`: readiness checks and `cli` authenticate with it.
+    password: Option<String>,
     /// Holds redis' working dir and log; removed after the process is dead (field order:
     /// `proc` is declared, hence dropped, first).
     dir: TempDir,
@@ -45,6 +49,19 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server and waits until it answers PING.
     pub fn start() -> anyhow::Result<RedisServer> {
+        RedisServer::start_with_args(&[])
+    }
+
+    /// Starts a server with extra arguments after ours (e.g. `--requirepass secret` or
+    /// `--maxmemory 2mb --maxmemory-policy noeviction`), and waits until it answers. With
+    /// `--requirepass`, the readiness check and [`RedisServer::cli`] authenticate.
+    pub fn start_with_args(args: &[&str]) -> anyhow::Result<RedisServer> {
+        let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+        let password = args
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|at| args.get(at + 1))
+            .cloned();
         let dir = tempfile::Builder::new()
             .prefix("mr-redis-")
             .tempdir()
@@ -52,8 +69,16 @@ impl RedisServer {
         let mut last_err = None;
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            match spawn_ready(port, dir.path()) {
-                Ok(proc) => return Ok(RedisServer { port, proc, dir }),
+            match spawn_ready(port, dir.path(), &args, password.as_deref()) {
+                Ok(proc) => {
+                    return Ok(RedisServer {
+                        port,
+                        proc,
+                        args,
+                        password,
+                        dir,
+                    })
+                }
                 Err(e) => last_err = Some(e),
             }
         }
@@ -68,6 +93,11 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis://:PASSWORD@127.0.0.1:PORT`: a URL that authenticates with `password`.
+    pub fn url_with_password(&self, password: &str) -> String {
+        format!("redis://:{password}@127.0.0.1:{}", self.port)
     }
 
     /// `127.0.0.1:PORT`, the Go media repo's bare address form.
@@ -106,7 +136,12 @@ impl RedisServer {
         self.proc.kill_and_wait();
         let deadline = Instant::now() + RESTART_WINDOW;
         loop {
-            match spawn_ready(self.port, self.dir.path()) {
+            match spawn_ready(
+                self.port,
+                self.dir.path(),
+                &self.args,
+                self.password.as_deref(),
+            ) {
                 Ok(proc) => {
                     self.proc = proc;
                     return Ok(());
@@ -135,8 +170,11 @@ impl RedisServer {
     /// test would otherwise pass silently).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut cmd = Command::new("redis-cli");
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args);
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(password) = &self.password {
+            cmd.args(["--no-auth-warning", "-a", password]);
+        }
+        cmd.args(args);
         let context = || format!("redis-cli -p {} {}", self.port, args.join(" "));
         let out = run_with_timeout(cmd, CLI_TIMEOUT).with_context(context)?;
         if is_error_reply(&out) {
@@ -198,12 +236,32 @@ pub fn redis_ping(port: u16, timeout: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `process_id` that the server on 127.0.0.1:`port` reports in `INFO server`.
-fn server_pid(port: u16, timeout: Duration) -> anyhow::Result<u32> {
+/// The `process_id` that the server on 127.0.0.1:`port` reports in `INFO server`, after
+/// `AUTH password` when one is given.
+fn server_pid(port: u16, timeout: Duration, password: Option<&str>) -> anyhow::Result<u32> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    if let Some(password) = password {
+        // RESP array form, so any password bytes pass unchanged.
+        let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n", password.len());
+        stream.write_all(auth.as_bytes())?;
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            if stream.read(&mut byte)? == 0 {
+                bail!("{addr} closed the connection before answering AUTH");
+            }
+            reply.push(byte[0]);
+        }
+        if reply != b"+OK\r\n" {
+            bail!(
+                "{addr} answered AUTH with {:?}",
+                String::from_utf8_lossy(&reply)
+            );
+        }
+    }
     stream.write_all(b"INFO server\r\n")?;
     // The reply is one bulk string: `$<len>\r\n<len bytes>\r\n`.
     let mut reply = Vec::new();
@@ -235,7 +293,12 @@ fn server_pid(port: u16, timeout: Duration) -> anyhow::Result<u32> {
 
 /// Spawns redis-server on `port` and waits until it answers as itself; on failure the process is killed
 /// and the error quotes what the server logged during this attempt.
-fn spawn_ready(port: u16, dir: &Path) -> anyhow::Result<Proc> {
+fn spawn_ready(
+    port: u16,
+    dir: &Path,
+    args: &[String],
+    password: Option<&str>,
+) -> anyhow::Result<Proc> {
     let log = dir.join(LOG_FILE);
     let log_start = file_len(&log);
     let mut cmd = Command::new("redis-server");
@@ -252,6 +315,7 @@ fn spawn_ready(port: u16, dir: &Path) -> anyhow::Result<Proc> {
     .arg("--dir")
     .arg(dir)
     .args(["--daemonize", "no", "--logfile", ""])
+    .args(args)
     .current_dir(dir);
     let proc = Proc::spawn(cmd, &log)
         .context("is redis-server installed? (apt-get install redis-server)")?;
@@ -263,7 +327,7 @@ fn spawn_ready(port: u16, dir: &Path) -> anyhow::Result<Proc> {
         }
         // Ask for the pid, not just PING: while our server fails to bind, another test
         // process's server on the same port would answer PING just as well.
-        match server_pid(port, READY_PING_TIMEOUT) {
+        match server_pid(port, READY_PING_TIMEOUT, password) {
             Ok(pid) if pid == proc.pid() => return Ok(proc),
             Ok(pid) => {
                 proc.kill_and_wait();

@@ -150,6 +150,8 @@ impl Cache {
                             name: s.name.to_string(),
                             addr: String::new(),
                             up: s.health.is_up(),
+                            last_error: s.health.last_error(),
+                            write_error: s.health.write_error(),
                         })
                         .collect(),
                 };

@@ -3,8 +3,11 @@
 //! Keys are routed with the ring's lock-free snapshot (no trip through the ring actor's
 //! mailbox); the command goes to that shard's actor by message with a bounded wait. No
 //! shard up, a full mailbox, an actor gone, a shard error or a late answer all become a miss
-//! (reads) or a no-op (writes), counted by reason. Deletes and lease releases go to every
-//! shard, because routing may have moved while the shard holding the key was down.
+//! (reads) or a no-op (writes), counted by reason. A write to a shard whose writes are
+//! paused (it refused one: OOM, READONLY) is skipped here, before any message, by reading the
+//! shard's shared health; the shard actor lets the one probe through once the pause is over.
+//! Deletes and lease releases go to every shard, because routing may have moved while the
+//! shard holding the key was down.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -74,6 +77,7 @@ impl RingKv {
         let reason = match tokio::time::timeout(wait, shard.addr.send(msg)).await {
             Ok(Ok(Ok(value))) => return Some(value),
             Ok(Ok(Err(ShardError::Down(_)))) => "shard_down",
+            Ok(Ok(Err(ShardError::WritesPaused(_)))) => "write_paused",
             Ok(Ok(Err(e))) => {
                 tracing::debug!(shard = %shard.name, op, error = %e, "shard command failed");
                 "shard_error"
@@ -101,8 +105,19 @@ impl RingKv {
         .flatten()
     }
 
+    /// The shard `key` belongs to, if it takes writes now; a write to a shard whose writes
+    /// are paused is counted and skipped without a message (it would only be refused).
+    fn route_write(&self, key: &str, op: &'static str) -> Option<ShardHandle> {
+        let shard = self.route(key, op)?;
+        if shard.health.writes_paused() {
+            metrics::backend_error(BACKEND, op, "write_paused");
+            return None;
+        }
+        Some(shard)
+    }
+
     pub(crate) async fn set(&self, key: String, value: Bytes, ttl: Option<Duration>) -> bool {
-        let Some(shard) = self.route(&key, "set") else {
+        let Some(shard) = self.route_write(&key, "set") else {
             return false;
         };
         self.call(&shard, Set { key, value, ttl }, "set")
@@ -111,7 +126,7 @@ impl RingKv {
     }
 
     pub(crate) async fn set_nx(&self, key: String, value: Bytes, ttl: Duration) -> SetNxOutcome {
-        let Some(shard) = self.route(&key, "set_nx") else {
+        let Some(shard) = self.route_write(&key, "set_nx") else {
             return SetNxOutcome::Unavailable;
         };
         match self.call(&shard, SetNx { key, value, ttl }, "set_nx").await {

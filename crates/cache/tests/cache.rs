@@ -889,3 +889,289 @@ async fn metrics_are_exported() {
     f.cache.memory_used_bytes_exact().await;
     assert!(value("media_repo_cache_memory_used_bytes", &[]) > 0.0);
 }
+
+/// Shards that are reachable but unusable (refused login, not Redis at all, out of memory)
+/// must say so in the log once, and cost the callers nothing.
+mod shard_trouble {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use integration::capture_logs;
+    use mr_shard_actor::{WRITE_BACKOFF_INITIAL, WRITE_BACKOFF_MAX};
+
+    use super::*;
+
+    /// Cache operations a never-up shard is put through (gets and puts, alternating).
+    const OPS: u64 = 100;
+    /// Pause between two of them, so the run spans several health rounds (250 ms each).
+    const OP_SPACING: Duration = Duration::from_millis(15);
+    /// Generous bound on "the first health round has reported".
+    const REPORT_WITHIN: Duration = Duration::from_secs(10);
+
+    /// A shard at `url` that never comes up: every call is an immediate miss or no-op, the
+    /// log says "down" exactly once naming the shard and containing `needle`, and the status
+    /// carries the reason.
+    async fn never_up_logs_down_once(name: &str, url: String, needle: &str) {
+        let logs = capture_logs();
+        let shard_field = format!("shard={name}");
+        let cache = redis_cache_on(&[(name, url)]);
+        let data = bytes_of(6_000, 77);
+        let started = Instant::now();
+        for i in 0..OPS {
+            let sha = sha(1_000 + i);
+            if i % 2 == 0 {
+                assert!(cache.open_blob(&sha, None).await.is_none());
+                let key = remote_record_key("trouble.example", &i.to_string());
+                assert_eq!(cache.get_record(&key).await, None);
+            } else {
+                let stored = cache
+                    .put_blob(&sha, data.len() as u64, &data[..])
+                    .await
+                    .expect("a backend failure is never an error");
+                assert!(!stored);
+                let key = remote_record_key("trouble.example", &i.to_string());
+                cache
+                    .put_record(&key, bytes::Bytes::from_static(b"r"))
+                    .await;
+            }
+            tokio::time::sleep(OP_SPACING).await;
+        }
+        let deadline = Instant::now() + REPORT_WITHIN;
+        while logs
+            .lines_with(&shard_field, &["redis shard is down"])
+            .is_empty()
+        {
+            assert!(Instant::now() < deadline, "no down line for {name}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A few more health rounds, each of which fails again.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let status = cache.status().await;
+        let shard = &status.shards[0];
+        eprintln!(
+            "{name}: {OPS} ops in {:?}; status {shard:?}",
+            started.elapsed()
+        );
+        assert!(!shard.up, "{name} must never come up");
+        let reason = shard
+            .last_error
+            .as_deref()
+            .expect("status names the reason");
+        assert!(reason.contains(needle), "{name}: reason {reason:?}");
+
+        let down = logs.lines_with(&shard_field, &["redis shard is down"]);
+        assert_eq!(down.len(), 1, "exactly one down line for {name}: {down:#?}");
+        assert!(down[0].contains("WARN"), "{}", down[0]);
+        assert!(down[0].contains(needle), "{}", down[0]);
+        assert!(
+            logs.lines_with(&shard_field, &["redis shard is up"])
+                .is_empty(),
+            "{name} never came up"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn shard_needing_a_password_we_do_not_send_logs_noauth_once() {
+        let server = RedisServer::start_with_args(&["--requirepass", "secret"]).unwrap();
+        never_up_logs_down_once("noauth-shard", server.url(), "NOAUTH").await;
+    }
+
+    #[actix_rt::test]
+    async fn shard_with_a_wrong_password_logs_auth_failure_once() {
+        let server = RedisServer::start_with_args(&["--requirepass", "secret"]).unwrap();
+        let url = server.url_with_password("not-the-secret");
+        // redis-rs reports a refused AUTH as its own error kind, without the server's
+        // WRONGPASS text.
+        never_up_logs_down_once("wrongpass-shard", url, "Password authentication failed").await;
+    }
+
+    /// Something that is not Redis on the shard's port: it answers every connection with an
+    /// HTTP error and hangs up.
+    #[actix_rt::test]
+    async fn shard_address_serving_something_else_logs_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let serving = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((mut conn, _)) => {
+                            let _ = conn.set_nonblocking(false);
+                            let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                            let mut buf = [0u8; 512];
+                            let _ = conn.read(&mut buf);
+                            let _ = conn.write_all(
+                                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+                            );
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        };
+        never_up_logs_down_once(
+            "not-redis-shard",
+            format!("redis://127.0.0.1:{port}"),
+            "Parse error",
+        )
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        serving.join().unwrap();
+    }
+
+    /// A shard out of memory under `noeviction` answers every SET with OOM while PING and
+    /// GET work: it stays up, and without the write pause every cache fill would send it a
+    /// SET in vain. With it: one WARN, no SET reaches the server during the pause, reads
+    /// still do, and once memory is freed and the pause over, writes go through again.
+    #[actix_rt::test]
+    async fn shard_out_of_memory_pauses_writes_and_keeps_reads() {
+        const NAME: &str = "oom-shard";
+        let shard_field = format!("shard={NAME}");
+        let logs = capture_logs();
+        // Redis 7 uses ~1 MB when idle: 2 MB leaves room for a few dozen blobs.
+        let server = RedisServer::start_with_args(&[
+            "--maxmemory",
+            "2mb",
+            "--maxmemory-policy",
+            "noeviction",
+        ])
+        .unwrap();
+        let cache = redis_cache_on(&[(NAME, server.url())]);
+        let deadline = Instant::now() + REPORT_WITHIN;
+        while !cache.status().await.shards[0].up {
+            assert!(Instant::now() < deadline, "shard never up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let paused = || metric_value("media_repo_cache_shard_write_backoff", &[("shard", NAME)]);
+        assert_eq!(paused(), 0.0);
+
+        let kept = bytes_of(10_000, 80);
+        assert!(put(&cache, &sha(2_000), &kept).await);
+
+        // Fill until the server refuses.
+        let blob = bytes_of(60_000, 81);
+        let mut filled = 0;
+        while put(&cache, &sha(2_001 + filled), &blob).await {
+            filled += 1;
+            assert!(filled < 200, "2 MB never ran out");
+        }
+        let refused_at = Instant::now();
+        eprintln!("{filled} blobs of 60 kB stored before OOM");
+        // used_memory hovers around the limit (buffers come and go), so a later SET might
+        // fit again; halving the limit keeps the server refusing until FLUSHALL.
+        server.cli(&["CONFIG", "SET", "maxmemory", "1mb"]).unwrap();
+        let status = cache.status().await;
+        let shard = &status.shards[0];
+        assert!(shard.up, "OOM does not make a shard down: {shard:?}");
+        let write_error = shard
+            .write_error
+            .as_deref()
+            .expect("status names the write error");
+        assert!(write_error.contains("OOM"), "{write_error}");
+        assert_eq!(paused(), 1.0);
+
+        // During the pause: no SET reaches the server, whatever the callers try.
+        let skipped = || {
+            metric_value(
+                "media_repo_cache_backend_errors_total",
+                &[
+                    ("backend", "redis"),
+                    ("op", "set"),
+                    ("reason", "write_paused"),
+                ],
+            )
+        };
+        let (sets_before, skipped_before) = (set_commands_seen(&server), skipped());
+        for i in 0..100 {
+            assert!(!put(&cache, &sha(3_000 + i), &kept).await);
+            let key = remote_record_key("oom.example", &i.to_string());
+            cache
+                .put_record(&key, bytes::Bytes::from_static(b"r"))
+                .await;
+        }
+        let within_first_pause = refused_at.elapsed() < WRITE_BACKOFF_INITIAL;
+        let sent = set_commands_seen(&server) - sets_before;
+        eprintln!(
+            "200 writes during the pause sent {sent} SETs (within the first pause: {within_first_pause})"
+        );
+        if within_first_pause {
+            assert_eq!(sent, 0, "no SET may reach a shard whose writes are paused");
+        } else {
+            assert!(sent <= 1, "at most the one probe after the pause: {sent}");
+        }
+        assert!(
+            skipped() >= skipped_before + 199.0,
+            "skipped writes are counted"
+        );
+
+        // Reads still work.
+        let (got, ending) = read_all(cache.open_blob(&sha(2_000), None).await.unwrap()).await;
+        assert_eq!(ending, Ending::End);
+        assert!(got == kept);
+
+        // Pause over, memory still full: of a burst of writes exactly one probes (and is
+        // refused, which doubles the pause); the rest are skipped.
+        tokio::time::sleep(WRITE_BACKOFF_INITIAL.saturating_sub(refused_at.elapsed())).await;
+        let deadline = Instant::now() + WRITE_BACKOFF_MAX;
+        loop {
+            assert!(Instant::now() < deadline, "no write probed the shard");
+            let before = set_commands_seen(&server);
+            let burst = (0..50u64).map(|i| {
+                let cache = cache.clone();
+                let kept = kept.clone();
+                async move { put(&cache, &sha(6_000 + i), &kept).await }
+            });
+            let stored = futures_util::future::join_all(burst).await;
+            assert!(stored.iter().all(|s| !s), "nothing fits in a full shard");
+            let sent = set_commands_seen(&server) - before;
+            if sent == 0 {
+                // Still inside the pause (a slow clock tick); try again shortly.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            assert_eq!(sent, 1, "exactly one probe per expired pause");
+            break;
+        }
+        assert_eq!(paused(), 1.0, "the failed probe keeps writes paused");
+
+        // Memory freed: once the pause is over, the probe succeeds and writes flow again.
+        server.cli(&["FLUSHALL"]).unwrap();
+        server.cli(&["CONFIG", "SET", "maxmemory", "2mb"]).unwrap();
+        let deadline = Instant::now() + WRITE_BACKOFF_MAX;
+        let mut i = 0;
+        while !put(&cache, &sha(4_000 + i), &kept).await {
+            assert!(Instant::now() < deadline, "writes never resumed");
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "writes resumed {:?} after the first refusal",
+            refused_at.elapsed()
+        );
+        assert_eq!(paused(), 0.0);
+        assert_eq!(cache.status().await.shards[0].write_error, None);
+        assert!(put(&cache, &sha(5_000), &blob).await);
+        let (got, _) = read_all(cache.open_blob(&sha(5_000), None).await.unwrap()).await;
+        assert!(got == blob);
+
+        let refused = logs.lines_with(&shard_field, &["refuses writes"]);
+        assert_eq!(refused.len(), 1, "{refused:#?}");
+        assert!(
+            refused[0].contains("WARN") && refused[0].contains("OOM"),
+            "{}",
+            refused[0]
+        );
+        let resumed = logs.lines_with(&shard_field, &["accepts writes again"]);
+        assert_eq!(resumed.len(), 1, "{resumed:#?}");
+        assert!(resumed[0].contains("INFO"), "{}", resumed[0]);
+        assert!(logs
+            .lines_with(&shard_field, &["redis shard is down"])
+            .is_empty());
+    }
+}

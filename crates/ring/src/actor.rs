@@ -207,6 +207,8 @@ impl Handler<Status> for RingActor {
                     name: shard.settings.name.clone(),
                     addr: shard.config.redacted_addr(),
                     up: shard.handle.is_up(),
+                    last_error: shard.handle.health.last_error(),
+                    write_error: shard.handle.health.write_error(),
                 })
                 .collect(),
         )

@@ -24,4 +24,8 @@ pub struct ShardStatus {
     /// The configured address with any password replaced by `***`.
     pub addr: String,
     pub up: bool,
+    /// Why the shard is down (the last error seen while down); `None` while it is up.
+    pub last_error: Option<String>,
+    /// The error that paused writes to the shard, while they are paused; `None` otherwise.
+    pub write_error: Option<String>,
 }

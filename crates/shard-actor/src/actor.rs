@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 use redis::aio::ConnectionManager;
-use redis::{RedisError, RedisResult};
+use redis::{ErrorKind, RedisError, RedisResult};
 
 use crate::error::{Result, ShardError};
 use crate::health::{HealthTracker, ShardHealth};
@@ -248,6 +248,22 @@ impl ShardActor {
             op,
             timeout: self.settings.response_timeout,
             tracker: self.tracker.clone(),
+            write: false,
+        })
+    }
+
+    /// Like [`Self::call`] for a write: also refused at once while writes are paused (a
+    /// shard that answered OOM would refuse it anyway), except for the one probe after
+    /// each pause.
+    fn call_write(&mut self, op: &'static str, load: Load) -> Result<Call> {
+        let call = self.call(op, load)?;
+        if !self.tracker.claim_write() {
+            metrics::observe(&self.settings.name, op, "paused", Duration::ZERO);
+            return Err(ShardError::WritesPaused(self.settings.name.clone()));
+        }
+        Ok(Call {
+            write: true,
+            ..call
         })
     }
 }
@@ -258,6 +274,8 @@ struct Call {
     op: &'static str,
     timeout: Duration,
     tracker: Arc<HealthTracker>,
+    /// A write: its outcome also ends or starts a write pause.
+    write: bool,
 }
 
 impl Call {
@@ -274,6 +292,7 @@ impl Call {
             op,
             timeout,
             tracker,
+            write,
         } = self;
         let shard = tracker.name().to_owned();
         let gone = shard.clone();
@@ -284,12 +303,17 @@ impl Call {
             match res {
                 Ok(Ok(value)) => {
                     tracker.command_ok();
+                    if write {
+                        tracker.write_ok();
+                    }
                     metrics::observe(&shard, op, outcome(&value), elapsed);
                     Ok(value)
                 }
                 Ok(Err(source)) => {
                     if is_connection_failure(&source) {
                         tracker.failure(&format_args!("{op}: {source}"));
+                    } else if write && is_error_reply(&source) {
+                        tracker.write_refused(&format_args!("{op}: {source}"));
                     }
                     metrics::observe(&shard, op, "error", elapsed);
                     Err(ShardError::Redis { shard, source })
@@ -314,6 +338,12 @@ fn is_connection_failure(err: &RedisError) -> bool {
         || err.is_timeout()
         || err.is_connection_dropped()
         || err.is_unrecoverable_error()
+}
+
+/// An error the server answered (`-OOM ...`, `-READONLY ...`): it heard the command and
+/// refused it.
+fn is_error_reply(err: &RedisError) -> bool {
+    matches!(err.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
 }
 
 fn ok<T>(_: &T) -> &'static str {
@@ -426,7 +456,7 @@ impl Handler<Set> for ShardActor {
         // on its connection thread (which still packs, writes and sends it). The message,
         // value included, is dropped before the command waits for its turn.
         let prepared = self
-            .call("set", Load::of_value(msg.value.len()))
+            .call_write("set", Load::of_value(msg.value.len()))
             .map(|call| {
                 (
                     call,
@@ -450,7 +480,7 @@ impl Handler<SetNx> for ShardActor {
 
     fn handle(&mut self, msg: SetNx, _ctx: &mut Self::Context) -> Self::Result {
         let prepared = self
-            .call("setnx", Load::of_value(msg.value.len()))
+            .call_write("setnx", Load::of_value(msg.value.len()))
             .map(|call| {
                 (
                     call,

@@ -9,6 +9,10 @@ pub enum ShardError {
     /// The shard is marked down by its health check; the network was not touched.
     #[error("shard {0} is down")]
     Down(String),
+    /// Writes to the shard are paused after it refused one (OOM, READONLY, ...); the network
+    /// was not touched. Reads still work.
+    #[error("shard {0}: writes paused after the server refused one")]
+    WritesPaused(String),
     /// The shard has no established connection yet (still connecting after start or restart).
     #[error("shard {0} has no connection yet")]
     NotConnected(String),

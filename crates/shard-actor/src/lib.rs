@@ -9,6 +9,12 @@
 //! the response timeout. A shard marked down
 //! answers [`ShardError::Down`] at once; callers treat every error as a cache miss.
 //!
+//! A shard that answers writes with an error (OOM under `noeviction`, READONLY, ...) has its
+//! writes paused: [`ShardHealth::writes_paused`] tells writers to skip it without a mailbox
+//! trip, the actor refuses writes with [`ShardError::WritesPaused`], and after each pause
+//! (from [`WRITE_BACKOFF_INITIAL`], doubling up to [`WRITE_BACKOFF_MAX`]) exactly one write
+//! probes the server. Reads are not affected.
+//!
 //! This is the only crate of the workspace that knows `redis`.
 
 mod actor;
@@ -22,7 +28,9 @@ mod settings;
 
 pub use actor::{ShardActor, MAILBOX_CAPACITY, STATS_INTERVAL};
 pub use error::ShardError;
-pub use health::ShardHealth;
+pub use health::{
+    ShardHealth, MAX_REASON_BYTES, WRITE_BACKOFF_INITIAL, WRITE_BACKOFF_MAX, WRITE_PROBE_WINDOW,
+};
 pub use io_threads::MAX_IO_THREADS_PER_SHARD;
 pub use messages::{Del, DelIfEq, Get, Info, Set, SetNx, ShardInfo};
 pub use metrics::forget_shard_metrics;

@@ -10,8 +10,9 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 /// Operation labels, one per command message (and the health PING).
 pub(crate) const OPS: &[&str] = &["get", "set", "setnx", "delifeq", "del", "info", "ping"];
 /// Result labels: `hit`/`miss` for reads, `ok` for other successes, `error` for failures and
-/// timeouts, `down` for commands refused at once because the shard is marked down.
-pub(crate) const RESULTS: &[&str] = &["hit", "miss", "ok", "error", "down"];
+/// timeouts, `down` for commands refused at once because the shard is marked down, `paused`
+/// for writes refused at once because the shard's writes are paused.
+pub(crate) const RESULTS: &[&str] = &["hit", "miss", "ok", "error", "down", "paused"];
 
 /// Latency buckets from 100 µs to ~3 s: loopback Redis answers in well under a millisecond,
 /// anything near the response timeout is a fault.
@@ -61,6 +62,12 @@ static UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         "1 when the shard answers its health check",
     )
 });
+static WRITE_BACKOFF: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "media_repo_cache_shard_write_backoff",
+        "1 while writes to the shard are paused because it refused one (OOM, READONLY, ...)",
+    )
+});
 static USED_MEMORY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge(
         "media_repo_cache_shard_used_memory_bytes",
@@ -95,6 +102,12 @@ pub(crate) fn set_up(shard: &str, up: bool) {
     UP.with_label_values(&[shard]).set(i64::from(up));
 }
 
+pub(crate) fn set_write_backoff(shard: &str, paused: bool) {
+    WRITE_BACKOFF
+        .with_label_values(&[shard])
+        .set(i64::from(paused));
+}
+
 pub(crate) fn set_usage(shard: &str, used_memory_bytes: u64, keys: u64) {
     USED_MEMORY
         .with_label_values(&[shard])
@@ -113,6 +126,7 @@ pub fn forget_shard_metrics(name: &str) {
         let _ = LATENCY.remove_label_values(&[name, op]);
     }
     let _ = UP.remove_label_values(&[name]);
+    let _ = WRITE_BACKOFF.remove_label_values(&[name]);
     let _ = USED_MEMORY.remove_label_values(&[name]);
     let _ = KEYS.remove_label_values(&[name]);
 }

@@ -384,3 +384,68 @@ async fn idle_stopped_server_is_found_by_the_health_check_alone() {
     server.resume();
     wait_up(&health).await;
 }
+
+/// A server that refuses writes (here READONLY: a replica) but answers PING and GET: the
+/// shard stays up, the refusal pauses writes (answered at once, without the network) while
+/// reads go on, and a write after the pause that the server takes ends the pause.
+#[actix_rt::test]
+async fn refused_writes_pause_writes_but_not_reads() {
+    let (server, addr, health, _arbiter) = start_up("read-only").await;
+    let set = |key: &str| Set {
+        key: key.to_owned(),
+        value: Bytes::from_static(b"v"),
+        ttl: None,
+    };
+    addr.send(set("before")).await.unwrap().unwrap();
+    // A master that does not exist: the server becomes a read-only replica of nobody.
+    server.cli(&["REPLICAOF", "127.0.0.1", "1"]).unwrap();
+
+    let refused = addr.send(set("k")).await.unwrap();
+    match &refused {
+        Err(ShardError::Redis { source, .. }) => {
+            // redis-rs prints the kind, not the code: "ReadOnly: You can't write against...".
+            assert!(source.to_string().contains("read only replica"), "{source}")
+        }
+        other => panic!("expected READONLY, got {other:?}"),
+    }
+    assert!(health.writes_paused());
+    assert!(health.write_error().unwrap().contains("read only replica"));
+    let started = Instant::now();
+    assert!(matches!(
+        addr.send(set("k")).await.unwrap(),
+        Err(ShardError::WritesPaused(_))
+    ));
+    assert!(matches!(
+        addr.send(SetNx {
+            key: "lease".into(),
+            value: Bytes::from_static(b"me"),
+            ttl: Duration::from_secs(5),
+        })
+        .await
+        .unwrap(),
+        Err(ShardError::WritesPaused(_))
+    ));
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "paused answers took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        get(&addr, "before").await.unwrap(),
+        Some(Bytes::from_static(b"v"))
+    );
+    assert!(health.is_up(), "refused writes do not make a shard down");
+
+    server.cli(&["REPLICAOF", "NO", "ONE"]).unwrap();
+    let deadline = Instant::now() + mr_shard_actor::WRITE_BACKOFF_INITIAL + DETECT;
+    while addr.send(set("after")).await.unwrap().is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "writes not resumed after the pause"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!health.writes_paused());
+    assert_eq!(health.write_error(), None);
+    assert_eq!(server.cli(&["GET", "after"]).unwrap(), "v");
+}

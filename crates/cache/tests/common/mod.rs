@@ -213,3 +213,53 @@ pub async fn read_all(mut reader: BlobReader) -> (Vec<u8>, Ending) {
 pub async fn put(cache: &Cache, sha: &str, data: &[u8]) -> bool {
     cache.put_blob(sha, data.len() as u64, data).await.unwrap()
 }
+
+/// A Redis-backed cache on the given `(name, url)` shards, started without waiting for any
+/// of them to come up (for shards that never do).
+pub fn redis_cache_on(shards: &[(&str, String)]) -> Cache {
+    let mut cfg = base_config();
+    cfg.backend = CacheBackend::Redis;
+    cfg.redis.shards = shards
+        .iter()
+        .map(|(name, url)| ShardConfig {
+            name: (*name).to_owned(),
+            addr: url.clone(),
+        })
+        .collect();
+    Cache::start(&cfg)
+}
+
+/// The sum of the samples of metric `family` whose labels include all of `labels`.
+pub fn metric_value(family: &str, labels: &[(&str, &str)]) -> f64 {
+    prometheus::gather()
+        .iter()
+        .filter(|f| f.name() == family)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| {
+            labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
+/// Every `SET` the server has been sent (`SET ... NX` included): from `INFO commandstats`,
+/// `calls` plus `rejected_calls` (Redis 7 counts a SET refused with OOM there, not in
+/// `calls`) plus `failed_calls`.
+pub fn set_commands_seen(server: &RedisServer) -> u64 {
+    let stats = server.cli(&["INFO", "commandstats"]).unwrap();
+    let Some(line) = stats
+        .lines()
+        .find_map(|l| l.trim_end().strip_prefix("cmdstat_set:"))
+    else {
+        return 0;
+    };
+    line.split(',')
+        .filter_map(|field| field.split_once('='))
+        .filter(|(name, _)| matches!(*name, "calls" | "rejected_calls" | "failed_calls"))
+        .map(|(_, n)| n.parse::<u64>().unwrap())
+        .sum()
+}
