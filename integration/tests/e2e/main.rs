@@ -6,6 +6,7 @@
 mod binary;
 mod cache_redis;
 mod common;
+mod hardening_ops;
 mod media_api;
 mod real_deployment;
 mod reload;
