@@ -90,3 +90,56 @@ impl Visit for MessagePrefix {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    /// Collects what the fmt layer writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn only_actix_stream_errors_are_dropped() {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .with_writer(captured.clone())
+                .with_ansi(false)
+                .with_filter(NoClientErrors),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "actix_http::h1::dispatcher", "stream error: request parse error: invalid Header provided");
+            tracing::error!(target: "actix_http::h1::dispatcher", "Response payload stream error: kept");
+            tracing::error!(target: "mr_web::media", "stream error: ours, kept");
+            tracing::warn!(target: "actix_http::h1::dispatcher", "stream error: not ERROR, kept");
+        });
+        let text = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+        assert!(!text.contains("invalid Header"), "{text}");
+        assert_eq!(text.matches("kept").count(), 3, "{text}");
+    }
+}
