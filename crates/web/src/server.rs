@@ -29,7 +29,6 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // First, before anything can take time: SIGHUP's default action would kill the process.
     let hangups = signal(SignalKind::hangup()).context("registering the SIGHUP handler")?;
-    let stops = StopSignals::register()?;
     metrics::init();
 
     config
@@ -63,6 +62,9 @@ pub async fn run(
 
     actix_web::rt::spawn(crate::reload::watch_sighup(hangups, state.clone()));
     actix_web::rt::spawn(housekeeping(state.clone()));
+    // Only now: until the listeners run there is nothing to drain, and a stop signal
+    // during startup keeps its default action (end the process).
+    let stops = StopSignals::register()?;
 
     let operators_server = match &operators_bind {
         Some(addr) => {
@@ -105,7 +107,7 @@ pub async fn run(
         %bind,
         operators = operators_bind.as_deref().unwrap_or("off (metrics.bind: null)"),
         shutdown_timeout_secs = shutdown_timeout,
-        "media-repo listening; /metrics and /_media_repo/v1/cache are on the operators' listener"
+        "media-repo listening; /metrics and /_media_repo/v1/cache are only on the operators' listener"
     );
 
     let mut handles = vec![main_server.handle()];
