@@ -262,6 +262,8 @@ datastores:
     path: "{d}/media"
 uploads:
   max_bytes: {max_upload}
+metrics:
+  bind: null  # no operators' listener: the default 9000 would clash between runs
 {cache_yaml}"""
     cfg = os.path.join(d, "config.yaml")
     with open(cfg, "w") as f:

@@ -35,11 +35,14 @@ const RESTART_WINDOW: Duration = Duration::from_secs(10);
 /// The port of the embedded default config (`server.bind: 127.0.0.1:8000`).
 const EMBEDDED_PORT: u16 = 8000;
 
+/// The operators' port of the embedded default config (`metrics.bind: 127.0.0.1:9000`).
+const EMBEDDED_METRICS_PORT: u16 = 9000;
+
 /// How long `start_without_config` waits for another test of this process to release
-/// port 8000.
+/// ports 8000 and 9000.
 const EMBEDDED_PORT_WAIT: Duration = Duration::from_secs(120);
 
-/// How long `start_without_config` waits for another process to free port 8000.
+/// How long `start_without_config` waits for another process to free ports 8000 and 9000.
 const EMBEDDED_PORT_BUSY_WAIT: Duration = Duration::from_secs(10);
 
 const CONFIG_FILE: &str = "config.yaml";
@@ -73,7 +76,9 @@ pub struct MediaRepo {
 impl MediaRepo {
     /// Starts `media-repo` on a free port in a new temp dir. In `config_yaml`, `{port}`,
     /// `{metrics_port}` and `{dir}` are replaced by the main port, a second free port and
-    /// the temp dir. Waits (≤ 30 s) until `GET /healthz` answers 200.
+    /// the temp dir. A YAML without a top-level `metrics:` key gets the operators'
+    /// listener on `{metrics_port}` (the default, 9000, would clash between tests).
+    /// Waits (≤ 30 s) until `GET /healthz` answers 200.
     pub fn start(config_yaml: &str) -> anyhow::Result<MediaRepo> {
         let tmp = tempfile::Builder::new()
             .prefix("mr-media-repo-")
@@ -91,8 +96,9 @@ impl MediaRepo {
     }
 
     /// Runs `media-repo` with no `--config` and cwd = `dir`, i.e. on the embedded default
-    /// config, whose port is fixed at 8000. Tests of this process that use it take turns;
-    /// if something else holds 127.0.0.1:8000 for more than 10 s, fails saying so.
+    /// config, whose ports are fixed at 8000 (public) and 9000 (operators). Tests of this
+    /// process that use it take turns; if something else holds 127.0.0.1:8000 or :9000 for
+    /// more than 10 s, fails saying so.
     pub fn start_without_config(dir: &Path) -> anyhow::Result<MediaRepo> {
         Self::start_embedded(try_media_repo_bin()?, dir)
     }
@@ -102,13 +108,19 @@ impl MediaRepo {
         let guard = EmbeddedPortGuard::acquire()?;
         // Another test process (a colleague's run) may hold it for a moment.
         let mut busy = None;
-        let _ = wait_until("port 8000 to be free", EMBEDDED_PORT_BUSY_WAIT, || {
-            busy = port_is_bindable(EMBEDDED_PORT).err();
-            busy.is_none()
-        });
-        if let Some(e) = busy {
+        let _ = wait_until(
+            "ports 8000 and 9000 to be free",
+            EMBEDDED_PORT_BUSY_WAIT,
+            || {
+                busy = [EMBEDDED_PORT, EMBEDDED_METRICS_PORT]
+                    .into_iter()
+                    .find_map(|port| port_is_bindable(port).err().map(|e| (port, e)));
+                busy.is_none()
+            },
+        );
+        if let Some((port, e)) = busy {
             bail!(
-                "127.0.0.1:{EMBEDDED_PORT} is busy ({e}): the embedded default config binds this fixed port, \
+                "127.0.0.1:{port} is busy ({e}): the embedded default config binds this fixed port, \
                  so stop whatever listens there before running this test"
             );
         }
@@ -119,7 +131,7 @@ impl MediaRepo {
             bin,
             launch: Launch::Embedded,
             port: EMBEDDED_PORT,
-            metrics_port: EMBEDDED_PORT,
+            metrics_port: EMBEDDED_METRICS_PORT,
             dir: dir.to_owned(),
             _tmp: None,
             _embedded_port: Some(guard),
@@ -166,9 +178,15 @@ impl MediaRepo {
         self.port
     }
 
-    /// The port substituted for `{metrics_port}` (the main port for `start_without_config`).
+    /// The operators' port: the one substituted for `{metrics_port}` (9000 for
+    /// `start_without_config`).
     pub fn metrics_port(&self) -> u16 {
         self.metrics_port
+    }
+
+    /// `http://127.0.0.1:METRICS_PORT`: the operators' listener.
+    pub fn operators_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
     }
 
     pub fn dir(&self) -> &Path {
@@ -200,6 +218,11 @@ impl MediaRepo {
     /// SIGHUP: reload the config.
     pub fn sighup(&self) {
         self.proc.signal(libc::SIGHUP);
+    }
+
+    /// SIGTERM: stop, letting in-flight requests finish for `server.shutdown_timeout_secs`.
+    pub fn sigterm(&self) {
+        self.proc.signal(libc::SIGTERM);
     }
 
     /// SIGKILL and reap.
@@ -240,9 +263,29 @@ impl MediaRepo {
         http::get(&format!("{}{path}", self.base_url()), REQUEST_TIMEOUT)
     }
 
-    /// The text of `GET /metrics` on the main listener; a non-200 status is an error.
+    /// `GET path` (e.g. `/_media_repo/v1/cache`) on the operators' listener; any status is
+    /// Ok.
+    pub fn get_operators(&self, path: &str) -> anyhow::Result<Reply> {
+        http::get(&format!("{}{path}", self.operators_url()), REQUEST_TIMEOUT)
+    }
+
+    /// The cache status (`GET /_media_repo/v1/cache` on the operators' listener) as JSON
+    /// text; a non-200 status is an error.
+    pub fn cache_status(&self) -> anyhow::Result<String> {
+        let reply = self.get_operators("/_media_repo/v1/cache")?;
+        if reply.status != 200 {
+            bail!(
+                "GET /_media_repo/v1/cache answered {}: {}",
+                reply.status,
+                reply.text()
+            );
+        }
+        Ok(reply.text())
+    }
+
+    /// The text of `GET /metrics` on the operators' listener; a non-200 status is an error.
     pub fn metrics(&self) -> anyhow::Result<String> {
-        let reply = self.get("/metrics")?;
+        let reply = self.get_operators("/metrics")?;
         if reply.status != 200 {
             bail!("GET /metrics answered {}: {}", reply.status, reply.text());
         }
@@ -285,11 +328,28 @@ impl Drop for MediaRepo {
     }
 }
 
-/// Replaces the placeholders `{port}`, `{metrics_port}` and `{dir}`.
+/// Replaces the placeholders `{port}`, `{metrics_port}` and `{dir}`, after giving a YAML
+/// without a top-level `metrics:` key the operators' listener on `{metrics_port}`.
 fn substitute(yaml: &str, port: u16, metrics_port: u16, dir: &Path) -> String {
-    yaml.replace("{port}", &port.to_string())
+    with_operators_listener(yaml)
+        .replace("{port}", &port.to_string())
         .replace("{metrics_port}", &metrics_port.to_string())
         .replace("{dir}", &dir.to_string_lossy())
+}
+
+/// `yaml`, plus `metrics: bind: 127.0.0.1:{metrics_port}` when it has no top-level
+/// `metrics:` key: every media-repo a test starts has the operators' listener on a free
+/// port, never on the default 9000 that parallel tests would fight over.
+fn with_operators_listener(yaml: &str) -> String {
+    if yaml.lines().any(|line| line.starts_with("metrics:")) {
+        return yaml.to_owned();
+    }
+    let mut out = yaml.to_owned();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str("metrics:\n  bind: \"127.0.0.1:{metrics_port}\"\n");
+    out
 }
 
 fn write_config_file(dir: &Path, text: &str) -> anyhow::Result<()> {
@@ -399,13 +459,15 @@ mod tests {
 
     const STAND_IN: &str = r#"#!/usr/bin/env python3
 import http.server, os, re, signal, sys
-port = 8000
+import threading
+port, metrics_port = 8000, 9000
 if sys.argv[1:2] == ["--config"]:
     text = open(sys.argv[2]).read()
     if "broken" in text:
         print("config is broken: homeservers missing", flush=True)
         sys.exit(2)
-    port = int(re.search(r"bind: 127\.0\.0\.1:(\d+)", text).group(1))
+    port = int(re.search(r"server:\n  bind: \"?127\.0\.0\.1:(\d+)", text).group(1))
+    metrics_port = int(re.search(r"metrics:\n  bind: \"?127\.0\.0\.1:(\d+)", text).group(1))
 reloads = 0
 def on_hup(*_):
     global reloads
@@ -414,9 +476,10 @@ def on_hup(*_):
 signal.signal(signal.SIGHUP, on_hup)
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        if self.path == "/healthz":
+        operators = self.server.server_address[1] == metrics_port
+        if self.path == "/healthz" and not operators:
             body = b"ok"
-        elif self.path == "/metrics":
+        elif self.path == "/metrics" and operators:
             body = ('# TYPE x counter\nstandin_reloads_total %d\nstandin_req_total{b="2",a="1"} 3\n' % reloads).encode()
         else:
             self.send_response(404)
@@ -429,6 +492,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 server = http.server.HTTPServer(("127.0.0.1", port), Handler)
+operators = http.server.HTTPServer(("127.0.0.1", metrics_port), Handler)
+threading.Thread(target=operators.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 print("listening on", port, "in", os.getcwd(), flush=True)
 server.serve_forever(poll_interval=0.05)
 "#;
@@ -461,6 +526,26 @@ server.serve_forever(poll_interval=0.05)
         let yaml = "server:\n  bind: 127.0.0.1:{port}\nmetrics:\n  bind: 127.0.0.1:{metrics_port}\ndb: {dir}/a {dir}/b\n";
         let out = substitute(yaml, 1234, 5678, Path::new("/tmp/x"));
         assert_eq!(out, "server:\n  bind: 127.0.0.1:1234\nmetrics:\n  bind: 127.0.0.1:5678\ndb: /tmp/x/a /tmp/x/b\n");
+    }
+
+    #[test]
+    fn a_config_without_metrics_gets_the_operators_listener_on_its_port() {
+        let out = substitute(
+            "server:\n  bind: 127.0.0.1:{port}",
+            1234,
+            5678,
+            Path::new("/x"),
+        );
+        assert_eq!(
+            out,
+            "server:\n  bind: 127.0.0.1:1234\nmetrics:\n  bind: \"127.0.0.1:5678\"\n"
+        );
+        // An explicit one (also `bind: null`) is left as written.
+        let off = "metrics:\n  bind: null\n";
+        assert_eq!(substitute(off, 1, 2, Path::new("/x")), off);
+        // A nested `metrics:` key is not the top-level one.
+        let nested = "cache:\n  metrics: 1\n";
+        assert!(substitute(nested, 1, 2, Path::new("/x")).ends_with("bind: \"127.0.0.1:2\"\n"));
     }
 
     #[test]
@@ -500,6 +585,9 @@ server.serve_forever(poll_interval=0.05)
 
         assert_eq!(repo.get("/healthz").unwrap().status, 200);
         assert_eq!(repo.get("/nope").unwrap().status, 404);
+        // Metrics are read from the operators' port, not the main one.
+        assert_eq!(repo.get("/metrics").unwrap().status, 404);
+        assert_eq!(repo.get_operators("/metrics").unwrap().status, 200);
         assert_eq!(
             repo.metric_value(r#"standin_req_total{a="1",b="2"}"#),
             Some(3.0)

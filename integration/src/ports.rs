@@ -4,8 +4,9 @@ use std::collections::HashSet;
 use std::net::TcpListener;
 use std::sync::{Mutex, OnceLock};
 
-/// The machine's own Redis listens here; a test must never hand it out (or talk to it).
-const RESERVED_PORTS: &[u16] = &[6379, 8000];
+/// The machine's own Redis listens on 6379; a test must never hand it out (or talk to
+/// it). 8000 and 9000 are the embedded default config's public and operators' ports.
+const RESERVED_PORTS: &[u16] = &[6379, 8000, 9000];
 
 /// How many times to ask the OS before giving up; the OS hands out a fresh ephemeral
 /// port each time, so only a pathological machine runs out.
@@ -20,8 +21,8 @@ fn handed_out() -> &'static Mutex<HashSet<u16>> {
 }
 
 /// A port on 127.0.0.1 that was free a moment ago and that this process has not handed
-/// out before. Port 6379 (the machine's Redis) and 8000 (the embedded default config's
-/// port) are never returned.
+/// out before. Port 6379 (the machine's Redis), 8000 and 9000 (the embedded default
+/// config's ports) are never returned.
 ///
 /// Panics if no port can be found: a test cannot do anything useful without one.
 pub fn free_port() -> u16 {

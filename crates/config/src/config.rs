@@ -21,9 +21,9 @@ use crate::storage::{default_datastores, DatabaseConfig, DatastoreConfig, Datast
 /// (`enabled`, `databaseNumber`, `shards`); it is folded into `cache` while loading.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Config {
-    /// The main HTTP listener.
+    /// The public HTTP listener and how long a stop may drain it.
     pub server: ServerConfig,
-    /// Prometheus metrics exposition.
+    /// The operators' listener (`/metrics`, `/_media_repo/v1/cache`).
     pub metrics: MetricsConfig,
     /// The homeservers served. Default: one, `localhost:8008` at `http://127.0.0.1:8008`.
     pub homeservers: Vec<HomeserverConfig>,

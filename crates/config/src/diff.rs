@@ -75,6 +75,11 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         format!("{:?}", new.server.trusted_proxies),
     );
     restart(
+        "server.shutdown_timeout_secs",
+        old.server.shutdown_timeout_secs.to_string(),
+        new.server.shutdown_timeout_secs.to_string(),
+    );
+    restart(
         "metrics.bind",
         show_option(&old.metrics.bind),
         show_option(&new.metrics.bind),
@@ -142,10 +147,12 @@ fn shard_diff(old: &[ShardConfig], new: &[ShardConfig]) -> Option<ShardDiff> {
     (diff != ShardDiff::default()).then_some(diff)
 }
 
+/// `None` is shown as `off`: the only optional key shown here is `metrics.bind`, whose
+/// `null` turns the operators' listener off.
 fn show_option<T: Display>(value: &Option<T>) -> String {
     value
         .as_ref()
-        .map_or_else(|| "unset".to_owned(), ToString::to_string)
+        .map_or_else(|| "off".to_owned(), ToString::to_string)
 }
 
 fn show_datastores(stores: &[DatastoreConfig]) -> String {

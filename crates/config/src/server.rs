@@ -1,9 +1,9 @@
-//! Process-level settings: where the HTTP and metrics listeners bind and how much the
-//! process logs.
+//! Process-level settings: where the public and operators' listeners bind, how long a
+//! stop may drain, and how much the process logs.
 
 use serde::{Deserialize, Serialize};
 
-/// The main HTTP listener.
+/// The public HTTP listener (the media API).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -17,6 +17,11 @@ pub struct ServerConfig {
     /// your reverse proxy here if it rewrites `Host`. Changing it takes a restart.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Seconds in-flight requests (e.g. long downloads) may still run after SIGTERM or
+    /// SIGINT before they are cut; new connections are refused meanwhile. Default 30.
+    /// Applies to both listeners. Changing it takes a restart.
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
 }
 
 impl ServerConfig {
@@ -34,28 +39,36 @@ fn default_bind() -> String {
     "127.0.0.1:8000".to_owned()
 }
 
+fn default_shutdown_timeout_secs() -> u64 {
+    30
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             bind: default_bind(),
             trusted_proxies: Vec::new(),
+            shutdown_timeout_secs: default_shutdown_timeout_secs(),
         }
     }
 }
 
-/// Prometheus metrics exposition.
+/// The operators' listener: the only place `/metrics` and `/_media_repo/v1/cache` are
+/// served.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Socket address (`ip:port`) of a separate listener serving only `/metrics`.
-    /// Default unset: `/metrics` is served on the main listener. Changing it takes a
-    /// restart.
+    /// Socket address (`ip:port`) of the operators' listener. Default `127.0.0.1:9000`
+    /// (the Go media repo's metrics port). An explicit `null` turns the listener off, and
+    /// with it the operator endpoints: they are never served on the public listener.
+    /// Changing it takes a restart.
+    // An absent key takes the default; serde reads an explicit `null` as `None`.
     #[serde(default = "default_metrics_bind")]
     pub bind: Option<String>,
 }
 
 fn default_metrics_bind() -> Option<String> {
-    None
+    Some("127.0.0.1:9000".to_owned())
 }
 
 impl Default for MetricsConfig {

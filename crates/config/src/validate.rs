@@ -13,6 +13,10 @@ use crate::shard_addr::{redact_url, ShardAddr};
 /// Longest DNS name the Matrix spec allows in a server name.
 const MAX_DNS_NAME_LEN: usize = 255;
 
+/// Upper bound on `server.shutdown_timeout_secs`: a stop that may take longer than an
+/// hour is a typo, not a drain.
+const MAX_SHUTDOWN_TIMEOUT_SECS: u64 = 3600;
+
 /// Levels accepted in `logging.level`.
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
@@ -59,17 +63,30 @@ fn check_listeners(config: &Config, p: &mut Problems) {
             p.add(format!("server.trusted_proxies[{i}]: {why}"));
         }
     }
+    if config.server.shutdown_timeout_secs > MAX_SHUTDOWN_TIMEOUT_SECS {
+        p.add(format!(
+            "server.shutdown_timeout_secs ({}) is larger than {MAX_SHUTDOWN_TIMEOUT_SECS} (one hour)",
+            config.server.shutdown_timeout_secs
+        ));
+    }
     if let Some(bind) = &config.metrics.bind {
         match parse_socket_addr(bind) {
             None => p.add(format!(
                 "metrics.bind `{bind}` is not a socket address (expected ip:port, e.g. 127.0.0.1:9000)"
             )),
-            Some(metrics) if Some(metrics) == server => p.add(format!(
-                "metrics.bind `{bind}` is the same as server.bind (leave metrics.bind unset to serve /metrics on the main listener)"
+            Some(metrics) if server.is_some_and(|server| same_socket(server, metrics)) => p.add(format!(
+                "metrics.bind `{bind}` overlaps server.bind `{}`: the operators' listener needs a port of its own (or metrics.bind: null to turn it off)",
+                config.server.bind
             )),
             Some(_) => {}
         }
     }
+}
+
+/// True when binding both would clash: same port, and the same IP or a wildcard on
+/// either side (`0.0.0.0:9000` takes `127.0.0.1:9000` too).
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 fn parse_socket_addr(text: &str) -> Option<SocketAddr> {

@@ -62,7 +62,8 @@ fn defaults_match_the_agreed_values() {
     let c = Config::embedded_default();
     assert_eq!(c, Config::default());
     assert_eq!(c.server.bind, "127.0.0.1:8000");
-    assert_eq!(c.metrics.bind, None);
+    assert_eq!(c.server.shutdown_timeout_secs, 30);
+    assert_eq!(c.metrics.bind.as_deref(), Some("127.0.0.1:9000"));
     assert_eq!(c.homeservers.len(), 1);
     assert_eq!(c.homeservers[0].name, "localhost:8008");
     assert_eq!(c.homeservers[0].client_api_url, "http://127.0.0.1:8008");
@@ -486,9 +487,16 @@ fn bind_addresses_must_be_socket_addresses() {
     );
     let msg = invalid("server: {bind: '0.0.0.0:8000'}\nmetrics: {bind: '0.0.0.0:8000'}\n");
     assert!(
-        msg.contains("metrics.bind `0.0.0.0:8000` is the same as server.bind"),
+        msg.contains("metrics.bind `0.0.0.0:8000` overlaps server.bind"),
         "{msg}"
     );
+    // A wildcard public listener on 9000 would take the default operators' port too.
+    let msg = invalid("server: {bind: '0.0.0.0:9000'}\n");
+    assert!(
+        msg.contains("metrics.bind `127.0.0.1:9000` overlaps server.bind `0.0.0.0:9000`"),
+        "{msg}"
+    );
+    parse("server: {bind: '127.0.0.2:9000'}\n");
     let c = parse("server: {bind: '[::]:8000'}\nmetrics: {bind: '127.0.0.1:9100'}\n");
     assert_eq!(c.metrics.bind.as_deref(), Some("127.0.0.1:9100"));
 }
@@ -815,7 +823,7 @@ fn restart_required_lists_old_and_new_values() {
         d.restart_required,
         [
             "server.bind (127.0.0.1:8000 -> 0.0.0.0:8000)",
-            "metrics.bind (unset -> 127.0.0.1:9100)",
+            "metrics.bind (127.0.0.1:9000 -> 127.0.0.1:9100)",
             "database.url (sqlite://./data/media-repo.db -> postgres://media:***@db/media)",
             "database.max_connections (10 -> 20)",
             "cache.backend (memory -> none)",
@@ -824,6 +832,66 @@ fn restart_required_lists_old_and_new_values() {
     );
     assert!(!d.is_empty());
     assert!(!format!("{d:?}").contains("hunter2"));
+}
+
+#[test]
+fn metrics_bind_null_turns_the_operators_listener_off() {
+    // Absent key (and absent section): the default listener.
+    assert_eq!(
+        parse("metrics: {}\n").metrics.bind.as_deref(),
+        Some("127.0.0.1:9000")
+    );
+    assert_eq!(
+        parse("server: {bind: '127.0.0.1:8001'}\n")
+            .metrics
+            .bind
+            .as_deref(),
+        Some("127.0.0.1:9000")
+    );
+    // Explicit null, in both YAML spellings: no listener.
+    assert_eq!(parse("metrics:\n  bind: null\n").metrics.bind, None);
+    assert_eq!(parse("metrics:\n  bind: ~\n").metrics.bind, None);
+    let c = parse("metrics: {bind: null}\nserver: {bind: '0.0.0.0:9000'}\n");
+    assert_eq!(
+        c.metrics.bind, None,
+        "no listener, so no clash with server.bind"
+    );
+    // Turning it off or on is a restart.
+    let d = diff(&Config::default(), &c);
+    assert!(
+        d.restart_required
+            .contains(&"metrics.bind (127.0.0.1:9000 -> off)".to_owned()),
+        "{:?}",
+        d.restart_required
+    );
+}
+
+#[test]
+fn shutdown_timeout_is_bounded_and_restart_only() {
+    assert_eq!(
+        parse("server: {shutdown_timeout_secs: 2}\n")
+            .server
+            .shutdown_timeout_secs,
+        2
+    );
+    assert_eq!(
+        parse("server: {shutdown_timeout_secs: 0}\n")
+            .server
+            .shutdown_timeout_secs,
+        0,
+        "0 cuts in-flight requests at once"
+    );
+    let msg = invalid("server: {shutdown_timeout_secs: 3601}\n");
+    assert!(
+        msg.contains("server.shutdown_timeout_secs (3601) is larger than 3600"),
+        "{msg}"
+    );
+    let mut new = Config::default();
+    new.server.shutdown_timeout_secs = 5;
+    assert_eq!(
+        diff(&Config::default(), &new).restart_required,
+        ["server.shutdown_timeout_secs (30 -> 5)"]
+    );
 }
 
 // ---------------------------------------------------------------- files

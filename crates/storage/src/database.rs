@@ -6,7 +6,10 @@
 //! drift apart. SQLite work runs on sqlx's per-connection worker threads, never on the
 //! caller's async thread.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -29,6 +32,40 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Database {
     backend: Backend,
+    /// The SQLite file as it was at connect; `None` for Postgres and in-memory SQLite.
+    sqlite_file: Option<Arc<FileIdentity>>,
+}
+
+/// Which file a path named when the database was opened. A SQLite file deleted (or
+/// replaced) under a running server keeps working on the old inode through the open
+/// connections, so a query alone cannot tell that the next restart would start empty.
+#[derive(Debug)]
+struct FileIdentity {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl FileIdentity {
+    fn of(path: PathBuf) -> std::io::Result<FileIdentity> {
+        let meta = std::fs::metadata(&path)?;
+        Ok(FileIdentity {
+            path,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// Blocking: one `stat`.
+    fn check(&self) -> Result<()> {
+        let gone = || Error::DatabaseFileGone(self.path.clone());
+        match std::fs::metadata(&self.path) {
+            Ok(meta) if meta.dev() == self.dev && meta.ino() == self.ino => Ok(()),
+            Ok(_) => Err(gone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(gone()),
+            Err(e) => Err(Error::io(&self.path, e)),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -113,8 +150,11 @@ impl Database {
     /// `public`.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Database> {
         let max_connections = max_connections.max(1);
+        let mut sqlite_file = None;
         let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite(connect_sqlite(url, max_connections).await?)
+            let (pool, file) = connect_sqlite(url, max_connections).await?;
+            sqlite_file = file.map(Arc::new);
+            Backend::Sqlite(pool)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -127,7 +167,10 @@ impl Database {
             let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
             return Err(Error::UnsupportedDatabase(scheme.to_owned()));
         };
-        let db = Database { backend };
+        let db = Database {
+            backend,
+            sqlite_file,
+        };
         with_pool!(db, pool => MIGRATOR.run(pool).await?);
         info!(backend = db.backend_name(), "metadata database ready");
         Ok(db)
@@ -139,6 +182,20 @@ impl Database {
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres(_) => "postgres",
         }
+    }
+
+    /// Checks the database is usable: a trivial query answers and, for a SQLite file, the
+    /// path still names the file opened at connect (see `FileIdentity`). For readiness
+    /// probes; bounded by [`ACQUIRE_TIMEOUT`] when the pool has no free connection.
+    pub async fn ping(&self) -> Result<()> {
+        if let Some(file) = self.sqlite_file.clone() {
+            tokio::task::spawn_blocking(move || file.check()).await??;
+        }
+        let one: i32 = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT 1").fetch_one(pool).await?
+        });
+        debug_assert_eq!(one, 1);
+        Ok(())
     }
 
     /// Closes the pool, waiting for checked-out connections to come back.
@@ -320,25 +377,37 @@ impl Database {
     }
 }
 
-async fn connect_sqlite(url: &str, max_connections: u32) -> Result<SqlitePool> {
+/// Opens the pool and, for a file database, records which file its path names.
+async fn connect_sqlite(
+    url: &str,
+    max_connections: u32,
+) -> Result<(SqlitePool, Option<FileIdentity>)> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         // WAL lets downloads read while an upload commits. `synchronous` stays at sqlx's
         // FULL: an acknowledged upload must survive a power cut.
         .journal_mode(SqliteJournalMode::Wal);
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    let path = options.get_filename().to_owned();
     if !in_memory {
-        if let Some(parent) = options.get_filename().parent() {
+        if let Some(parent) = path.parent() {
             if !parent.as_os_str().is_empty() {
                 std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
             }
         }
     }
-    Ok(SqlitePoolOptions::new()
+    let pool = SqlitePoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(options)
-        .await?)
+        .await?;
+    // The pool opened (and so created) the file before returning.
+    let file = if in_memory {
+        None
+    } else {
+        Some(FileIdentity::of(path.clone()).map_err(|e| Error::io(path, e))?)
+    };
+    Ok((pool, file))
 }
 
 fn already_exists(origin: &str, media_id: &str) -> Error {

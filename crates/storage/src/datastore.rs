@@ -146,6 +146,28 @@ impl FileDatastore {
         location::resolve(&self.inner.root, location)
     }
 
+    /// Checks the datastore is usable: the root and its temp dir are directories and a
+    /// probe file can be created and removed in the temp dir. Blocking: call from a
+    /// blocking task. The probe's name does not end in the temp suffix, so the stale-file
+    /// sweep never mistakes it for an upload (and it is removed here anyway).
+    pub fn check_writable(&self) -> Result<()> {
+        for dir in [&self.inner.root, &self.inner.tmp] {
+            let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+            if !meta.is_dir() {
+                return Err(Error::io(
+                    dir,
+                    std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+                ));
+            }
+        }
+        let tmp = &self.inner.tmp;
+        let probe = tempfile::Builder::new()
+            .prefix(".probe-")
+            .tempfile_in(tmp)
+            .map_err(|e| Error::io(tmp, e))?;
+        probe.close().map_err(|e| Error::io(tmp, e))
+    }
+
     /// Removes our temp files (`*.part` in `root/tmp`) that no running upload owns, in
     /// this process or any other sharing the directory: a writer holds an exclusive
     /// `flock` on its file for its whole life, so a file we can lock is an orphan. Returns

@@ -42,6 +42,12 @@ pub enum Error {
     #[error("value out of range for {field}: {value}")]
     OutOfRange { field: &'static str, value: String },
 
+    /// The SQLite file the database was opened from is no longer at its path (deleted
+    /// or replaced): the open connections still work on the old file, but nothing written
+    /// now would be there after a restart.
+    #[error("the SQLite database file {} is gone or was replaced since it was opened", .0.display())]
+    DatabaseFileGone(PathBuf),
+
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 

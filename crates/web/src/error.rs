@@ -6,8 +6,9 @@
 
 use std::borrow::Cow;
 
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::{header, StatusCode};
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 
 /// An error as the Matrix client-server API describes it.
@@ -80,6 +81,9 @@ impl MatrixError {
     }
     pub fn bad_param(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", message)
+    }
+    pub fn not_json(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "M_NOT_JSON", message)
     }
     pub fn bad_json(message: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "M_BAD_JSON", message)
@@ -168,3 +172,139 @@ impl ResponseError for MatrixError {
 }
 
 pub type MatrixResult<T> = Result<T, MatrixError>;
+
+// Extractor errors. actix's own answers to a query string, path segment or JSON body its
+// extractors refuse are plain text (paths even a 404), and not Matrix JSON; these handlers
+// make them ours. Registered as app data on the listeners (`server.rs`). `web::Payload`
+// (the upload body) has no extractor error: its stream errors reach the upload handler.
+// Requests actix-http cannot even parse (a bad `Content-Length`, a header line without a
+// colon) never reach the app: actix-http answers them 400 with an empty body itself, and
+// nothing here can change that.
+
+/// `web::Query` refused the query string: 400 `M_INVALID_PARAM`.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err: QueryPayloadError, _req: &HttpRequest| {
+        MatrixError::bad_param(format!("Invalid query string: {err}")).into()
+    })
+}
+
+/// `web::Path` could not read a path segment (e.g. not UTF-8 once percent-decoded):
+/// 400 `M_INVALID_PARAM`.
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|err: PathError, _req: &HttpRequest| {
+        MatrixError::bad_param(format!("Invalid path parameter: {err}")).into()
+    })
+}
+
+/// `web::Json` refused the body: 413 `M_TOO_LARGE`, 400 `M_NOT_JSON` or 400 `M_BAD_JSON`.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default().error_handler(|err: JsonPayloadError, _req: &HttpRequest| {
+        match &err {
+            JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                MatrixError::too_large(err.to_string())
+            }
+            JsonPayloadError::ContentType => {
+                MatrixError::not_json("Content-Type must be application/json")
+            }
+            JsonPayloadError::Deserialize(_) | JsonPayloadError::Serialize(_) => {
+                MatrixError::bad_json(format!("Invalid JSON: {err}"))
+            }
+            _ => MatrixError::bad_json(format!("Could not read the JSON body: {err}")),
+        }
+        .into()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The extractor configs in an actix test service: what actix answers in plain text by
+    //! default must come out as Matrix JSON.
+
+    use actix_web::test::{call_service, init_service, read_body_json, TestRequest};
+    use actix_web::{web, App, HttpResponse};
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Query {
+        #[allow(dead_code)]
+        n: u32,
+    }
+
+    async fn query(_: web::Query<Query>) -> HttpResponse {
+        HttpResponse::Ok().finish()
+    }
+
+    async fn path(_: web::Path<u32>) -> HttpResponse {
+        HttpResponse::Ok().finish()
+    }
+
+    async fn json(_: web::Json<Query>) -> HttpResponse {
+        HttpResponse::Ok().finish()
+    }
+
+    #[actix_web::test]
+    async fn extractor_errors_are_matrix_json() {
+        let app = init_service(
+            App::new()
+                .app_data(query_config())
+                .app_data(path_config())
+                .app_data(json_config().limit(64))
+                .route("/query", web::get().to(query))
+                .route("/path/{n}", web::get().to(path))
+                .route("/json", web::post().to(json)),
+        )
+        .await;
+        let cases = [
+            (
+                TestRequest::get().uri("/query?n=abc").to_request(),
+                400,
+                "M_INVALID_PARAM",
+            ),
+            (
+                TestRequest::get().uri("/path/abc").to_request(),
+                400,
+                "M_INVALID_PARAM",
+            ),
+            (
+                TestRequest::post()
+                    .uri("/json")
+                    .insert_header(("content-type", "application/json"))
+                    .set_payload("{\"n\": ")
+                    .to_request(),
+                400,
+                "M_BAD_JSON",
+            ),
+            (
+                TestRequest::post()
+                    .uri("/json")
+                    .insert_header(("content-type", "text/plain"))
+                    .set_payload("{\"n\": 1}")
+                    .to_request(),
+                400,
+                "M_NOT_JSON",
+            ),
+            (
+                TestRequest::post()
+                    .uri("/json")
+                    .insert_header(("content-type", "application/json"))
+                    .set_payload(format!("{{\"n\": 1, \"pad\": \"{}\"}}", "x".repeat(100)))
+                    .to_request(),
+                413,
+                "M_TOO_LARGE",
+            ),
+        ];
+        for (req, status, errcode) in cases {
+            let uri = req.uri().to_string();
+            let response = call_service(&app, req).await;
+            assert_eq!(response.status().as_u16(), status, "{uri}");
+            let body: serde_json::Value = read_body_json(response).await;
+            assert_eq!(body["errcode"], errcode, "{uri}: {body}");
+            assert!(
+                body["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{uri}: {body}"
+            );
+        }
+    }
+}

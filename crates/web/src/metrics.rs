@@ -1,14 +1,18 @@
 //! Prometheus metrics of the HTTP layer and the `/metrics` endpoint.
 //!
 //! Every crate registers its metrics in the prometheus default registry; this module adds the
-//! request-level ones and renders the whole registry as text. Label values are bounded: the
-//! route label is the matched route pattern, never the raw path.
+//! request-level ones and renders the whole registry as text. Every label value comes from a
+//! closed set, never from what a client sent: the method is one of a few names or `other`,
+//! the route is the matched route pattern or `unmatched` (never the raw path), the status
+//! is its class (`2xx`). A client inventing methods or paths therefore cannot grow
+//! `/metrics` (series are never freed) nor the log's span fields.
 
 use std::sync::LazyLock;
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{HttpResponse, Responder};
 use prometheus::{
@@ -20,7 +24,7 @@ use tracing::Instrument;
 static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "media_repo_http_requests_total",
-        "HTTP requests answered, by method, route pattern and status code",
+        "HTTP requests answered, by method (GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH or other), route pattern and status class (2xx...)",
         &["method", "route", "status"]
     )
     .expect("metric registered once")
@@ -61,22 +65,53 @@ pub async fn track_requests(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().to_string();
+    let method = method_label(req.method());
+    // Patterns come from the route table, so they are a closed set too.
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
     let span =
-        tracing::info_span!("request", %method, route = %route, status = tracing::field::Empty);
+        tracing::info_span!("request", method, route = %route, status = tracing::field::Empty);
     let response = next.call(req).instrument(span.clone()).await?;
-    let status = response.status().as_u16();
-    span.record("status", status);
+    let status = response.status();
+    // The exact code (a number below 1000) is bounded, so the span keeps it.
+    span.record("status", status.as_u16());
     HTTP_REQUESTS
-        .with_label_values(&[&method, &route, &status.to_string()])
+        .with_label_values(&[method, &route, status_class(status)])
         .inc();
     HTTP_DURATION
         .with_label_values(&[&route])
         .observe(started.elapsed().as_secs_f64());
     Ok(response)
+}
+
+/// The method as a label: the methods the media API knows, anything else `other` (HTTP
+/// allows any token as a method, so the raw value is unbounded).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+/// The status as a label: its class (`1xx`..`5xx`). Handlers only produce a few codes, but a class keeps
+/// the series count fixed whatever a future handler (or actix) answers.
+pub fn status_class(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        // Codes 600-999 are syntactically valid but have no class.
+        _ => "other",
+    }
 }
 
 /// Makes sure metrics that should be visible from the first scrape exist.
@@ -98,6 +133,51 @@ pub async fn render() -> impl Responder {
         Err(err) => {
             tracing::error!(%err, "encoding metrics failed");
             HttpResponse::InternalServerError().finish()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_map_to_a_closed_set() {
+        for (method, label) in [
+            (Method::GET, "GET"),
+            (Method::HEAD, "HEAD"),
+            (Method::POST, "POST"),
+            (Method::PUT, "PUT"),
+            (Method::DELETE, "DELETE"),
+            (Method::OPTIONS, "OPTIONS"),
+            (Method::PATCH, "PATCH"),
+            (Method::TRACE, "other"),
+            (Method::CONNECT, "other"),
+        ] {
+            assert_eq!(method_label(&method), label, "{method}");
+        }
+        for invented in ["FOO123", "get", "PROPFIND", "X"] {
+            let method = Method::from_bytes(invented.as_bytes()).expect("a valid token");
+            assert_eq!(method_label(&method), "other", "{invented}");
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_their_class() {
+        for (code, class) in [
+            (100, "1xx"),
+            (200, "2xx"),
+            (206, "2xx"),
+            (304, "3xx"),
+            (404, "4xx"),
+            (499, "4xx"),
+            (500, "5xx"),
+            (503, "5xx"),
+            (599, "5xx"),
+            (999, "other"),
+        ] {
+            let status = StatusCode::from_u16(code).expect("a valid code");
+            assert_eq!(status_class(status), class, "{code}");
         }
     }
 }

@@ -3,13 +3,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use actix_web::dev::ServerHandle;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use mr_cache::Cache;
 use mr_config::{CacheBackend, Config};
 use mr_storage::{Database, FileDatastore};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{info, warn};
 
 use crate::logging::LogLevelHandle;
@@ -21,7 +22,7 @@ use crate::state::AppState;
 /// claims are removed.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Runs the media repo until it is told to stop (SIGINT/SIGTERM).
+/// Runs the media repo until it is told to stop (SIGINT/SIGTERM, SIGQUIT).
 pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
@@ -48,7 +49,10 @@ pub async fn run(
 
     announce(&config, config_path.as_deref());
     let bind = config.server.bind.clone();
-    let metrics_bind = config.metrics.bind.clone();
+    let operators_bind = config.metrics.bind.clone();
+    // On SIGTERM/SIGINT each listener stops accepting and gives in-flight requests this
+    // long to finish before they are cut.
+    let shutdown_timeout = config.server.shutdown_timeout_secs;
     let state = web::Data::new(AppState::new(
         config,
         config_path,
@@ -60,51 +64,122 @@ pub async fn run(
 
     actix_web::rt::spawn(crate::reload::watch_sighup(hangups, state.clone()));
     actix_web::rt::spawn(housekeeping(state.clone()));
+    // Only now: until the listeners run there is nothing to drain, and a stop signal
+    // during startup keeps its default action (end the process).
+    let stops = StopSignals::register()?;
 
-    let metrics_server = match &metrics_bind {
+    let operators_server = match &operators_bind {
         Some(addr) => {
             let state = state.clone();
             let server = HttpServer::new(move || {
                 App::new()
                     .app_data(state.clone())
-                    .configure(routes::admin_routes)
+                    .configure(extractor_errors)
+                    .configure(routes::configure_operators)
             })
             .workers(1)
             .tcp_nodelay(true)
+            .disable_signals()
+            .shutdown_timeout(shutdown_timeout)
             .bind(addr)
-            .with_context(|| format!("binding the metrics listener {addr}"))?
+            .with_context(|| format!("binding the operators' listener (metrics.bind) {addr}"))?
             .run();
             Some(server)
         }
         None => None,
     };
-    let serve_metrics_here = metrics_bind.is_none();
     let main_server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .configure(extractor_errors)
             .wrap(routes::default_headers())
             .wrap(from_fn(metrics::track_requests))
-            .configure(|cfg| routes::configure(cfg, serve_metrics_here))
+            .configure(routes::configure)
     })
     // Without it, a body that is not ready together with the headers (a cache or file
     // read) waits for the client's delayed ACK: ~40 ms per small download (measured:
     // Redis-cached 4 KiB downloads went from 361 to 10,584 req/s).
     .tcp_nodelay(true)
+    .disable_signals()
+    .shutdown_timeout(shutdown_timeout)
     .bind(&bind)
     .with_context(|| format!("binding the listener {bind}"))?
     .run();
-    info!(%bind, metrics = metrics_bind.as_deref().unwrap_or("/metrics on the main listener"), "media-repo listening");
+    info!(
+        %bind,
+        operators = operators_bind.as_deref().unwrap_or("off (metrics.bind: null)"),
+        shutdown_timeout_secs = shutdown_timeout,
+        "media-repo listening; /metrics and /_media_repo/v1/cache are only on the operators' listener"
+    );
 
-    match metrics_server {
-        Some(metrics_server) => {
-            let (main, metrics) = futures_util::future::join(main_server, metrics_server).await;
+    let mut handles = vec![main_server.handle()];
+    handles.extend(operators_server.as_ref().map(|server| server.handle()));
+    actix_web::rt::spawn(stops.stop_servers_on_signal(handles, shutdown_timeout));
+
+    match operators_server {
+        Some(operators_server) => {
+            let (main, operators) = futures_util::future::join(main_server, operators_server).await;
             main.context("main listener")?;
-            metrics.context("metrics listener")?;
+            operators.context("operators' listener")?;
         }
         None => main_server.await.context("main listener")?,
     }
     info!("media-repo stopped");
     Ok(())
+}
+
+/// SIGTERM/SIGINT (drain, then stop) and SIGQUIT (stop at once), handled here rather than
+/// by each `HttpServer`: a server that gets a signal itself stops the whole actix System as
+/// soon as its own workers are done, so the idle operators' listener would end the public
+/// listener's drain at once.
+struct StopSignals {
+    term: Signal,
+    int: Signal,
+    quit: Signal,
+}
+
+impl StopSignals {
+    fn register() -> anyhow::Result<StopSignals> {
+        let register = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("registering the {name} handler"))
+        };
+        Ok(StopSignals {
+            term: register(SignalKind::terminate(), "SIGTERM")?,
+            int: register(SignalKind::interrupt(), "SIGINT")?,
+            quit: register(SignalKind::quit(), "SIGQUIT")?,
+        })
+    }
+
+    /// Waits for a stop signal, then stops every listener together: each refuses new
+    /// connections and gives in-flight requests up to `shutdown_timeout_secs`.
+    async fn stop_servers_on_signal(
+        mut self,
+        servers: Vec<ServerHandle>,
+        shutdown_timeout_secs: u64,
+    ) {
+        let (name, graceful) = tokio::select! {
+            _ = self.term.recv() => ("SIGTERM", true),
+            _ = self.int.recv() => ("SIGINT", true),
+            _ = self.quit.recv() => ("SIGQUIT", false),
+        };
+        if graceful {
+            info!(
+                signal = name,
+                shutdown_timeout_secs,
+                "stopping: in-flight requests may finish until the drain timeout"
+            );
+        } else {
+            info!(signal = name, "stopping now");
+        }
+        futures_util::future::join_all(servers.iter().map(|server| server.stop(graceful))).await;
+    }
+}
+
+/// Matrix JSON for what actix's extractors refuse (see `error.rs`).
+fn extractor_errors(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(crate::error::query_config())
+        .app_data(crate::error::path_config())
+        .app_data(crate::error::json_config());
 }
 
 /// One line telling an operator where data goes and how to use Redis.

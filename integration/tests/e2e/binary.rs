@@ -28,6 +28,9 @@ fn starts_on_the_embedded_default_from_an_empty_directory() {
         logs.contains("Redis"),
         "startup line says how to use Redis:\n{logs}"
     );
+    // Metrics are on the operators' listener (127.0.0.1:9000), not the public one.
+    assert_eq!(repo.metrics_port(), 9000);
+    assert_eq!(repo.get("/metrics").unwrap().status, 404);
     let metrics = repo.metrics().unwrap();
     assert!(
         metrics.contains("media_repo_config_generation 1"),

@@ -7,6 +7,7 @@ mod binary;
 mod cache_redis;
 mod common;
 mod hardening;
+mod hardening_ops;
 mod media_api;
 mod real_deployment;
 mod reload;

@@ -44,11 +44,7 @@ fn sighup_adds_a_shard_and_a_broken_config_is_refused() {
     })
     .unwrap();
     assert_eq!(repo.metric_value("media_repo_config_generation"), Some(2.0));
-    let status: serde_json::Value =
-        reqwest::blocking::get(format!("{}/_media_repo/v1/cache", repo.base_url()))
-            .unwrap()
-            .json()
-            .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&repo.cache_status().unwrap()).unwrap();
     let names: Vec<&str> = status["shards"]
         .as_array()
         .unwrap()

@@ -38,6 +38,7 @@ on_both_backends!(
     migrations_are_idempotent,
     oversized_size_is_rejected,
     location_in_use_counts_rows_sharing_an_object,
+    ping_answers_on_a_usable_database,
 );
 
 fn media(origin: &str, media_id: &str) -> MediaRecord {
@@ -344,6 +345,30 @@ async fn oversized_size_is_rejected(fx: &Fixture) {
         Err(Error::OutOfRange { .. })
     ));
     assert_eq!(db.media_count().await.unwrap(), 0);
+}
+
+async fn ping_answers_on_a_usable_database(fx: &Fixture) {
+    let db = fx.connect().await;
+    db.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn ping_fails_once_the_sqlite_file_is_deleted_or_replaced() {
+    let fx = Fixture::sqlite();
+    let db = fx.connect().await;
+    db.ping().await.unwrap();
+    let path = std::path::PathBuf::from(fx.url().trim_start_matches("sqlite://"));
+    let moved = path.with_extension("moved");
+    std::fs::rename(&path, &moved).unwrap();
+    // Open connections would go on answering on the moved file (and a new pool connection
+    // would create an empty one at the path): only the path's identity tells.
+    assert!(matches!(db.ping().await, Err(Error::DatabaseFileGone(p)) if p == path));
+    // A different file at the same path is not the database either.
+    std::fs::write(&path, b"").unwrap();
+    assert!(matches!(db.ping().await, Err(Error::DatabaseFileGone(_))));
+    std::fs::remove_file(&path).unwrap();
+    std::fs::rename(&moved, &path).unwrap();
+    db.ping().await.unwrap();
 }
 
 #[tokio::test]

@@ -347,3 +347,18 @@ fn writer_outside_a_runtime_is_an_error() {
     assert!(matches!(store.writer(10), Err(Error::NoRuntime)));
     assert!(files_under(&dir.path().join("tmp")).is_empty());
 }
+
+#[tokio::test]
+async fn check_writable_notices_a_missing_directory() {
+    let (_dir, store) = store();
+    store.check_writable().unwrap();
+    assert_eq!(
+        temp_files(&store),
+        Vec::<PathBuf>::new(),
+        "the probe is removed"
+    );
+    std::fs::remove_dir_all(store.root().join("tmp")).unwrap();
+    assert!(matches!(store.check_writable(), Err(Error::Io { .. })));
+    std::fs::remove_dir_all(store.root()).unwrap();
+    assert!(matches!(store.check_writable(), Err(Error::Io { .. })));
+}
