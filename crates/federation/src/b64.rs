@@ -1,16 +1,20 @@
 //! Base64 as Matrix uses it: written as standard unpadded base64 (spec appendix "Unpadded
 //! Base64"), read with or without padding, because the spec asks readers to accept both
-//! and Synapse's `signing.key` files carry either.
+//! and Synapse's `signing.key` files carry either. Reading also ignores non-zero unused
+//! trailing bits, as Python's decoder (Synapse, signedjson) does: the spec's own test seed
+//! `…XA1` has them, and a strict decoder would refuse keys Synapse accepts.
 
 use base64::alphabet::STANDARD;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
 
-/// Standard alphabet; padding optional on input.
+/// Standard alphabet; padding optional and trailing bits ignored on input.
 const LENIENT: GeneralPurpose = GeneralPurpose::new(
     &STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
 );
 
 /// Unpadded standard base64, the only form we emit.
@@ -57,6 +61,8 @@ mod tests {
         // URL-safe alphabet is not the Matrix alphabet.
         assert!(decode("-_8").is_err());
         assert_eq!(decode_array::<2>("Zm8"), Some(*b"fo"));
+        // "Zm9" has two unused, non-zero bits after "fo".
+        assert_eq!(decode("Zm9").unwrap(), b"fo");
         assert_eq!(decode_array::<3>("Zm8"), None);
     }
 }

@@ -14,9 +14,11 @@
 mod b64;
 pub mod canonical_json;
 pub mod error;
+pub mod signing_key;
 
 pub use canonical_json::{to_canonical_json, to_canonical_json_for_signing};
 pub use error::{
     CanonicalJsonError, CidrError, Error, MultipartError, Result, ServerKeysError, SigningKeyError,
     XMatrixError,
 };
+pub use signing_key::SigningKey;
