@@ -15,6 +15,7 @@ mod b64;
 pub mod canonical_json;
 pub mod error;
 pub mod signing_key;
+pub mod xmatrix;
 
 pub use canonical_json::{to_canonical_json, to_canonical_json_for_signing};
 pub use error::{
@@ -22,3 +23,4 @@ pub use error::{
     XMatrixError,
 };
 pub use signing_key::SigningKey;
+pub use xmatrix::{parse_header, sign_request, verify, RequestToSign, XMatrix};

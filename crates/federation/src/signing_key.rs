@@ -235,10 +235,13 @@ pub(crate) mod tests {
         assert_eq!(parsed.public_key_base64(), first.public_key_base64());
     }
 
+    /// Which error a bad input must produce.
+    type Expect = fn(&SigningKeyError) -> bool;
+
     #[test]
     fn errors_name_the_problem_without_the_seed() {
         let seed = b64::encode(&[7u8; 32]);
-        let cases: Vec<(String, fn(&SigningKeyError) -> bool)> = vec![
+        let cases: Vec<(String, Expect)> = vec![
             (String::new(), |e| matches!(e, SigningKeyError::Empty)),
             (" \n\n".into(), |e| matches!(e, SigningKeyError::Empty)),
             (format!("ed25519 {seed}"), |e| {
