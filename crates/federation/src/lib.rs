@@ -14,6 +14,7 @@
 mod b64;
 pub mod canonical_json;
 pub mod error;
+pub mod server_keys;
 pub mod signing_key;
 pub mod xmatrix;
 
@@ -21,6 +22,10 @@ pub use canonical_json::{to_canonical_json, to_canonical_json_for_signing};
 pub use error::{
     CanonicalJsonError, CidrError, Error, MultipartError, Result, ServerKeysError, SigningKeyError,
     XMatrixError,
+};
+pub use server_keys::{
+    our_key_document, parse_key_document, verify_key_document, OldVerifyKey, ServerKeys,
+    MAX_KEY_DOCUMENT_BYTES,
 };
 pub use signing_key::SigningKey;
 pub use xmatrix::{parse_header, sign_request, verify, RequestToSign, XMatrix};
