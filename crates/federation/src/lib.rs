@@ -1,0 +1,31 @@
+//! Matrix federation building blocks for media-repo: what it needs to fetch remote media
+//! and to serve its own media over federation. Pure: no I/O except reading a key file
+//! (`SigningKey::from_file`) and pulling the response body stream a caller hands to the
+//! multipart parser; no HTTP server, no actix.
+//!
+//! * [`canonical_json`] — the byte string Matrix signatures cover.
+//! * [`signing_key`] — [`SigningKey`] from Synapse's `signing.key` format; ed25519 signing.
+//! * [`xmatrix`] — signing and checking `Authorization: X-Matrix` request headers.
+//! * [`server_keys`] — checking a remote server's `/_matrix/key/v2/server` document, and
+//!   producing our own.
+//! * [`multipart`] — streaming parser for the federation media `multipart/mixed` response.
+//! * [`ip_policy`] — which addresses federation may dial (SSRF rules, allow-list).
+
+mod b64;
+pub mod canonical_json;
+pub mod error;
+pub mod server_keys;
+pub mod signing_key;
+pub mod xmatrix;
+
+pub use canonical_json::{to_canonical_json, to_canonical_json_for_signing};
+pub use error::{
+    CanonicalJsonError, CidrError, Error, MultipartError, Result, ServerKeysError, SigningKeyError,
+    XMatrixError,
+};
+pub use server_keys::{
+    our_key_document, parse_key_document, verify_key_document, OldVerifyKey, ServerKeys,
+    MAX_KEY_DOCUMENT_BYTES,
+};
+pub use signing_key::SigningKey;
+pub use xmatrix::{parse_header, sign_request, verify, RequestToSign, XMatrix};
