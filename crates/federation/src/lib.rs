@@ -14,6 +14,8 @@
 mod b64;
 pub mod canonical_json;
 pub mod error;
+pub mod ip_policy;
+pub mod multipart;
 pub mod server_keys;
 pub mod signing_key;
 pub mod xmatrix;
@@ -23,6 +25,8 @@ pub use error::{
     CanonicalJsonError, CidrError, Error, MultipartError, Result, ServerKeysError, SigningKeyError,
     XMatrixError,
 };
+pub use ip_policy::{is_globally_routable, Cidr, IpPolicy};
+pub use multipart::{MediaBody, MediaResponse, MultipartMedia};
 pub use server_keys::{
     our_key_document, parse_key_document, verify_key_document, OldVerifyKey, ServerKeys,
     MAX_KEY_DOCUMENT_BYTES,
