@@ -18,6 +18,7 @@ mod redis_server;
 pub mod synapse;
 mod test_ca;
 mod wait;
+mod watched;
 
 pub use binary::{media_repo_bin, try_media_repo_bin};
 pub use media_repo::MediaRepo;

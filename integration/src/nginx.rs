@@ -10,13 +10,13 @@
 //! count which requests reached it and where they went.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 use crate::free_port;
 use crate::test_ca::ServerCert;
+use crate::watched::Watched;
 
 /// How long nginx may take to listen; it starts in milliseconds, so this means it failed.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,13 +27,16 @@ const MEDIA_LOCATION: &str = "~ ^/_matrix/(media|client/v1/media|federation/v1/m
 
 const ACCESS_LOG: &str = "access.log";
 const ERROR_LOG: &str = "error.log";
+/// nginx's stdout and stderr: config errors land here before the error log is open.
 const STDERR_LOG: &str = "stderr.log";
+const PID_FILE: &str = "watched.pid";
 
-/// A running nginx, stopped on drop.
+/// A running nginx, killed on drop (and by its watchdog if the test process dies first).
 pub struct Nginx {
-    child: Child,
+    process: Watched,
     port: u16,
     scheme: &'static str,
+    /// Declared after `process`, so the dir goes only after nginx is dead.
     dir: tempfile::TempDir,
 }
 
@@ -197,20 +200,22 @@ http {{
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
-        let child = Command::new(nginx_bin())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(dir.path())
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            // Config errors go to stderr before the error log is open.
-            .stderr(crate::process::open_append(&dir.path().join(STDERR_LOG))?)
-            .spawn()
-            .context("starting nginx (apt-get install nginx-light)")?;
-        let mut nginx = Nginx {
-            child,
+        let d = dir.path();
+        let path_str = |p: &'_ Path| -> anyhow::Result<String> {
+            Ok(p.to_str().context("non-UTF-8 temp dir")?.to_owned())
+        };
+        let (conf_arg, prefix_arg) = (path_str(&conf_path)?, path_str(d)?);
+        let process = Watched::spawn(
+            &nginx_bin(),
+            &["-c", &conf_arg, "-p", &prefix_arg, "-g", "daemon off;"],
+            d,
+            &d.join(STDERR_LOG),
+            &d.join(PID_FILE),
+            Some(d),
+        )
+        .context("starting nginx (apt-get install nginx-light)")?;
+        let nginx = Nginx {
+            process,
             port,
             scheme,
             dir,
@@ -220,10 +225,11 @@ http {{
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Ok(nginx);
             }
-            if let Ok(Some(status)) = nginx.child.try_wait() {
-                let log =
-                    std::fs::read_to_string(nginx.dir.path().join(ERROR_LOG)).unwrap_or_default();
-                bail!("nginx exited with {status}: {log}");
+            if let Some(how) = nginx.process.exited() {
+                let log = [STDERR_LOG, ERROR_LOG]
+                    .map(|f| std::fs::read_to_string(nginx.dir.path().join(f)).unwrap_or_default())
+                    .concat();
+                bail!("nginx exited ({how}): {log}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -240,7 +246,12 @@ http {{
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
+    }
+
+    /// The pid of the watchdog shell that kills nginx if the test process dies.
+    pub fn watchdog_pid(&self) -> u32 {
+        self.process.watchdog_pid()
     }
 
     /// The access log so far: one line per answered request,
@@ -260,12 +271,5 @@ http {{
                     .is_some_and(|uri| uri.contains(path_substring))
             })
             .count()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -11,10 +11,9 @@
 //!   TLS-terminating nginx there (`Nginx::tls`) in front of both Synapse and media-repo.
 //!
 //! Each instance is owned by its test: its own temp dir, free ports, signing key and SQLite
-//! database (so no federation backoff survives from an earlier run). Synapse runs under the
-//! same kind of shell wrapper as the shared Synapse, which kills it when the test process is
-//! gone (a SIGKILLed test runs no `Drop`); dropping the handle stops the wrapper, which kills
-//! Synapse first.
+//! database (so no federation backoff survives from an earlier run). Synapse runs under a
+//! watchdog (`Watched`, the shared Synapse's mechanism) that kills it when the test process is
+//! gone; dropping the handle kills it at once.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,28 +24,21 @@ use tempfile::TempDir;
 
 use super::{password_login, python_venv, register_user, REGISTRATION_SECRET, START_TIMEOUT};
 use crate::http;
-use crate::pid_exists;
 use crate::ports::free_port;
-use crate::process::{read_from, tail, Proc, LOG_TAIL_LINES};
+use crate::process::{read_from, tail, LOG_TAIL_LINES};
 use crate::test_ca::TestCa;
 use crate::wait::wait_until;
+use crate::watched::Watched;
 
 /// Bound for one `/health` probe while Synapse starts; it is local, so a slow answer means
 /// it is still busy starting.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How long a drop waits for the wrapper to kill Synapse after SIGTERM before SIGKILLing the
-/// wrapper itself. The wrapper reacts within one of its polls (it sleeps interruptibly).
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long the wrapper sleeps between two checks that the test process still exists.
-const WATCH_INTERVAL: &str = "0.5";
-
 /// Synapse's own log (INFO, unbuffered, so a request is counted as soon as it is answered).
 const LOG_FILE: &str = "homeserver.log";
-/// stdout and stderr of the wrapper and Synapse (start-up failures land here).
+/// stdout and stderr of Synapse (start-up failures land here).
 const OUT_FILE: &str = "synapse.out";
-/// The wrapper writes Synapse's pid here (Synapse writes `pid_file` only when daemonized).
+/// The watchdog writes Synapse's pid here (Synapse writes `pid_file` only when daemonized).
 const PID_FILE: &str = "synapse.pid";
 const SIGNING_KEY_FILE: &str = "signing.key";
 
@@ -69,7 +61,7 @@ pub struct FederatingSynapseBuilder<'a> {
 }
 
 /// A running Synapse with an IP-literal server name. Dropping it kills Synapse (and its
-/// wrapper) and removes its dir; when the drop happens because the test panicked, the last
+/// watchdog) and removes its dir; when the drop happens because the test panicked, the last
 /// lines of its log go to stderr first.
 pub struct FederatingSynapse {
     /// `127.0.0.1:<federation port>`: the server name in user ids, mxc URIs and signatures.
@@ -78,11 +70,9 @@ pub struct FederatingSynapse {
     client_port: u16,
     internal_federation_port: Option<u16>,
     key_id: String,
-    synapse_pid: u32,
     venv: PathBuf,
-    /// The shell wrapper, our child; Synapse is its child.
-    wrapper: Proc,
-    /// Declared after `wrapper`, so the dir goes only after the processes are dead.
+    process: Watched,
+    /// Declared after `process`, so the dir goes only after Synapse is dead.
     dir: TempDir,
 }
 
@@ -154,17 +144,26 @@ impl<'a> FederatingSynapseBuilder<'a> {
         std::fs::write(d.join("homeserver.yaml"), config)?;
         std::fs::write(d.join("log.yaml"), log_config_yaml(&d.join(LOG_FILE)))?;
 
-        let wrapper = Proc::spawn(wrapper_command(&venv, d), &d.join(OUT_FILE))
-            .context("starting the Synapse wrapper")?;
-        let mut synapse = FederatingSynapse {
+        let python = venv.join("bin/python");
+        let config = d.join("homeserver.yaml");
+        let config = config.to_str().context("non-UTF-8 temp dir")?;
+        let process = Watched::spawn(
+            &python,
+            &["-m", "synapse.app.homeserver", "-c", config],
+            d,
+            &d.join(OUT_FILE),
+            &d.join(PID_FILE),
+            Some(d),
+        )
+        .context("starting Synapse")?;
+        let synapse = FederatingSynapse {
             server_name,
             federation_port,
             client_port,
             internal_federation_port,
             key_id,
-            synapse_pid: 0,
             venv,
-            wrapper,
+            process,
             dir,
         };
         synapse.wait_started(self.listener)?;
@@ -224,12 +223,12 @@ impl FederatingSynapse {
 
     /// The Synapse (Python) process id.
     pub fn pid(&self) -> u32 {
-        self.synapse_pid
+        self.process.pid()
     }
 
-    /// The shell wrapper's process id.
-    pub fn wrapper_pid(&self) -> u32 {
-        self.wrapper.pid()
+    /// The pid of the watchdog shell that kills Synapse if the test process dies.
+    pub fn watchdog_pid(&self) -> u32 {
+        self.process.watchdog_pid()
     }
 
     pub fn dir(&self) -> &Path {
@@ -262,12 +261,11 @@ impl FederatingSynapse {
             .count()
     }
 
-    fn wait_started(&mut self, listener: FederationListener) -> anyhow::Result<()> {
+    fn wait_started(&self, listener: FederationListener) -> anyhow::Result<()> {
         let health = format!("{}/health", self.client_url());
-        let pid_file = self.dir.path().join(PID_FILE);
         let mut exited = None;
         let result = wait_until("Synapse to answer /health", START_TIMEOUT, || {
-            exited = self.wrapper.exited();
+            exited = self.process.exited();
             exited.is_some() || http::get(&health, PROBE_TIMEOUT).is_ok_and(|r| r.status == 200)
         });
         let failure = match (result, exited) {
@@ -275,7 +273,14 @@ impl FederatingSynapse {
             (Err(e), None) => Some(format!("{e:#}")),
             (Ok(()), None) => None,
         };
-        if failure.is_none() && listener == FederationListener::Tls {
+        if let Some(why) = failure {
+            bail!(
+                "Synapse {} did not start: {why}\n{}",
+                self.server_name,
+                self.log_tail()
+            );
+        }
+        if listener == FederationListener::Tls {
             // Both listeners start together; this only guards against a half-started server.
             let port = self.federation_port;
             if let Err(e) = wait_until("the federation port to listen", PROBE_TIMEOUT, || {
@@ -284,16 +289,6 @@ impl FederatingSynapse {
                 bail!("{e:#}\n{}", self.log_tail());
             }
         }
-        if let Some(why) = failure {
-            bail!(
-                "Synapse {} did not start: {why}\n{}",
-                self.server_name,
-                self.log_tail()
-            );
-        }
-        let pid = std::fs::read_to_string(&pid_file)
-            .with_context(|| format!("reading {}", pid_file.display()))?;
-        self.synapse_pid = pid.trim().parse().context("parsing Synapse's pid")?;
         Ok(())
     }
 
@@ -317,25 +312,9 @@ impl Drop for FederatingSynapse {
                 self.log_tail()
             );
         }
-        // SIGTERM: the wrapper's trap kills Synapse with -9 and reaps it, then exits.
-        self.wrapper.signal(libc::SIGTERM);
-        let _ = wait_until("the Synapse wrapper to exit", STOP_TIMEOUT, || {
-            !self.wrapper.is_alive()
-        });
-        self.wrapper.kill_and_wait();
-        // Only if the wrapper itself was killed before it could act (Synapse is then an
-        // orphan): never signal a pid that is no longer a Synapse.
-        if self.synapse_pid != 0 && pid_exists(self.synapse_pid) && is_synapse(self.synapse_pid) {
-            // SAFETY: kill(2) has no memory-safety preconditions; the pid was checked above.
-            unsafe { libc::kill(self.synapse_pid as libc::pid_t, libc::SIGKILL) };
-        }
+        // Before the dir goes (fields drop after this).
+        self.process.stop();
     }
-}
-
-fn is_synapse(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("synapse.app.homeserver"))
-        .unwrap_or(false)
 }
 
 /// Generates a signing key with Synapse's own tool and returns its id (`ed25519:<version>`).
@@ -439,25 +418,4 @@ disable_existing_loggers: false
 "#,
         log.display()
     )
-}
-
-/// `sh -c` running Synapse as its child: it records Synapse's pid, kills Synapse with -9 when
-/// told to stop (SIGTERM, from `Drop`) or when the test process is gone (then it also removes
-/// the dir, which no `Drop` will), and exits when Synapse exits. `sleep & wait` so a SIGTERM
-/// interrupts the wait at once instead of after the sleep.
-fn wrapper_command(venv: &Path, dir: &Path) -> Command {
-    let script = format!(
-        "trap 'kill -9 $child 2>/dev/null; wait $child; exit 0' TERM\n\
-         \"{py}\" -m synapse.app.homeserver -c \"{d}/homeserver.yaml\" & child=$!\n\
-         echo $child > \"{d}/{PID_FILE}\"\n\
-         while kill -0 {parent} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep {WATCH_INTERVAL} & wait $!; done\n\
-         kill -9 $child 2>/dev/null\n\
-         kill -0 {parent} 2>/dev/null || rm -rf \"{d}\"\n",
-        py = venv.join("bin/python").display(),
-        d = dir.display(),
-        parent = std::process::id(),
-    );
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", &script]).current_dir(dir);
-    cmd
 }
