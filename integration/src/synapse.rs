@@ -1,9 +1,9 @@
 //! A real Synapse homeserver (from PyPI, in a venv cached under the target directory) for the
 //! tests that need one: whoami for auth, users to log in, and matrix-nio as a real client.
 //!
-//! One Synapse per test binary, started on first use. It is started through a small shell
-//! wrapper that kills it when the test process is gone, because a process kept in a static is
-//! never dropped.
+//! One Synapse per test binary, started on first use. It runs under a watchdog (`Watched`)
+//! that kills it and removes its dir when the test process is gone, because a process kept in a
+//! static is never dropped.
 //!
 //! `FederatingSynapse` (in `synapse/federating.rs`) is the other kind: one per test, owned and
 //! killed on drop, with an IP-literal server name and a TLS federation listener, for tests in
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::free_port;
+use crate::watched::Watched;
 
 mod federating;
 pub use federating::{FederatingSynapse, FederatingSynapseBuilder, FederationListener};
@@ -115,6 +116,8 @@ pub struct Synapse {
     pub server_name: String,
     pub dir: PathBuf,
     venv: PathBuf,
+    /// Never dropped while the static lives; the watchdog ends Synapse with the test process.
+    _process: Watched,
 }
 
 impl Synapse {
@@ -201,25 +204,27 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
 "#
         );
         std::fs::write(dir.join("homeserver.yaml"), config)?;
-        let script = format!(
-            "\"{py}\" -m synapse.app.homeserver -c \"{d}/homeserver.yaml\" > \"{d}/synapse.out\" 2>&1 & child=$!\n\
-             while kill -0 {parent} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.5; done\n\
-             kill -9 $child 2>/dev/null; rm -rf \"{d}\"",
-            py = venv.join("bin/python").display(),
-            parent = std::process::id(),
-        );
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting Synapse")?;
+        let config_path = dir.join("homeserver.yaml");
+        let process = Watched::spawn(
+            &venv.join("bin/python"),
+            &[
+                "-m",
+                "synapse.app.homeserver",
+                "-c",
+                config_path.to_str().context("non-UTF-8 temp dir")?,
+            ],
+            &dir,
+            &dir.join("synapse.out"),
+            &dir.join("synapse.pid"),
+            Some(&dir),
+        )
+        .context("starting Synapse")?;
         let synapse = Synapse {
             port,
             server_name,
             dir,
             venv,
+            _process: process,
         };
         synapse.wait_healthy()?;
         Ok(synapse)

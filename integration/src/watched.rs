@@ -3,8 +3,8 @@
 //!
 //! `Drop` covers a failing test (unwinding runs it), but a test process killed with -9, or
 //! one that ends while a handle sits in a static, runs no `Drop`; without the watchdog a
-//! Synapse or nginx would then keep its port and files forever. The shared `Synapse` uses the
-//! same loop, inline.
+//! Synapse or nginx would then keep its port and files forever. The shared `Synapse`,
+//! `FederatingSynapse` and `Nginx` run under it.
 //!
 //! The watchdog is our child and the process is its child, so every signal the watchdog sends
 //! goes to a pid it has not reaped yet. Dropping the handle sends the watchdog SIGTERM; its
