@@ -173,14 +173,18 @@ fn tls_nginx_on_a_federation_port_routes_and_is_trusted_only_with_the_test_ca() 
     assert!(keys["verify_keys"][hs.key_id()].is_object(), "{keys}");
     let version = get_json(&trusting, &format!("{base}/_matrix/federation/v1/version"));
     assert_eq!(version["server"]["name"], "Synapse");
-    let media = trusting
-        .get(format!("{base}/_matrix/client/v1/media/config"))
-        .send()
-        .unwrap();
-    assert_eq!(media.status(), 502);
+    const MEDIA_PATHS: [&str; 3] = [
+        "/_matrix/client/v1/media/config",
+        "/_matrix/media/v3/config",
+        "/_matrix/federation/v1/media/download/abc",
+    ];
+    for path in MEDIA_PATHS {
+        let media = trusting.get(format!("{base}{path}")).send().unwrap();
+        assert_eq!(media.status(), 502, "{path}");
+    }
 
-    wait_until("nginx to log four requests", LOG_TIMEOUT, || {
-        nginx.access_log().lines().count() == 4
+    wait_until("nginx to log six requests", LOG_TIMEOUT, || {
+        nginx.access_log().lines().count() == 6
     })
     .unwrap();
     let log = nginx.access_log();
@@ -194,17 +198,20 @@ fn tls_nginx_on_a_federation_port_routes_and_is_trusted_only_with_the_test_ca() 
         upstream_of("/_matrix/key/v2/server"),
         internal.replace("http://", "")
     );
-    assert_eq!(
-        upstream_of("/_matrix/client/v1/media/config"),
-        format!("127.0.0.1:{media_port}")
-    );
+    for path in MEDIA_PATHS {
+        assert_eq!(
+            upstream_of(path),
+            format!("127.0.0.1:{media_port}"),
+            "{path}"
+        );
+    }
     assert_eq!(nginx.count_requests("/_matrix/key/"), 1);
     wait_until("Synapse to log the proxied requests", LOG_TIMEOUT, || {
         hs.count_requests("/_matrix/key/v2/server") == 1
             && hs.count_requests("/_matrix/federation/v1/version") == 1
     })
     .unwrap();
-    assert_eq!(hs.count_requests("/media/config"), 0);
+    assert_eq!(hs.count_requests("/media/"), 0);
 
     // Without the CA the certificate is not trusted.
     let err = https_client(None)
