@@ -41,8 +41,10 @@ pub struct Nginx {
 }
 
 /// Options for a TLS-terminating nginx; `start` launches it. Each upstream is a base URL
-/// (`http://127.0.0.1:port`, no path); a path class with no upstream falls through to the
-/// next one down (media → federation → client), and with no client upstream the rest is 404.
+/// (`http://127.0.0.1:port`, no path). Without a media upstream, media paths go where their
+/// prefix goes (federation media to the federation upstream, the rest to the client one);
+/// without a federation upstream, federation and key paths go to the client upstream; without
+/// a client upstream, what is left answers 404.
 pub struct TlsNginxBuilder<'a> {
     cert: &'a ServerCert,
     port: Option<u16>,
