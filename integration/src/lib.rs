@@ -17,7 +17,9 @@ mod ports;
 mod process;
 mod redis_server;
 pub mod synapse;
+mod test_ca;
 mod wait;
+mod watched;
 
 pub use binary::{media_repo_bin, try_media_repo_bin};
 pub use log_capture::{capture_logs, LogCapture, MAX_CAPTURED_BYTES};
@@ -27,5 +29,6 @@ pub use pg_schema::{schema_exists as pg_schema_exists, PgSchema};
 pub use ports::free_port;
 pub use process::pid_exists;
 pub use redis_server::{redis_ping, RedisServer};
-pub use synapse::Synapse;
+pub use synapse::{FederatingSynapse, FederationListener, Synapse};
+pub use test_ca::{ServerCert, TestCa};
 pub use wait::wait_until;

@@ -1,9 +1,13 @@
 //! A real Synapse homeserver (from PyPI, in a venv cached under the target directory) for the
 //! tests that need one: whoami for auth, users to log in, and matrix-nio as a real client.
 //!
-//! One Synapse per test binary, started on first use. It is started through a small shell
-//! wrapper that kills it when the test process is gone, because a process kept in a static is
-//! never dropped.
+//! One Synapse per test binary, started on first use. It runs under a watchdog (`Watched`)
+//! that kills it and removes its dir when the test process is gone, because a process kept in a
+//! static is never dropped.
+//!
+//! `FederatingSynapse` (in `synapse/federating.rs`) is the other kind: one per test, owned and
+//! killed on drop, with an IP-literal server name and a TLS federation listener, for tests in
+//! which homeservers (and media-repo) talk over federation.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,16 +17,20 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::free_port;
+use crate::watched::Watched;
+
+mod federating;
+pub use federating::{FederatingSynapse, FederatingSynapseBuilder, FederationListener};
 
 /// Pinned so every run tests against the same homeserver and client.
 pub const SYNAPSE_PACKAGE: &str = "matrix-synapse==1.163.2";
 pub const NIO_PACKAGE: &str = "matrix-nio==0.26.0";
 /// Shared secret for `register_new_matrix_user`.
-const REGISTRATION_SECRET: &str = "media-repo-tests-registration-secret";
+pub(crate) const REGISTRATION_SECRET: &str = "media-repo-tests-registration-secret";
 /// Password of every test user.
 pub const USER_PASSWORD: &str = "correct horse battery staple";
 /// Synapse takes a few seconds to start on a loaded 2-core machine.
-const START_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The target directory of this build (`…/target`).
 pub fn target_dir() -> PathBuf {
@@ -108,6 +116,8 @@ pub struct Synapse {
     pub server_name: String,
     pub dir: PathBuf,
     venv: PathBuf,
+    /// Never dropped while the static lives; the watchdog ends Synapse with the test process.
+    _process: Watched,
 }
 
 impl Synapse {
@@ -194,25 +204,27 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
 "#
         );
         std::fs::write(dir.join("homeserver.yaml"), config)?;
-        let script = format!(
-            "\"{py}\" -m synapse.app.homeserver -c \"{d}/homeserver.yaml\" > \"{d}/synapse.out\" 2>&1 & child=$!\n\
-             while kill -0 {parent} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 0.5; done\n\
-             kill -9 $child 2>/dev/null; rm -rf \"{d}\"",
-            py = venv.join("bin/python").display(),
-            parent = std::process::id(),
-        );
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting Synapse")?;
+        let config_path = dir.join("homeserver.yaml");
+        let process = Watched::spawn(
+            &venv.join("bin/python"),
+            &[
+                "-m",
+                "synapse.app.homeserver",
+                "-c",
+                config_path.to_str().context("non-UTF-8 temp dir")?,
+            ],
+            &dir,
+            &dir.join("synapse.out"),
+            &dir.join("synapse.pid"),
+            Some(&dir),
+        )
+        .context("starting Synapse")?;
         let synapse = Synapse {
             port,
             server_name,
             dir,
             venv,
+            _process: process,
         };
         synapse.wait_healthy()?;
         Ok(synapse)
@@ -238,43 +250,13 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
 
     /// Registers `localpart` (if new) and logs in: returns a fresh access token.
     pub fn user_token(&self, localpart: &str) -> anyhow::Result<String> {
-        let out = Command::new(self.venv.join("bin/register_new_matrix_user"))
-            .args([
-                "-u",
-                localpart,
-                "-p",
-                USER_PASSWORD,
-                "--no-admin",
-                "-k",
-                REGISTRATION_SECRET,
-            ])
-            .arg(self.base_url())
-            .output()
-            .context("register_new_matrix_user")?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() && !stderr.contains("User ID already taken") {
-            bail!("registering {localpart} failed: {stderr}");
-        }
+        register_user(&self.venv, &self.base_url(), localpart)?;
         self.login(localpart)
     }
 
     /// Logs `localpart` in with the test password: a new access token each call.
     pub fn login(&self, localpart: &str) -> anyhow::Result<String> {
-        let body = serde_json::json!({
-            "type": "m.login.password",
-            "identifier": {"type": "m.id.user", "user": localpart},
-            "password": USER_PASSWORD,
-        });
-        let response: serde_json::Value = reqwest::blocking::Client::new()
-            .post(format!("{}/_matrix/client/v3/login", self.base_url()))
-            .json(&body)
-            .send()?
-            .error_for_status()?
-            .json()?;
-        response["access_token"]
-            .as_str()
-            .map(str::to_owned)
-            .context("login answer has no access_token")
+        password_login(&self.base_url(), localpart)
     }
 
     /// Logs a token out, so it becomes invalid.
@@ -287,4 +269,46 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
             .error_for_status()?;
         Ok(())
     }
+}
+
+/// Registers `localpart` (unless it exists) on the homeserver whose client API is at
+/// `base_url`, with the shared registration secret every test Synapse is configured with.
+pub(crate) fn register_user(venv: &Path, base_url: &str, localpart: &str) -> anyhow::Result<()> {
+    let out = Command::new(venv.join("bin/register_new_matrix_user"))
+        .args([
+            "-u",
+            localpart,
+            "-p",
+            USER_PASSWORD,
+            "--no-admin",
+            "-k",
+            REGISTRATION_SECRET,
+        ])
+        .arg(base_url)
+        .output()
+        .context("register_new_matrix_user")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && !stderr.contains("User ID already taken") {
+        bail!("registering {localpart} failed: {stderr}");
+    }
+    Ok(())
+}
+
+/// Logs `localpart` in with the test password at `base_url`: a new access token each call.
+pub(crate) fn password_login(base_url: &str, localpart: &str) -> anyhow::Result<String> {
+    let body = serde_json::json!({
+        "type": "m.login.password",
+        "identifier": {"type": "m.id.user", "user": localpart},
+        "password": USER_PASSWORD,
+    });
+    let response: serde_json::Value = reqwest::blocking::Client::new()
+        .post(format!("{base_url}/_matrix/client/v3/login"))
+        .json(&body)
+        .send()?
+        .error_for_status()?
+        .json()?;
+    response["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("login answer has no access_token")
 }

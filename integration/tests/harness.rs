@@ -1,5 +1,8 @@
-//! Smoke tests of the harness itself against real redis-server and Postgres: if these
-//! fail, every other integration test's failure is suspect.
+//! Smoke tests of the harness itself against real redis-server, Postgres, Synapse and nginx:
+//! if these fail, every other integration test's failure is suspect.
+
+#[path = "harness/federation.rs"]
+mod federation;
 
 use std::io::ErrorKind;
 use std::net::TcpStream;
