@@ -127,6 +127,9 @@ impl MultipartMedia {
 
         let headers = reader.read_headers(&mut header_budget).await?;
         if let Some(location) = headers.get("location")? {
+            if location.is_empty() {
+                return Err(MultipartError::MalformedHeaders("empty Location"));
+            }
             reader.expect_close().await?;
             return Ok(MediaResponse::Redirect {
                 json,
@@ -806,6 +809,11 @@ mod tests {
             MultipartMedia::parse(&content_type(), chunked(with_body.as_bytes(), &[])).await,
             Err(MultipartError::RedirectWithBody)
         ));
+        let empty = wire.replace("https://cdn.example/media/abc?sig=1", "");
+        assert!(matches!(
+            MultipartMedia::parse(&content_type(), chunked(empty.as_bytes(), &[])).await,
+            Err(MultipartError::MalformedHeaders(_))
+        ));
         let third = wire.replace(&format!("--{B}--"), &format!("--{B}\r\n\r\nx\r\n--{B}--"));
         assert!(matches!(
             MultipartMedia::parse(&content_type(), chunked(third.as_bytes(), &[])).await,
@@ -979,6 +987,16 @@ mod tests {
             Some(Err(MultipartError::ExtraPart))
         ));
         assert!(body.next().await.is_none());
+    }
+
+    #[test]
+    fn parsing_and_the_body_are_send_for_a_send_stream() {
+        // The web layer spawns these on tokio: a !Send future would not compile there.
+        fn assert_send<T: Send>(_: &T) {}
+        let parse = MultipartMedia::parse(B, chunked(b"", &[]));
+        assert_send(&parse);
+        let body: Option<MediaBody<Chunks>> = None;
+        assert_send(&body);
     }
 
     #[tokio::test]
