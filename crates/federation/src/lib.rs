@@ -14,6 +14,7 @@
 mod b64;
 pub mod canonical_json;
 pub mod error;
+mod http_syntax;
 pub mod ip_policy;
 pub mod multipart;
 pub mod server_keys;

@@ -35,6 +35,7 @@ use memchr::memmem;
 use serde_json::Value;
 
 use crate::error::MultipartError;
+use crate::http_syntax::{is_token_char, quoted_string};
 
 /// Largest JSON part (today always `{}`); more is a broken or hostile peer.
 pub const MAX_JSON_PART_BYTES: usize = 64 * 1024;
@@ -174,27 +175,14 @@ pub fn boundary_from_content_type(content_type: &str) -> Result<String, Multipar
         };
         let after = after.trim_start_matches([' ', '\t']);
         let value;
-        if let Some(quoted) = after.strip_prefix('"') {
-            let mut text = String::new();
-            let mut chars = quoted.char_indices();
-            let end = loop {
-                match chars.next() {
-                    Some((i, '"')) => break i + 1,
-                    Some((_, '\\')) => match chars.next() {
-                        Some((_, c)) => text.push(c),
-                        None => return Err(MultipartError::BadBoundary),
-                    },
-                    Some((_, c)) => text.push(c),
-                    None => return Err(MultipartError::BadBoundary),
-                }
-            };
-            value = text;
-            rest = &quoted[end..];
-        } else {
-            let end = after.find(';').unwrap_or(after.len());
-            value = after[..end].trim_end_matches([' ', '\t']).to_owned();
-            rest = &after[end..];
-        }
+        (value, rest) = match after.strip_prefix('"') {
+            Some(quoted) => quoted_string(quoted).ok_or(MultipartError::BadBoundary)?,
+            None => {
+                let end = after.find(';').unwrap_or(after.len());
+                let token = after[..end].trim_end_matches([' ', '\t']);
+                (token.to_owned(), &after[end..])
+            }
+        };
         if name.eq_ignore_ascii_case("boundary") && boundary.replace(value).is_some() {
             return Err(MultipartError::BadBoundary); // Two boundaries: which one?
         }
@@ -524,11 +512,6 @@ impl PartHeaders {
         }
         Ok(first)
     }
-}
-
-/// RFC 9110 `tchar`.
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
