@@ -133,8 +133,8 @@ pub fn parse_header(header: &str) -> Result<XMatrix, XMatrixError> {
     let mut destination = None;
     let mut key = None;
     let mut sig = None;
-    for (name, value) in Params::new(params) {
-        let (name, value) = (name?, value);
+    for param in Params::new(params) {
+        let (name, value) = param?;
         let slot = match name.to_ascii_lowercase().as_str() {
             "origin" => &mut origin,
             "destination" => &mut destination,
@@ -223,20 +223,16 @@ impl<'a> Params<'a> {
 }
 
 impl<'a> Iterator for Params<'a> {
-    type Item = (Result<&'a str, XMatrixError>, String);
+    type Item = Result<(&'a str, String), XMatrixError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
         }
-        match self.next_param() {
-            Ok(Some((name, value))) => Some((Ok(name), value)),
-            Ok(None) => None,
-            Err(e) => {
-                self.failed = true;
-                Some((Err(e), String::new()))
-            }
-        }
+        let next = self.next_param().transpose();
+        // After an error the position is unknown: stop rather than guess.
+        self.failed = matches!(next, Some(Err(_)));
+        next
     }
 }
 
