@@ -14,11 +14,16 @@
 mod b64;
 pub mod canonical_json;
 pub mod error;
+mod http_syntax;
 pub mod ip_policy;
 pub mod multipart;
 pub mod server_keys;
 pub mod signing_key;
 pub mod xmatrix;
+
+/// The public-key type in this crate's API (key lookups for [`verify`], [`ServerKeys`]),
+/// re-exported so callers need no direct ed25519-dalek dependency.
+pub use ed25519_dalek::VerifyingKey;
 
 pub use canonical_json::{to_canonical_json, to_canonical_json_for_signing};
 pub use error::{

@@ -35,6 +35,7 @@ use memchr::memmem;
 use serde_json::Value;
 
 use crate::error::MultipartError;
+use crate::http_syntax::{is_token_char, quoted_string};
 
 /// Largest JSON part (today always `{}`); more is a broken or hostile peer.
 pub const MAX_JSON_PART_BYTES: usize = 64 * 1024;
@@ -127,6 +128,9 @@ impl MultipartMedia {
 
         let headers = reader.read_headers(&mut header_budget).await?;
         if let Some(location) = headers.get("location")? {
+            if location.is_empty() {
+                return Err(MultipartError::MalformedHeaders("empty Location"));
+            }
             reader.expect_close().await?;
             return Ok(MediaResponse::Redirect {
                 json,
@@ -171,27 +175,14 @@ pub fn boundary_from_content_type(content_type: &str) -> Result<String, Multipar
         };
         let after = after.trim_start_matches([' ', '\t']);
         let value;
-        if let Some(quoted) = after.strip_prefix('"') {
-            let mut text = String::new();
-            let mut chars = quoted.char_indices();
-            let end = loop {
-                match chars.next() {
-                    Some((i, '"')) => break i + 1,
-                    Some((_, '\\')) => match chars.next() {
-                        Some((_, c)) => text.push(c),
-                        None => return Err(MultipartError::BadBoundary),
-                    },
-                    Some((_, c)) => text.push(c),
-                    None => return Err(MultipartError::BadBoundary),
-                }
-            };
-            value = text;
-            rest = &quoted[end..];
-        } else {
-            let end = after.find(';').unwrap_or(after.len());
-            value = after[..end].trim_end_matches([' ', '\t']).to_owned();
-            rest = &after[end..];
-        }
+        (value, rest) = match after.strip_prefix('"') {
+            Some(quoted) => quoted_string(quoted).ok_or(MultipartError::BadBoundary)?,
+            None => {
+                let end = after.find(';').unwrap_or(after.len());
+                let token = after[..end].trim_end_matches([' ', '\t']);
+                (token.to_owned(), &after[end..])
+            }
+        };
         if name.eq_ignore_ascii_case("boundary") && boundary.replace(value).is_some() {
             return Err(MultipartError::BadBoundary); // Two boundaries: which one?
         }
@@ -523,11 +514,6 @@ impl PartHeaders {
     }
 }
 
-/// RFC 9110 `tchar`.
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -806,6 +792,11 @@ mod tests {
             MultipartMedia::parse(&content_type(), chunked(with_body.as_bytes(), &[])).await,
             Err(MultipartError::RedirectWithBody)
         ));
+        let empty = wire.replace("https://cdn.example/media/abc?sig=1", "");
+        assert!(matches!(
+            MultipartMedia::parse(&content_type(), chunked(empty.as_bytes(), &[])).await,
+            Err(MultipartError::MalformedHeaders(_))
+        ));
         let third = wire.replace(&format!("--{B}--"), &format!("--{B}\r\n\r\nx\r\n--{B}--"));
         assert!(matches!(
             MultipartMedia::parse(&content_type(), chunked(third.as_bytes(), &[])).await,
@@ -979,6 +970,16 @@ mod tests {
             Some(Err(MultipartError::ExtraPart))
         ));
         assert!(body.next().await.is_none());
+    }
+
+    #[test]
+    fn parsing_and_the_body_are_send_for_a_send_stream() {
+        // The web layer spawns these on tokio: a !Send future would not compile there.
+        fn assert_send<T: Send>(_: &T) {}
+        let parse = MultipartMedia::parse(B, chunked(b"", &[]));
+        assert_send(&parse);
+        let body: Option<MediaBody<Chunks>> = None;
+        assert_send(&body);
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::canonical_json::to_canonical_json;
 use crate::error::XMatrixError;
+use crate::http_syntax::{is_token_char, quoted_string};
 use crate::signing_key::{verify_base64, SigningKey, ED25519};
 
 /// Longest `Authorization` header we parse. A real one is about 200 bytes (two server
@@ -132,8 +133,8 @@ pub fn parse_header(header: &str) -> Result<XMatrix, XMatrixError> {
     let mut destination = None;
     let mut key = None;
     let mut sig = None;
-    for (name, value) in Params::new(params) {
-        let (name, value) = (name?, value);
+    for param in Params::new(params) {
+        let (name, value) = param?;
         let slot = match name.to_ascii_lowercase().as_str() {
             "origin" => &mut origin,
             "destination" => &mut destination,
@@ -195,23 +196,9 @@ impl<'a> Params<'a> {
         }
         let after = after.trim_start_matches([' ', '\t']);
         let (value, rest) = if let Some(quoted) = after.strip_prefix('"') {
-            let mut value = String::new();
-            let mut chars = quoted.char_indices();
-            let end = loop {
-                match chars.next() {
-                    Some((i, '"')) => break i + 1,
-                    Some((_, '\\')) => match chars.next() {
-                        Some((_, c)) => value.push(c),
-                        None => return Err(XMatrixError::Malformed("unterminated quote")),
-                    },
-                    Some((_, c)) if c.is_control() => {
-                        return Err(XMatrixError::Malformed("control character in value"))
-                    }
-                    Some((_, c)) => value.push(c),
-                    None => return Err(XMatrixError::Malformed("unterminated quote")),
-                }
-            };
-            let rest = quoted[end..].trim_start_matches([' ', '\t']);
+            let (value, rest) =
+                quoted_string(quoted).ok_or(XMatrixError::Malformed("bad quoted value"))?;
+            let rest = rest.trim_start_matches([' ', '\t']);
             if !(rest.is_empty() || rest.starts_with(',')) {
                 return Err(XMatrixError::Malformed("text after a quoted value"));
             }
@@ -236,26 +223,17 @@ impl<'a> Params<'a> {
 }
 
 impl<'a> Iterator for Params<'a> {
-    type Item = (Result<&'a str, XMatrixError>, String);
+    type Item = Result<(&'a str, String), XMatrixError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
             return None;
         }
-        match self.next_param() {
-            Ok(Some((name, value))) => Some((Ok(name), value)),
-            Ok(None) => None,
-            Err(e) => {
-                self.failed = true;
-                Some((Err(e), String::new()))
-            }
-        }
+        let next = self.next_param().transpose();
+        // After an error the position is unknown: stop rather than guess.
+        self.failed = matches!(next, Some(Err(_)));
+        next
     }
-}
-
-/// RFC 9110 `tchar`.
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Checks a parsed header against the request it came with.
