@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::auth::AuthConfig;
 use crate::cache::CacheConfig;
 use crate::error::ConfigError;
+use crate::federation::FederationConfig;
 use crate::homeserver::{default_homeservers, HomeserverConfig};
 use crate::media::{DownloadsConfig, ThumbnailsConfig, UploadsConfig};
 use crate::server::{LoggingConfig, MetricsConfig, ServerConfig};
@@ -40,6 +41,8 @@ pub struct Config {
     pub thumbnails: ThumbnailsConfig,
     /// Token checks against the homeserver.
     pub auth: AuthConfig,
+    /// Outgoing federation: address allow-list, extra CA, timeouts.
+    pub federation: FederationConfig,
     /// The cache in front of the datastores.
     pub cache: CacheConfig,
     /// Log output.
@@ -58,6 +61,7 @@ impl Default for Config {
             downloads: DownloadsConfig::default(),
             thumbnails: ThumbnailsConfig::default(),
             auth: AuthConfig::default(),
+            federation: FederationConfig::default(),
             cache: CacheConfig::default(),
             logging: LoggingConfig::default(),
         }

@@ -80,6 +80,16 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         new.server.shutdown_timeout_secs.to_string(),
     );
     restart(
+        "federation",
+        format!("{:?}", old.federation),
+        format!("{:?}", new.federation),
+    );
+    restart(
+        "homeservers[].signing_key_path",
+        format!("{:?}", signing_keys(&old.homeservers)),
+        format!("{:?}", signing_keys(&new.homeservers)),
+    );
+    restart(
         "metrics.bind",
         show_option(&old.metrics.bind),
         show_option(&new.metrics.bind),
@@ -149,6 +159,20 @@ fn shard_diff(old: &[ShardConfig], new: &[ShardConfig]) -> Option<ShardDiff> {
 
 /// `None` is shown as `off`: the only optional key shown here is `metrics.bind`, whose
 /// `null` turns the operators' listener off.
+/// Each homeserver's signing key file, for the restart check.
+fn signing_keys(homeservers: &[crate::HomeserverConfig]) -> Vec<(String, Option<String>)> {
+    homeservers
+        .iter()
+        .map(|hs| {
+            let path = hs
+                .signing_key_path
+                .as_ref()
+                .map(|p| p.display().to_string());
+            (hs.name.clone(), path)
+        })
+        .collect()
+}
+
 fn show_option<T: Display>(value: &Option<T>) -> String {
     value
         .as_ref()

@@ -16,6 +16,12 @@ pub struct HomeserverConfig {
     /// Base `http(s)://` URL of the homeserver's client-server API, used to check access
     /// tokens (`/_matrix/client/v3/account/whoami`). Required.
     pub client_api_url: String,
+    /// This homeserver's federation signing key (Synapse's `signing.key` file:
+    /// `ed25519 <version> <base64 seed>`). With it, media of other servers is fetched
+    /// over federation for this homeserver's users, signed as this homeserver. Without it
+    /// (the default), remote media is not fetched for them, and the log says so at start.
+    #[serde(default)]
+    pub signing_key_path: Option<std::path::PathBuf>,
 }
 
 /// The homeserver list used when the config file names none: a local development
@@ -24,5 +30,6 @@ pub(crate) fn default_homeservers() -> Vec<HomeserverConfig> {
     vec![HomeserverConfig {
         name: "localhost:8008".to_owned(),
         client_api_url: "http://127.0.0.1:8008".to_owned(),
+        signing_key_path: None,
     }]
 }

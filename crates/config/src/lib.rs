@@ -14,11 +14,11 @@ mod cache;
 mod config;
 mod diff;
 mod error;
+mod federation;
 mod go_redis;
 mod homeserver;
 mod media;
 mod parse;
-mod proxies;
 mod server;
 mod shard_addr;
 mod storage;
@@ -29,12 +29,13 @@ pub use cache::{CacheBackend, CacheConfig, MemoryCacheConfig, RedisConfig, Shard
 pub use config::Config;
 pub use diff::{diff, ConfigDiff, ShardDiff};
 pub use error::{ConfigError, Result};
+pub use federation::FederationConfig;
 pub use homeserver::HomeserverConfig;
 pub use media::{
     DownloadsConfig, LegacyFreezeConfig, ThumbnailMethod, ThumbnailSize, ThumbnailsConfig,
     UploadsConfig,
 };
-pub use proxies::IpRange;
+pub use mr_federation::Cidr;
 pub use server::{LoggingConfig, MetricsConfig, ServerConfig};
 pub use shard_addr::redact_url;
 pub use storage::{DatabaseConfig, DatastoreConfig, DatastoreKind};

@@ -8,6 +8,7 @@ use crate::auth::AuthConfig;
 use crate::cache::CacheConfig;
 use crate::config::Config;
 use crate::error::ConfigError;
+use crate::federation::FederationConfig;
 use crate::go_redis::{ExplicitCacheKeys, GoRedisBlock};
 use crate::homeserver::{default_homeservers, HomeserverConfig};
 use crate::media::{DownloadsConfig, ThumbnailsConfig, UploadsConfig};
@@ -37,6 +38,8 @@ struct ConfigDocument {
     thumbnails: ThumbnailsConfig,
     #[serde(default)]
     auth: AuthConfig,
+    #[serde(default)]
+    federation: FederationConfig,
     #[serde(default)]
     cache: CacheConfig,
     #[serde(default)]
@@ -69,6 +72,7 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         downloads: doc.downloads,
         thumbnails: doc.thumbnails,
         auth: doc.auth,
+        federation: doc.federation,
         cache: doc.cache,
         logging: doc.logging,
     };

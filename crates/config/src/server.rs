@@ -27,7 +27,7 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// `trusted_proxies` parsed; entries that do not parse (validation reports them) are
     /// left out.
-    pub fn trusted_proxy_ranges(&self) -> Vec<crate::IpRange> {
+    pub fn trusted_proxy_ranges(&self) -> Vec<crate::Cidr> {
         self.trusted_proxies
             .iter()
             .filter_map(|entry| entry.parse().ok())

@@ -28,6 +28,7 @@ pub(crate) fn problems(config: &Config) -> Vec<String> {
     check_storage(config, &mut p);
     check_media(config, &mut p);
     check_cache(config, &mut p);
+    check_federation(config, &mut p);
     if let Err(why) = check_log_filter(&config.logging.level) {
         p.add(format!("logging.level `{}` {why}", config.logging.level));
     }
@@ -59,7 +60,7 @@ fn check_listeners(config: &Config, p: &mut Problems) {
         ));
     }
     for (i, entry) in config.server.trusted_proxies.iter().enumerate() {
-        if let Err(why) = entry.parse::<crate::IpRange>() {
+        if let Err(why) = entry.parse::<crate::Cidr>() {
             p.add(format!("server.trusted_proxies[{i}]: {why}"));
         }
     }
@@ -111,6 +112,11 @@ fn check_homeservers(config: &Config, p: &mut Problems) {
                 "{key}.name: duplicate homeserver name `{}`",
                 hs.name
             ));
+        }
+        if let Some(path) = &hs.signing_key_path {
+            if let Err(why) = mr_federation::SigningKey::from_file(path) {
+                p.add(format!("{key}.signing_key_path {}: {why}", path.display()));
+            }
         }
         match Url::parse(&hs.client_api_url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
@@ -271,6 +277,31 @@ fn check_media(config: &Config, p: &mut Problems) {
         "auth.homeserver_timeout_ms",
         config.auth.homeserver_timeout_ms,
     );
+}
+
+fn check_federation(config: &Config, p: &mut Problems) {
+    let fed = &config.federation;
+    for (i, entry) in fed.allowed_networks.iter().enumerate() {
+        if let Err(why) = entry.parse::<crate::Cidr>() {
+            p.add(format!("federation.allowed_networks[{i}]: {why}"));
+        }
+    }
+    if let Some(path) = &fed.extra_ca_file {
+        match std::fs::read_to_string(path) {
+            Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {}
+            Ok(_) => p.add(format!(
+                "federation.extra_ca_file {} holds no PEM certificate",
+                path.display()
+            )),
+            Err(e) => p.add(format!(
+                "federation.extra_ca_file {} cannot be read: {e}",
+                path.display()
+            )),
+        }
+    }
+    p.nonzero("federation.request_timeout_ms", fed.request_timeout_ms);
+    p.nonzero("federation.connect_timeout_ms", fed.connect_timeout_ms);
+    p.nonzero("federation.idle_timeout_ms", fed.idle_timeout_ms);
 }
 
 fn check_cache(config: &Config, p: &mut Problems) {

@@ -8,16 +8,19 @@
 //!   checks always on (an extra CA may be added), and every address it connects to passes
 //!   the caller's address policy (no private, loopback or otherwise special address unless
 //!   allow-listed), whether it came from DNS, SRV, delegation or a redirect.
+//! * [`keys`] — other servers' signing keys, fetched from them, checked and cached.
 //! * [`limited_body`] — every body read from another server into memory is capped.
 
 pub mod dialer;
 pub mod discovery;
 mod error;
+pub mod keys;
 pub mod limited_body;
 pub mod server_name;
 
 pub use dialer::{AddressPolicy, Dialer, DialerSettings};
 pub use discovery::{Destination, Discovery};
 pub use error::{Error, Result};
+pub use keys::KeyStore;
 pub use limited_body::{read_limited, LimitedBodyError};
 pub use server_name::{Host, ServerName};

@@ -16,7 +16,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::HttpRequest;
 use arc_swap::ArcSwap;
-use mr_config::{Config, HomeserverConfig, IpRange};
+use mr_config::{Cidr, Config, HomeserverConfig};
 use serde::Deserialize;
 
 use crate::error::{MatrixError, MatrixResult};
@@ -54,7 +54,7 @@ pub struct Auth {
     accepted: ArcSwap<Option<moka::future::Cache<(String, String), Verdict>>>,
     rejected: moka::future::Cache<(String, String), Verdict>,
     /// `server.trusted_proxies` (restart-only, so fixed for the process's life).
-    trusted_proxies: Vec<IpRange>,
+    trusted_proxies: Vec<Cidr>,
 }
 
 #[derive(Deserialize)]

@@ -118,6 +118,49 @@ pub fn content_disposition(content_type: &str, filename: Option<&str>) -> Header
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
+/// Longest filename taken from another server's Content-Disposition.
+const MAX_REMOTE_FILENAME_BYTES: usize = 1024;
+
+/// The filename in a Content-Disposition another server sent: `filename*=utf-8''…`
+/// (preferred), else `filename="…"` or `filename=token`. Names with control characters, or
+/// longer than [`MAX_REMOTE_FILENAME_BYTES`], are dropped.
+pub fn filename_from_disposition(value: &str) -> Option<String> {
+    let mut plain = None;
+    let mut extended = None;
+    for param in value.split(';').skip(1) {
+        let Some((name, raw)) = param.split_once('=') else {
+            continue;
+        };
+        let raw = raw.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "filename*" => {
+                let encoded = raw
+                    .strip_prefix("utf-8''")
+                    .or_else(|| raw.strip_prefix("UTF-8''"));
+                extended = encoded.and_then(|e| {
+                    percent_encoding::percent_decode_str(e)
+                        .decode_utf8()
+                        .ok()
+                        .map(|d| d.into_owned())
+                });
+            }
+            "filename" => {
+                let unquoted = raw
+                    .strip_prefix('"')
+                    .and_then(|r| r.strip_suffix('"'))
+                    .map(|r| r.replace("\\\"", "\"").replace("\\\\", "\\"))
+                    .unwrap_or_else(|| raw.to_owned());
+                plain = Some(unquoted);
+            }
+            _ => {}
+        }
+    }
+    extended
+        .or(plain)
+        .filter(|n| !n.is_empty() && n.len() <= MAX_REMOTE_FILENAME_BYTES)
+        .filter(|n| !n.chars().any(char::is_control))
+}
+
 /// A Content-Type header value for what the uploader declared, or octet-stream if it cannot
 /// be a header value.
 pub fn content_type_value(content_type: &str) -> HeaderValue {
@@ -148,6 +191,43 @@ mod tests {
         assert_eq!(
             value.to_str().unwrap(),
             "inline; filename*=utf-8''a%20%22b%22%3B%0D%0Ac%20%F0%9F%90%88.txt"
+        );
+    }
+
+    #[test]
+    fn filenames_from_remote_dispositions() {
+        let cases = [
+            ("attachment; filename=test.bin", Some("test.bin")),
+            ("inline; filename=\"a b.png\"", Some("a b.png")),
+            (
+                "attachment; filename*=utf-8''a%20%F0%9F%90%88.txt",
+                Some("a 🐈.txt"),
+            ),
+            (
+                "attachment; filename=x.txt; filename*=utf-8''y.txt",
+                Some("y.txt"),
+            ),
+            ("attachment", None),
+            ("attachment; filename*=utf-8''a%0Db", None),
+        ];
+        for (header, expected) in cases {
+            assert_eq!(
+                filename_from_disposition(header).as_deref(),
+                expected,
+                "{header}"
+            );
+        }
+        // What we send comes back.
+        let ours = content_disposition("text/plain", Some("a \"b\";\r\nc 🐈.txt"));
+        assert_eq!(
+            filename_from_disposition(ours.to_str().unwrap()),
+            None,
+            "CR/LF dropped"
+        );
+        let ours = content_disposition("text/plain", Some("a \"b\"; c 🐈.txt"));
+        assert_eq!(
+            filename_from_disposition(ours.to_str().unwrap()).as_deref(),
+            Some("a \"b\"; c 🐈.txt")
         );
     }
 

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod federation;
 pub mod headers;
 pub mod health;
 pub mod logging;

@@ -101,5 +101,6 @@ fn keep_restart_only_parts(old: &Config, mut new: Config) -> Config {
     new.database = old.database.clone();
     new.datastores = old.datastores.clone();
     new.cache.backend = old.cache.backend;
+    new.federation = old.federation.clone();
     new
 }

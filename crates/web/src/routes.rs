@@ -32,6 +32,8 @@ pub enum Read {
     MediaConfig,
     AuthenticatedDownload,
     LegacyDownload,
+    /// `/_matrix/federation/v1/media/download/{media_id}`: X-Matrix signed.
+    FederationDownload,
     Metrics,
     CacheStatus,
 }
@@ -82,6 +84,10 @@ pub fn get_routes(listener: Listener) -> Vec<(String, Read)> {
                     .into_iter()
                     .map(|path| (path, Read::AuthenticatedDownload)),
             );
+            routes.push((
+                "/_matrix/federation/v1/media/download/{media_id}".to_owned(),
+                Read::FederationDownload,
+            ));
             for version in ["v3", "r0"] {
                 let legacy = format!("/_matrix/media/{version}");
                 routes.push((format!("{legacy}/config"), Read::MediaConfig));
@@ -116,6 +122,7 @@ fn read_resource(path: &str, read: Read) -> actix_web::Resource {
         Read::MediaConfig => get_and_head(media::media_config),
         Read::AuthenticatedDownload => get_and_head(download::authenticated),
         Read::LegacyDownload => get_and_head(download::legacy),
+        Read::FederationDownload => get_and_head(crate::federation::media_download),
         Read::Metrics => get_and_head(metrics::render),
         Read::CacheStatus => get_and_head(health::cache_status),
     };

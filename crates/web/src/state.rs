@@ -10,6 +10,7 @@ use mr_storage::{Database, FileDatastore};
 
 use crate::auth::Auth;
 use crate::logging::LogLevelHandle;
+use crate::media::remote::RemoteMedia;
 use crate::media::slots::UploadSlots;
 use crate::pending::PendingUploads;
 
@@ -28,6 +29,8 @@ pub struct AppState {
     pub pending: PendingUploads,
     /// Uploads in progress, for the per-user and overall caps.
     pub upload_slots: UploadSlots,
+    /// Fetching media of other servers over federation.
+    pub remote: RemoteMedia,
     pub log_level: LogLevelHandle,
 }
 
@@ -41,6 +44,7 @@ impl AppState {
         log_level: LogLevelHandle,
     ) -> Self {
         let auth = Auth::new(&config);
+        let remote = RemoteMedia::new(&config);
         AppState {
             config: ArcSwap::from_pointee(config),
             config_path,
@@ -50,6 +54,7 @@ impl AppState {
             auth,
             pending: PendingUploads::default(),
             upload_slots: UploadSlots::default(),
+            remote,
             log_level,
         }
     }

@@ -266,7 +266,7 @@ fn trickling_uploads_do_not_stall_the_service() {
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    for round in 0..5 {
+    for (server, id, bytes) in &files {
         for stream in &mut tricklers {
             stream.write_all(b"x").unwrap();
         }
@@ -275,7 +275,6 @@ fn trickling_uploads_do_not_stall_the_service() {
             Some(0.0),
             "an idle upload holds a blocking-pool thread"
         );
-        let (server, id, bytes) = &files[round];
         let download = quick
             .get(s.url(&format!("/_matrix/client/v1/media/download/{server}/{id}")))
             .bearer_auth(&u.bob)

@@ -6,6 +6,7 @@
 mod binary;
 mod cache_redis;
 mod common;
+mod federation;
 mod hardening;
 mod hardening_ops;
 mod media_api;

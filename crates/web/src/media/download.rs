@@ -105,6 +105,21 @@ async fn find_media(
     }
 }
 
+/// Whether `origin` is one of the homeservers this repo serves (its media is never fetched).
+fn is_ours(config: &Config, origin: &str) -> bool {
+    config
+        .homeservers
+        .iter()
+        .any(|hs| hs.name.eq_ignore_ascii_case(origin))
+}
+
+/// A legacy (unauthenticated) download fetches remote media only with the freeze off, and
+/// never with `allow_remote=false` (servers set it to avoid fetch loops).
+fn may_fetch_for_legacy(req: &HttpRequest, config: &Config) -> bool {
+    !config.downloads.legacy_freeze.enabled
+        && query_param(req, "allow_remote").is_none_or(|v| v != "false")
+}
+
 /// Legacy paths only serve media that arrived before the freeze.
 fn is_frozen(config: &Config, record: &MediaRecord) -> bool {
     let freeze = &config.downloads.legacy_freeze;
@@ -120,13 +135,26 @@ async fn serve(
     api: Api,
     path: DownloadPath,
 ) -> MatrixResult<HttpResponse> {
-    if api == Api::Authenticated {
-        state.auth.authenticate(&req).await?;
-    }
+    let user = match api {
+        Api::Authenticated => Some(state.auth.authenticate(&req).await?),
+        Api::Legacy => None,
+    };
     let media = MediaRef::parse(&path.server, &path.media_id)?;
     let config = state.config();
     let wait = wait_limit(&req, &config)?;
-    let record = find_media(&state, &media, wait).await?;
+    let record = match find_media(&state, &media, wait).await {
+        Err(err) if err.status == StatusCode::NOT_FOUND && !is_ours(&config, &media.origin) => {
+            let as_server = match &user {
+                Some(user) => user.homeserver.clone(),
+                None if may_fetch_for_legacy(&req, &config) => {
+                    state.auth.homeserver_for(&req)?.name
+                }
+                None => return Err(err),
+            };
+            state.remote.fetch(&state, &media, &as_server).await?
+        }
+        other => other?,
+    };
     if api == Api::Legacy && is_frozen(&config, &record) {
         return Err(MatrixError::not_found(
             "Media not found (this media is only served on the authenticated endpoint)",

@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod download;
+pub mod remote;
 pub mod slots;
 pub mod upload;
 

@@ -1,0 +1,580 @@
+//! Remote media: fetched over federation the first time one of our users asks for it,
+//! streamed into our datastore (hashed on the way, never whole in memory) and recorded as a
+//! `media` row without an uploader; from then on it is served like local media.
+//!
+//! A fetch asks `GET /_matrix/federation/v1/media/download/{id}` on the origin, signed
+//! (X-Matrix) as the requesting user's homeserver, and reads the `multipart/mixed` answer:
+//! the bytes, or a `Location` to follow (bounded, never with X-Matrix). An origin that does
+//! not know that endpoint (404 `M_UNRECOGNIZED`) is asked on the legacy
+//! `/_matrix/media/v3/download/{origin}/{id}?allow_remote=false&allow_redirect=true`.
+//! Every address dialled passes `federation.allowed_networks` (see `mr_remote::Dialer`).
+//!
+//! Concurrent requests for one media share one fetch. Failures are remembered per media
+//! and per origin with a growing back-off, so a dead or hostile server is not asked on
+//! every request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use bytes::Bytes;
+use dashmap::DashMap;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::{Stream, StreamExt};
+use mr_config::Config;
+use mr_federation::{
+    sign_request, IpPolicy, MediaResponse, MultipartMedia, RequestToSign, SigningKey,
+};
+use mr_remote::{Dialer, DialerSettings, KeyStore};
+use mr_storage::content;
+use mr_storage::MediaRecord;
+use tracing::{info, warn};
+
+use super::{now_ms, MediaRef};
+use crate::error::{MatrixError, MatrixResult};
+use crate::state::AppState;
+
+/// `Location` hops followed for one media.
+const MAX_REDIRECTS: usize = 5;
+/// First back-off after a failed fetch of one media, doubled per failure.
+const MEDIA_BACKOFF_START: Duration = Duration::from_secs(30);
+/// Longest back-off for one media.
+const MEDIA_BACKOFF_MAX: Duration = Duration::from_secs(60 * 60);
+/// First back-off after a server could not be reached, doubled per failure.
+const DESTINATION_BACKOFF_START: Duration = Duration::from_secs(10);
+/// Longest back-off for one server.
+const DESTINATION_BACKOFF_MAX: Duration = Duration::from_secs(30 * 60);
+/// Failures remembered at once (media and servers each).
+const MAX_REMEMBERED_FAILURES: u64 = 100_000;
+/// Largest error body read from a remote server (to find its errcode).
+const MAX_ERROR_BODY_BYTES: usize = 16 * 1024;
+
+type FetchResult = Result<MediaRecord, FetchError>;
+
+/// A failed fetch, and whether the origin itself looked down (no connection, TLS failure,
+/// timeout, a 5xx answer): only then is the whole origin backed off, not just the media.
+#[derive(Clone, Debug)]
+struct FetchError {
+    error: MatrixError,
+    origin_down: bool,
+}
+
+impl From<MatrixError> for FetchError {
+    fn from(error: MatrixError) -> FetchError {
+        FetchError {
+            error,
+            origin_down: false,
+        }
+    }
+}
+
+type Fetch<T> = Result<T, FetchError>;
+
+/// A failure and when the next attempt may be made.
+#[derive(Clone)]
+struct Failure {
+    error: MatrixError,
+    retry_at: Instant,
+    backoff: Duration,
+}
+
+/// Remote media fetching for the whole process.
+pub struct RemoteMedia {
+    /// `None` only when the client could not be built (logged at start).
+    dialer: Option<Dialer>,
+    /// Other servers' signing keys, for requests they send us.
+    keys: KeyStore,
+    /// Our server name → the key it signs with. Homeservers without a key fetch nothing.
+    signing_keys: HashMap<String, Arc<SigningKey>>,
+    in_flight: DashMap<String, Shared<BoxFuture<'static, FetchResult>>>,
+    media_failures: moka::sync::Cache<String, Failure>,
+    destination_failures: moka::sync::Cache<String, Failure>,
+}
+
+impl RemoteMedia {
+    /// Loads the signing keys and builds the federation client. A homeserver without a
+    /// key, or a key that cannot be read, is logged once and fetches nothing.
+    pub fn new(config: &Config) -> RemoteMedia {
+        let mut signing_keys = HashMap::new();
+        for hs in &config.homeservers {
+            match &hs.signing_key_path {
+                None => info!(
+                    homeserver = %hs.name,
+                    "no signing_key_path: remote media is not fetched for this homeserver's users"
+                ),
+                Some(path) => match SigningKey::from_file(path) {
+                    Ok(key) => {
+                        signing_keys.insert(hs.name.to_ascii_lowercase(), Arc::new(key));
+                    }
+                    Err(err) => warn!(
+                        homeserver = %hs.name, path = %path.display(), error = %err,
+                        "cannot use the signing key: remote media is not fetched for this homeserver's users"
+                    ),
+                },
+            }
+        }
+        let fed = &config.federation;
+        let policy = IpPolicy::new(fed.allowed_ranges());
+        let dialer = match Dialer::new(DialerSettings {
+            request_timeout: Duration::from_millis(fed.request_timeout_ms),
+            connect_timeout: Duration::from_millis(fed.connect_timeout_ms),
+            extra_ca_file: fed.extra_ca_file.clone(),
+            policy: Arc::new(move |ip| policy.is_allowed(ip)),
+        }) {
+            Ok(dialer) => Some(dialer),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot build the federation client: no remote media is fetched and no federation request is accepted");
+                None
+            }
+        };
+        RemoteMedia {
+            dialer,
+            keys: KeyStore::default(),
+            signing_keys,
+            in_flight: DashMap::new(),
+            media_failures: failure_cache(),
+            destination_failures: failure_cache(),
+        }
+    }
+
+    /// Fetches `media` from its origin as `as_server` (one of ours), stores it, and returns
+    /// its new row; concurrent callers for the same media share one fetch.
+    pub async fn fetch(
+        &self,
+        state: &actix_web::web::Data<AppState>,
+        media: &MediaRef,
+        as_server: &str,
+    ) -> MatrixResult<MediaRecord> {
+        let key = self
+            .signing_keys
+            .get(&as_server.to_ascii_lowercase())
+            .cloned()
+            .ok_or_else(|| {
+                MatrixError::not_found(
+                    "Media not found (remote media is not fetched for this server)",
+                )
+            })?;
+        let mxc = media.mxc();
+        if let Some(failure) = self.remembered_failure(&self.media_failures, &mxc) {
+            return Err(failure);
+        }
+        if let Some(failure) = self.remembered_failure(&self.destination_failures, &media.origin) {
+            return Err(failure);
+        }
+        let shared = self
+            .in_flight
+            .entry(mxc.clone())
+            .or_insert_with(|| {
+                let state = state.clone();
+                let media = media.clone();
+                let as_server = as_server.to_owned();
+                async move { fetch_and_store(&state, &media, &as_server, &key).await }
+                    .boxed()
+                    .shared()
+            })
+            .clone();
+        let result = shared.await;
+        self.in_flight.remove(&mxc);
+        match result {
+            Ok(record) => {
+                self.destination_failures.invalidate(&media.origin);
+                Ok(record)
+            }
+            Err(failure) => {
+                self.remember_failure(
+                    &self.media_failures,
+                    &mxc,
+                    &failure.error,
+                    MEDIA_BACKOFF_START,
+                    MEDIA_BACKOFF_MAX,
+                );
+                if failure.origin_down {
+                    self.remember_failure(
+                        &self.destination_failures,
+                        &media.origin,
+                        &failure.error,
+                        DESTINATION_BACKOFF_START,
+                        DESTINATION_BACKOFF_MAX,
+                    );
+                }
+                Err(failure.error)
+            }
+        }
+    }
+
+    fn remembered_failure(
+        &self,
+        cache: &moka::sync::Cache<String, Failure>,
+        key: &str,
+    ) -> Option<MatrixError> {
+        let failure = cache.get(key)?;
+        let now = Instant::now();
+        if now >= failure.retry_at {
+            return None;
+        }
+        let mut error = failure.error.clone();
+        error.retry_after_secs = Some(failure.retry_at.duration_since(now).as_secs().max(1));
+        Some(error)
+    }
+
+    fn remember_failure(
+        &self,
+        cache: &moka::sync::Cache<String, Failure>,
+        key: &str,
+        error: &MatrixError,
+        start: Duration,
+        max: Duration,
+    ) {
+        let backoff = cache
+            .get(key)
+            .map_or(start, |previous| (previous.backoff * 2).min(max));
+        cache.insert(
+            key.to_owned(),
+            Failure {
+                error: error.clone(),
+                retry_at: Instant::now() + backoff,
+                backoff,
+            },
+        );
+    }
+
+    /// `origin`'s signing key `key_id`, fetched from it if not cached.
+    pub async fn verifying_key(
+        &self,
+        origin: &str,
+        key_id: &str,
+    ) -> Option<ed25519_dalek::VerifyingKey> {
+        let dialer = self.dialer.as_ref()?;
+        self.keys.key(dialer, origin, key_id).await
+    }
+
+    /// The federation client, if it could be built.
+    fn dialer(&self) -> MatrixResult<&Dialer> {
+        self.dialer.as_ref().ok_or_else(|| {
+            MatrixError::not_found("Media not found (remote media is not fetched here)")
+        })
+    }
+}
+
+fn failure_cache() -> moka::sync::Cache<String, Failure> {
+    moka::sync::Cache::builder()
+        .max_capacity(MAX_REMEMBERED_FAILURES)
+        .time_to_live(MEDIA_BACKOFF_MAX)
+        .build()
+}
+
+/// The bytes of a remote media and what its server said about them.
+struct Fetched {
+    content_type: Option<String>,
+    content_disposition: Option<String>,
+    declared_len: Option<u64>,
+    body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>,
+}
+
+fn bad_gateway(message: impl Into<std::borrow::Cow<'static, str>>) -> MatrixError {
+    let mut err = MatrixError::new(StatusCode::BAD_GATEWAY, "M_UNKNOWN", message);
+    err.retry_after_secs = Some(MEDIA_BACKOFF_START.as_secs());
+    err
+}
+
+fn remote_error(origin: &str, err: &mr_remote::Error) -> FetchError {
+    warn!(%origin, error = %err, "remote media fetch failed");
+    if err.is_timeout() {
+        let mut e = MatrixError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "M_UNKNOWN",
+            format!("The server {origin} did not answer in time"),
+        );
+        e.retry_after_secs = Some(MEDIA_BACKOFF_START.as_secs());
+        return FetchError {
+            error: e,
+            origin_down: true,
+        };
+    }
+    // A refused address is our policy, not the origin being down.
+    let origin_down = !matches!(err, mr_remote::Error::AddressRefused { .. });
+    FetchError {
+        error: bad_gateway(format!("Could not fetch the media from {origin}")),
+        origin_down,
+    }
+}
+
+/// An unexpected answer; a 5xx one means the origin is not serving.
+fn origin_failed(origin: &str, status: reqwest::StatusCode) -> FetchError {
+    FetchError {
+        error: bad_gateway(format!("The server {origin} answered {status}")),
+        origin_down: status.is_server_error(),
+    }
+}
+
+async fn fetch_and_store(
+    state: &actix_web::web::Data<AppState>,
+    media: &MediaRef,
+    as_server: &str,
+    key: &SigningKey,
+) -> FetchResult {
+    let config = state.config();
+    let dialer = state.remote.dialer()?;
+    let fetched = download(dialer, media, as_server, key).await?;
+    let max_bytes = config.downloads.max_bytes;
+    if fetched.declared_len.is_some_and(|len| len > max_bytes) {
+        return Err(remote_too_large(max_bytes).into());
+    }
+    let idle = Duration::from_millis(config.federation.idle_timeout_ms);
+    let (object, claim) = store(state, fetched.body, max_bytes, idle, &media.origin).await?;
+    let record = MediaRecord {
+        origin: media.origin.clone(),
+        media_id: media.media_id.clone(),
+        user_id: None,
+        content_type: fetched
+            .content_type
+            .filter(|ct| !ct.is_empty() && ct.len() <= 255)
+            .unwrap_or_else(|| "application/octet-stream".to_owned()),
+        upload_name: fetched
+            .content_disposition
+            .as_deref()
+            .and_then(crate::headers::filename_from_disposition),
+        size_bytes: object.size,
+        sha256: object.sha256.clone(),
+        datastore_id: state.datastore.id().to_owned(),
+        location: object.location.clone(),
+        created_at_ms: now_ms(),
+    };
+    let inserted = state.db.insert_media(&record).await;
+    claim.release().await;
+    match inserted {
+        Ok(()) => {
+            info!(mxc = %media.mxc(), size = object.size, "remote media fetched");
+            Ok(record)
+        }
+        // Another process sharing the database fetched it first: serve theirs.
+        Err(mr_storage::Error::AlreadyExists { .. }) => {
+            let _ =
+                content::remove_unreferenced(&state.db, &state.datastore, &object.location).await;
+            state
+                .db
+                .get_media(&media.origin, &media.media_id)
+                .await
+                .map_err(|err| MatrixError::internal("reading media metadata failed", &err))?
+                .ok_or_else(|| MatrixError::not_found("Media not found").into())
+        }
+        Err(err) => {
+            let _ =
+                content::remove_unreferenced(&state.db, &state.datastore, &object.location).await;
+            Err(MatrixError::internal("recording remote media failed", &err).into())
+        }
+    }
+}
+
+fn remote_too_large(max_bytes: u64) -> MatrixError {
+    MatrixError::new(
+        StatusCode::BAD_GATEWAY,
+        "M_TOO_LARGE",
+        format!("The remote media is larger than this server's limit of {max_bytes} bytes"),
+    )
+}
+
+/// Streams the body into the datastore under a claim; nothing is kept on any failure.
+async fn store(
+    state: &AppState,
+    mut body: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>,
+    max_bytes: u64,
+    idle: Duration,
+    origin: &str,
+) -> Fetch<(mr_storage::StoredObject, content::Claim)> {
+    let mut writer = state
+        .datastore
+        .writer(max_bytes)
+        .map_err(|err| MatrixError::internal("opening a datastore temp file failed", &err))?;
+    let received: Fetch<()> = async {
+        loop {
+            let next = tokio::time::timeout(idle, body.next()).await.map_err(|_| {
+                let mut e = MatrixError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "M_UNKNOWN",
+                    format!("The server {origin} stopped sending the media"),
+                );
+                e.retry_after_secs = Some(MEDIA_BACKOFF_START.as_secs());
+                FetchError {
+                    error: e,
+                    origin_down: true,
+                }
+            })?;
+            let Some(chunk) = next else { return Ok(()) };
+            let chunk = chunk.map_err(|why| {
+                warn!(%origin, error = %why, "remote media body failed");
+                bad_gateway(format!("The server {origin} sent a broken answer"))
+            })?;
+            writer.write(chunk).await.map_err(|err| match err {
+                mr_storage::Error::TooLarge { .. } => remote_too_large(max_bytes),
+                other => MatrixError::internal("writing remote media failed", &other),
+            })?;
+        }
+    }
+    .await;
+    if let Err(err) = received {
+        writer.abort().await;
+        return Err(err);
+    }
+    let staged = writer.finish().await.map_err(|err| match err {
+        mr_storage::Error::TooLarge { .. } => remote_too_large(max_bytes),
+        other => MatrixError::internal("finishing remote media failed", &other),
+    })?;
+    content::commit_claimed(&state.db, &state.datastore, staged, now_ms())
+        .await
+        .map_err(|err| MatrixError::internal("storing remote media failed", &err).into())
+}
+
+/// The federation endpoint, its redirects, and the legacy fallback.
+async fn download(
+    dialer: &Dialer,
+    media: &MediaRef,
+    as_server: &str,
+    key: &SigningKey,
+) -> Fetch<Fetched> {
+    let origin = &media.origin;
+    let path = format!("/_matrix/federation/v1/media/download/{}", media.media_id);
+    let authorization = sign_request(
+        key,
+        &RequestToSign {
+            method: "GET".to_owned(),
+            uri: path.clone(),
+            origin: as_server.to_owned(),
+            destination: origin.clone(),
+            content: None,
+        },
+    )
+    .map_err(|err| MatrixError::internal("signing a federation request failed", &err))?;
+    let response = dialer
+        .federation_get(origin, &path, Some(&authorization))
+        .await
+        .map_err(|err| remote_error(origin, &err))?;
+    let status = response.status();
+    if status.is_success() {
+        let content_type =
+            header_text(&response, reqwest::header::CONTENT_TYPE).unwrap_or_default();
+        let body = response
+            .bytes_stream()
+            .map(|r| r.map_err(|e| e.to_string()));
+        let parsed = MultipartMedia::parse(&content_type, body)
+            .await
+            .map_err(|err| {
+                warn!(%origin, error = %err, "remote sent a malformed multipart answer");
+                bad_gateway(format!("The server {origin} sent a malformed media answer"))
+            })?;
+        return match parsed {
+            MediaResponse::Bytes {
+                content_type,
+                content_disposition,
+                body,
+                ..
+            } => Ok(Fetched {
+                content_type,
+                content_disposition,
+                declared_len: None,
+                body: Box::pin(body.map(|r| r.map_err(|e| e.to_string()))),
+            }),
+            MediaResponse::Redirect { location, .. } => follow(dialer, origin, &location).await,
+        };
+    }
+    let errcode = error_code(response).await;
+    if status == reqwest::StatusCode::NOT_FOUND && errcode.as_deref() == Some("M_UNRECOGNIZED")
+        || status == reqwest::StatusCode::METHOD_NOT_ALLOWED
+    {
+        return legacy_download(dialer, media).await;
+    }
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(MatrixError::not_found("Media not found on its server").into());
+    }
+    warn!(%origin, %status, ?errcode, "remote refused the media download");
+    Err(origin_failed(origin, status))
+}
+
+/// `/_matrix/media/v3/download/{origin}/{id}?allow_remote=false&allow_redirect=true` for
+/// servers that predate the federation media endpoints. Unsigned: it is a public endpoint.
+async fn legacy_download(dialer: &Dialer, media: &MediaRef) -> Fetch<Fetched> {
+    let origin = &media.origin;
+    let path = format!(
+        "/_matrix/media/v3/download/{origin}/{}?allow_remote=false&allow_redirect=true",
+        media.media_id
+    );
+    let response = dialer
+        .federation_get(origin, &path, None)
+        .await
+        .map_err(|err| remote_error(origin, &err))?;
+    raw_answer(dialer, origin, response, 0).await
+}
+
+/// Follows a `Location` (no X-Matrix is ever sent there).
+async fn follow(dialer: &Dialer, origin: &str, location: &str) -> Fetch<Fetched> {
+    let response = dialer
+        .get_url(location)
+        .await
+        .map_err(|err| remote_error(origin, &err))?;
+    raw_answer(dialer, origin, response, 1).await
+}
+
+/// A plain (non-multipart) answer holding the bytes, following further redirects.
+async fn raw_answer(
+    dialer: &Dialer,
+    origin: &str,
+    mut response: reqwest::Response,
+    mut hops: usize,
+) -> Fetch<Fetched> {
+    loop {
+        let status = response.status();
+        if status.is_redirection() {
+            hops += 1;
+            let location = header_text(&response, reqwest::header::LOCATION)
+                .ok_or_else(|| bad_gateway(format!("The server {origin} redirected nowhere")))?;
+            if hops > MAX_REDIRECTS {
+                return Err(
+                    bad_gateway(format!("The server {origin} redirected too often")).into(),
+                );
+            }
+            let next = response
+                .url()
+                .join(&location)
+                .map_err(|_| bad_gateway(format!("The server {origin} redirected to a bad URL")))?;
+            response = dialer
+                .get_url(next.as_str())
+                .await
+                .map_err(|err| remote_error(origin, &err))?;
+            continue;
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(MatrixError::not_found("Media not found on its server").into());
+        }
+        if !status.is_success() {
+            return Err(origin_failed(origin, status));
+        }
+        return Ok(Fetched {
+            content_type: header_text(&response, reqwest::header::CONTENT_TYPE),
+            content_disposition: header_text(&response, reqwest::header::CONTENT_DISPOSITION),
+            declared_len: response.content_length(),
+            body: Box::pin(
+                response
+                    .bytes_stream()
+                    .map(|r| r.map_err(|e| e.to_string())),
+            ),
+        });
+    }
+}
+
+fn header_text(response: &reqwest::Response, name: reqwest::header::HeaderName) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The `errcode` of a remote's JSON error, if it sent one.
+async fn error_code(response: reqwest::Response) -> Option<String> {
+    let body = mr_remote::read_limited(response, MAX_ERROR_BODY_BYTES)
+        .await
+        .ok()?;
+    let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    json.get("errcode")?.as_str().map(str::to_owned)
+}

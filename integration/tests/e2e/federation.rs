@@ -1,0 +1,641 @@
+//! Federation with real homeservers: media-repo A serves hs1 (a Synapse whose federation
+//! port is a TLS nginx routing media paths to A and the rest to hs1), hs2 is a second
+//! Synapse. Certificates come from a test CA that A trusts through
+//! `federation.extra_ca_file`; A may dial 127.0.0.1 through `federation.allowed_networks`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use integration::synapse::USER_PASSWORD;
+use integration::{wait_until, FederatingSynapse, MediaRepo, Nginx, TestCa};
+use mr_federation::{sign_request, RequestToSign, SigningKey};
+use reqwest::blocking::Client;
+use sha2::{Digest, Sha256};
+
+use crate::common::{count_files, matrix_error, random_bytes};
+
+/// One request, including a federation fetch with TLS handshakes and a key fetch.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long Synapse or nginx may take to log a request after answering it.
+const LOG_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A config for a media-repo serving `hs` with its signing key; `extra` is appended.
+pub fn repo_yaml(
+    hs_name: &str,
+    client_url: &str,
+    key_path: &str,
+    federation: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "server:\n  bind: \"127.0.0.1:{{port}}\"\n\
+         homeservers:\n  - name: \"{hs_name}\"\n    client_api_url: \"{client_url}\"\n    signing_key_path: \"{key_path}\"\n\
+         database:\n  url: \"sqlite://{{dir}}/media-repo.db\"\n\
+         datastores:\n  - id: default\n    kind: file\n    path: \"{{dir}}/media\"\n\
+         federation:\n{federation}\
+         cache:\n  backend: memory\n{extra}"
+    )
+}
+
+fn trusting(ca: &TestCa) -> String {
+    format!(
+        "  allowed_networks: [\"127.0.0.1\"]\n  extra_ca_file: \"{}\"\n",
+        ca.cert_path().display()
+    )
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+struct Stack {
+    ca: TestCa,
+    hs1: FederatingSynapse,
+    hs2: FederatingSynapse,
+    repo: MediaRepo,
+    nginx: Nginx,
+    /// Trusts the test CA.
+    https: Client,
+    http: Client,
+}
+
+impl Stack {
+    fn start() -> Stack {
+        let ca = TestCa::new().unwrap();
+        let (hs1, hs2) = std::thread::scope(|s| {
+            let hs1 = s.spawn(|| {
+                FederatingSynapse::builder(&ca)
+                    .behind_proxy()
+                    .enable_media_repo(false)
+                    .start()
+            });
+            let hs2 = s.spawn(|| FederatingSynapse::start(&ca));
+            (hs1.join().unwrap().unwrap(), hs2.join().unwrap().unwrap())
+        });
+        let repo = MediaRepo::start(&repo_yaml(
+            &hs1.server_name,
+            &hs1.client_url(),
+            &hs1.signing_key_path().display().to_string(),
+            &trusting(&ca),
+            "",
+        ))
+        .unwrap();
+        let cert = ca.issue(&["127.0.0.1"]).unwrap();
+        let nginx = Nginx::tls(&cert)
+            .port(hs1.federation_port())
+            .media_upstream(&repo.base_url())
+            .federation_upstream(&hs1.internal_federation_url().unwrap())
+            .client_upstream(&hs1.client_url())
+            .start()
+            .unwrap();
+        let pem = ca.cert_pem().unwrap();
+        let https = Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .build()
+            .unwrap();
+        let http = Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap();
+        Stack {
+            ca,
+            hs1,
+            hs2,
+            repo,
+            nginx,
+            https,
+            http,
+        }
+    }
+
+    /// Uploads on `hs`'s own client API; returns the media id.
+    fn upload_on(&self, hs: &FederatingSynapse, token: &str, bytes: &[u8]) -> String {
+        let body: serde_json::Value = self
+            .http
+            .post(format!(
+                "{}/_matrix/media/v3/upload?filename=remote.bin",
+                hs.client_url()
+            ))
+            .bearer_auth(token)
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .unwrap();
+        let uri = body["content_uri"].as_str().unwrap();
+        uri.rsplit('/').next().unwrap().to_owned()
+    }
+
+    /// A federation request to A's endpoint, signed by hs2 for `destination`.
+    fn signed_get(
+        &self,
+        path: &str,
+        destination: &str,
+        signed_path: &str,
+    ) -> reqwest::blocking::Response {
+        let key = SigningKey::from_file(self.hs2.signing_key_path()).unwrap();
+        let header = sign_request(
+            &key,
+            &RequestToSign {
+                method: "GET".to_owned(),
+                uri: signed_path.to_owned(),
+                origin: self.hs2.server_name.clone(),
+                destination: destination.to_owned(),
+                content: None,
+            },
+        )
+        .unwrap();
+        self.http
+            .get(format!("{}{path}", self.repo.base_url()))
+            .header("Authorization", header)
+            .send()
+            .unwrap()
+    }
+}
+
+#[test]
+fn media_over_federation_with_two_synapses() {
+    let s = Stack::start();
+    let alice = s.hs1.user_token("alice").unwrap();
+    let bob = s.hs2.user_token("bob").unwrap();
+
+    // 1. A fetches hs2's media for an hs1 user: identical bytes, kept in A's datastore.
+    let remote_bytes = random_bytes(700_000);
+    let remote_id = s.upload_on(&s.hs2, &bob, &remote_bytes);
+    let download_url = format!(
+        "{}/_matrix/client/v1/media/download/{}/{remote_id}",
+        s.hs1.federation_url(),
+        s.hs2.server_name
+    );
+    let fetches_at_hs2 = || {
+        s.hs2.count_requests(&format!(
+            "/_matrix/federation/v1/media/download/{remote_id}"
+        ))
+    };
+    for round in 0..2 {
+        let response = s
+            .https
+            .get(&download_url)
+            .bearer_auth(&alice)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200, "round {round}");
+        assert!(response.bytes().unwrap().as_ref() == remote_bytes.as_slice());
+        wait_until("hs2 to log the fetch", LOG_TIMEOUT, || {
+            fetches_at_hs2() >= 1
+        })
+        .unwrap();
+        assert_eq!(
+            fetches_at_hs2(),
+            1,
+            "the second download is served from A's copy"
+        );
+    }
+    let sha = sha256_hex(&remote_bytes);
+    let stored = s
+        .repo
+        .dir()
+        .join("media")
+        .join(&sha[..2])
+        .join(&sha[2..4])
+        .join(&sha);
+    assert_eq!(std::fs::read(&stored).unwrap(), remote_bytes);
+
+    // 2. hs2 fetches media uploaded through A over A's federation endpoint (through nginx
+    //    on hs1's federation port), by a real client (matrix-nio) on hs2.
+    let local_bytes = random_bytes(300_000);
+    let uploaded: serde_json::Value = s
+        .https
+        .post(format!(
+            "{}/_matrix/media/v3/upload",
+            s.hs1.federation_url()
+        ))
+        .bearer_auth(&alice)
+        .body(local_bytes.clone())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let local_uri = uploaded["content_uri"].as_str().unwrap().to_owned();
+    let local_id = local_uri.rsplit('/').next().unwrap().to_owned();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/nio_download.py");
+    let out = Command::new(integration::Synapse::shared().python())
+        .arg(script)
+        .arg(s.hs2.client_url())
+        .arg("bob")
+        .arg(USER_PASSWORD)
+        .arg(&local_uri)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nio: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["sha256"], sha256_hex(&local_bytes));
+    wait_until("nginx to log the federation request", LOG_TIMEOUT, || {
+        s.nginx
+            .count_requests(&format!("/_matrix/federation/v1/media/download/{local_id}"))
+            == 1
+    })
+    .unwrap();
+    assert_eq!(
+        s.nginx.count_requests(&format!(
+            "/_matrix/media/v3/download/{}/{local_id}",
+            s.hs1.server_name
+        )),
+        0,
+        "answered by our federation endpoint, not by Synapse's legacy fallback"
+    );
+
+    // 3. Our federation endpoint checks X-Matrix.
+    let path = format!("/_matrix/federation/v1/media/download/{local_id}");
+    let no_auth = s
+        .http
+        .get(format!("{}{path}", s.repo.base_url()))
+        .send()
+        .unwrap();
+    assert_eq!(matrix_error(no_auth), (401, "M_UNAUTHORIZED".into()));
+    let garbage = s
+        .http
+        .get(format!("{}{path}", s.repo.base_url()))
+        .header("Authorization", "X-Matrix origin=nobody")
+        .send()
+        .unwrap();
+    assert_eq!(matrix_error(garbage), (401, "M_UNAUTHORIZED".into()));
+    let other_path = s.signed_get(
+        &path,
+        &s.hs1.server_name,
+        "/_matrix/federation/v1/media/download/other",
+    );
+    assert_eq!(matrix_error(other_path), (401, "M_UNAUTHORIZED".into()));
+    let not_us = s.signed_get(&path, "elsewhere.test", &path);
+    assert_eq!(matrix_error(not_us), (401, "M_UNAUTHORIZED".into()));
+    let unknown = "/_matrix/federation/v1/media/download/NoSuchMedia123";
+    assert_eq!(
+        matrix_error(s.signed_get(unknown, &s.hs1.server_name, unknown)),
+        (404, "M_NOT_FOUND".into())
+    );
+    // Remote media is never served over federation, even the copy A keeps.
+    let remote_path = format!("/_matrix/federation/v1/media/download/{remote_id}");
+    assert_eq!(
+        matrix_error(s.signed_get(&remote_path, &s.hs1.server_name, &remote_path)),
+        (404, "M_NOT_FOUND".into())
+    );
+    let ok = s.signed_get(&path, &s.hs1.server_name, &path);
+    assert_eq!(ok.status(), 200);
+    assert!(ok.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("multipart/mixed; boundary="));
+
+    // 4. Legacy paths: with the freeze on (the default), never a remote fetch.
+    let unfetched_id = s.upload_on(&s.hs2, &bob, b"never fetched");
+    let legacy = format!(
+        "/_matrix/media/v3/download/{}/{unfetched_id}",
+        s.hs2.server_name
+    );
+    let frozen = s
+        .http
+        .get(format!("{}{legacy}", s.repo.base_url()))
+        .send()
+        .unwrap();
+    assert_eq!(frozen.status(), 404);
+    //    With it off: allow_remote=false never fetches, and without it the legacy path does.
+    let unfrozen = MediaRepo::start(&repo_yaml(
+        &s.hs1.server_name,
+        &s.hs1.client_url(),
+        &s.hs1.signing_key_path().display().to_string(),
+        &trusting(&s.ca),
+        "downloads:\n  legacy_freeze:\n    enabled: false\n",
+    ))
+    .unwrap();
+    let no_remote = s
+        .http
+        .get(format!(
+            "{}{legacy}?allow_remote=false",
+            unfrozen.base_url()
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(no_remote.status(), 404);
+    let unfetched_path = format!("/_matrix/federation/v1/media/download/{unfetched_id}");
+    assert_eq!(
+        s.hs2.count_requests(&unfetched_path),
+        0,
+        "no remote request"
+    );
+    let fetched = s
+        .http
+        .get(format!("{}{legacy}", unfrozen.base_url()))
+        .send()
+        .unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.bytes().unwrap().as_ref(), b"never fetched");
+
+    // 5. A certificate the repo does not trust: 502, quickly, nothing stored.
+    let untrusting = MediaRepo::start(&repo_yaml(
+        &s.hs1.server_name,
+        &s.hs1.client_url(),
+        &s.hs1.signing_key_path().display().to_string(),
+        "  allowed_networks: [\"127.0.0.1\"]\n",
+        "",
+    ))
+    .unwrap();
+    let started = Instant::now();
+    let refused = s
+        .http
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{}/{remote_id}",
+            untrusting.base_url(),
+            s.hs2.server_name
+        ))
+        .bearer_auth(&alice)
+        .send()
+        .unwrap();
+    assert_eq!(matrix_error(refused).0, 502);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(count_files(&untrusting.dir().join("media")), 0);
+}
+
+/// A small remote server for what Synapse cannot be made to do: plain HTTP behind a TLS
+/// nginx, answering each path from a script, counting the requests it gets.
+mod scripted {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::{Arc, Mutex};
+
+    /// What to answer for a request path: status line, headers and body.
+    pub type Script = Arc<dyn Fn(&str) -> (String, Vec<(String, String)>, Vec<u8>) + Send + Sync>;
+
+    pub struct Remote {
+        pub port: u16,
+        pub requests: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Remote {
+        pub fn start(ip: &str, script: Script) -> Remote {
+            let listener = TcpListener::bind((ip, 0)).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let requests = Arc::new(Mutex::new(Vec::new()));
+            let seen = requests.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { continue };
+                    let (script, seen) = (script.clone(), seen.clone());
+                    std::thread::spawn(move || answer(stream, &script, &seen));
+                }
+            });
+            Remote { port, requests }
+        }
+
+        pub fn count(&self, needle: &str) -> usize {
+            self.requests
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|p| p.contains(needle))
+                .count()
+        }
+    }
+
+    fn answer(stream: TcpStream, script: &Script, seen: &Mutex<Vec<String>>) {
+        let mut reader = BufReader::new(stream);
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).is_err() {
+            return;
+        }
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => {}
+            }
+        }
+        let path = request_line
+            .split(' ')
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        seen.lock().unwrap().push(path.clone());
+        let (status, headers, body) = script(&path);
+        let mut out = reader.into_inner();
+        let mut head = format!(
+            "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            head += &format!("{name}: {value}\r\n");
+        }
+        head += "\r\n";
+        let _ = out.write_all(head.as_bytes());
+        let _ = out.write_all(&body);
+    }
+
+    /// A federation media answer: `{}` then the bytes, or a Location part.
+    pub fn multipart(
+        bytes: Option<&[u8]>,
+        location: Option<&str>,
+    ) -> (String, Vec<(String, String)>, Vec<u8>) {
+        let boundary = "6b1a7e0c55f24b2d";
+        let mut body = format!(
+            "\r\n--{boundary}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{boundary}\r\n"
+        )
+        .into_bytes();
+        match (bytes, location) {
+            (Some(bytes), _) => {
+                body.extend_from_slice(b"Content-Type: text/plain\r\nContent-Disposition: attachment; filename=scripted.txt\r\n\r\n");
+                body.extend_from_slice(bytes);
+            }
+            (None, Some(location)) => {
+                body.extend_from_slice(format!("Location: {location}\r\n\r\n").as_bytes())
+            }
+            (None, None) => {}
+        }
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        (
+            "200 OK".to_owned(),
+            vec![(
+                "Content-Type".to_owned(),
+                format!("multipart/mixed; boundary={boundary}"),
+            )],
+            body,
+        )
+    }
+}
+
+/// Fetch paths Synapse cannot produce, against a scripted remote behind TLS nginx.
+#[test]
+fn remote_fetch_limits_redirects_fallback_and_backoff() {
+    use std::sync::Arc;
+
+    use scripted::{multipart, Remote};
+
+    let ca = TestCa::new().unwrap();
+    // 127.0.0.2 is loopback but not on the allow-list: a redirect there must not connect.
+    let forbidden = Remote::start(
+        "127.0.0.2",
+        Arc::new(|_| ("200 OK".to_owned(), vec![], b"leaked".to_vec())),
+    );
+    let raw_port = std::sync::OnceLock::<u16>::new();
+    let raw_port = Arc::new(raw_port);
+    let script_port = raw_port.clone();
+    let forbidden_port = forbidden.port;
+    let remote = Remote::start(
+        "127.0.0.1",
+        Arc::new(move |path: &str| {
+            let id = path
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default();
+            let raw = format!(
+                "http://127.0.0.1:{}/raw/{id}",
+                script_port.get().copied().unwrap_or(0)
+            );
+            if path.starts_with("/raw/") {
+                return (
+                    "200 OK".to_owned(),
+                    vec![("Content-Type".into(), "text/plain".into())],
+                    format!("raw bytes of {id}").into_bytes(),
+                );
+            }
+            if path.starts_with("/_matrix/media/v3/download/") {
+                return (
+                    "200 OK".to_owned(),
+                    vec![("Content-Type".into(), "text/plain".into())],
+                    b"legacy bytes".to_vec(),
+                );
+            }
+            match id {
+                "small" => multipart(Some(b"small bytes"), None),
+                "big" => multipart(Some(&vec![b'x'; 300_000]), None),
+                "malformed" => {
+                    let (status, headers, mut body) = multipart(Some(b"cut short"), None);
+                    body.truncate(body.len() - 10);
+                    (status, headers, body)
+                }
+                "redirected" => multipart(None, Some(&raw)),
+                "forbidden" => multipart(
+                    None,
+                    Some(&format!("http://127.0.0.2:{forbidden_port}/raw/x")),
+                ),
+                "legacy" => (
+                    "404 Not Found".to_owned(),
+                    vec![("Content-Type".into(), "application/json".into())],
+                    br#"{"errcode":"M_UNRECOGNIZED","error":"Unrecognized request"}"#.to_vec(),
+                ),
+                "broken" => (
+                    "500 Internal Server Error".to_owned(),
+                    vec![],
+                    b"oops".to_vec(),
+                ),
+                _ => (
+                    "404 Not Found".to_owned(),
+                    vec![("Content-Type".into(), "application/json".into())],
+                    br#"{"errcode":"M_NOT_FOUND","error":"no"}"#.to_vec(),
+                ),
+            }
+        }),
+    );
+    raw_port.set(remote.port).unwrap();
+    let cert = ca.issue(&["127.0.0.1"]).unwrap();
+    let nginx = Nginx::tls(&cert)
+        .client_upstream(&format!("http://127.0.0.1:{}", remote.port))
+        .start()
+        .unwrap();
+    let origin = format!("127.0.0.1:{}", nginx.port());
+
+    // Our homeserver for auth: the shared Synapse; our signing key: made here.
+    let synapse = integration::Synapse::shared();
+    let token = crate::common::users().alice.clone();
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_path = key_dir.path().join("signing.key");
+    let key = SigningKey::from_seed("test1", [7u8; 32]).unwrap();
+    std::fs::write(&key_path, key.to_key_file_line()).unwrap();
+    let repo = MediaRepo::start(&repo_yaml(
+        &synapse.server_name,
+        &synapse.base_url(),
+        &key_path.display().to_string(),
+        &trusting(&ca),
+        "downloads:\n  max_bytes: 100000\n",
+    ))
+    .unwrap();
+    let http = Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap();
+    let get = |id: &str| {
+        http.get(format!(
+            "{}/_matrix/client/v1/media/download/{origin}/{id}",
+            repo.base_url()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+    };
+    let body_of = |id: &str| {
+        let response = get(id);
+        assert_eq!(response.status(), 200, "{id}");
+        response.bytes().unwrap().to_vec()
+    };
+
+    assert_eq!(body_of("small"), b"small bytes");
+    assert_eq!(matrix_error(get("big")), (502, "M_TOO_LARGE".into()));
+    assert_eq!(matrix_error(get("malformed")).0, 502);
+    assert_eq!(body_of("redirected"), b"raw bytes of redirected");
+    assert_eq!(remote.count("/raw/redirected"), 1);
+    assert_eq!(matrix_error(get("forbidden")).0, 502);
+    assert_eq!(
+        forbidden.requests.lock().unwrap().len(),
+        0,
+        "a refused address is never dialled"
+    );
+    assert_eq!(body_of("legacy"), b"legacy bytes");
+    assert_eq!(remote.count("/_matrix/media/v3/download/"), 1);
+    assert!(remote
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|p| p.ends_with("/legacy?allow_remote=false&allow_redirect=true")));
+    assert_eq!(matrix_error(get("unknown")), (404, "M_NOT_FOUND".into()));
+    // Nothing of the refused ones was kept: only small, redirected and legacy are stored.
+    let media = repo.dir().join("media");
+    assert_eq!(count_files(&media) - count_files(&media.join("tmp")), 3);
+    assert_eq!(count_files(&media.join("tmp")), 0);
+
+    // A broken origin: 502, then backed off: neither that media nor another one from the
+    // same origin is asked for again at once.
+    let started = Instant::now();
+    assert_eq!(matrix_error(get("broken")).0, 502);
+    let broken = remote.count("/broken");
+    assert_eq!(broken, 1);
+    let again = get("broken");
+    assert!(again.headers().get("retry-after").is_some());
+    assert_eq!(matrix_error(again).0, 502);
+    assert_eq!(
+        matrix_error(get("small-2")).0,
+        502,
+        "the origin is backed off"
+    );
+    assert_eq!(remote.count("/broken"), 1);
+    assert_eq!(remote.count("/small-2"), 0);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // An origin that does not answer at all: 502 within the connect timeout.
+    let dead = integration::free_port();
+    let started = Instant::now();
+    let response = http
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/127.0.0.1:{dead}/x",
+            repo.base_url()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(matrix_error(response).0, 502);
+    assert!(started.elapsed() < Duration::from_secs(6));
+}
