@@ -107,6 +107,18 @@ impl ObjectWriter {
         self.written
     }
 
+    /// The temp file, once the first batch created it. Another reader may open it and read
+    /// up to [`ObjectWriter::bytes_in_file`] while the write goes on (a download served while
+    /// it is fetched); an open file stays readable after the commit renames it.
+    pub fn temp_path(&self) -> Option<&Path> {
+        self.temp.as_ref().map(|t| t.file.path())
+    }
+
+    /// Bytes already written to the temp file (readable by another open of it).
+    pub fn bytes_in_file(&self) -> u64 {
+        self.temp.as_ref().map_or(0, |t| t.size)
+    }
+
     /// Accepts a chunk. [`Error::TooLarge`] as soon as the total passes `max_bytes`; the
     /// temp file is gone when that error returns.
     pub async fn write(&mut self, chunk: Bytes) -> Result<()> {

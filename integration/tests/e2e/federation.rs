@@ -370,9 +370,14 @@ mod scripted {
     /// What to answer for a request path: status line, headers and body.
     pub type Script = Arc<dyn Fn(&str) -> (String, Vec<(String, String)>, Vec<u8>) + Send + Sync>;
 
+    /// Answers for paths containing "stalled" stop after this many body bytes (more than
+    /// media-repo's STREAM_AFTER_BYTES, 1 MiB) until [`Remote::release`] (or 20 s).
+    pub const STALL_AFTER: usize = 1_200_000;
+
     pub struct Remote {
         pub port: u16,
         pub requests: Arc<Mutex<Vec<String>>>,
+        released: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Remote {
@@ -380,15 +385,26 @@ mod scripted {
             let listener = TcpListener::bind((ip, 0)).unwrap();
             let port = listener.local_addr().unwrap().port();
             let requests = Arc::new(Mutex::new(Vec::new()));
-            let seen = requests.clone();
+            let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (seen, gate) = (requests.clone(), released.clone());
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     let Ok(stream) = stream else { continue };
-                    let (script, seen) = (script.clone(), seen.clone());
-                    std::thread::spawn(move || answer(stream, &script, &seen));
+                    let (script, seen, gate) = (script.clone(), seen.clone(), gate.clone());
+                    std::thread::spawn(move || answer(stream, &script, &seen, &gate));
                 }
             });
-            Remote { port, requests }
+            Remote {
+                port,
+                requests,
+                released,
+            }
+        }
+
+        /// Lets stalled answers finish.
+        pub fn release(&self) {
+            self.released
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
 
         pub fn count(&self, needle: &str) -> usize {
@@ -401,7 +417,12 @@ mod scripted {
         }
     }
 
-    fn answer(stream: TcpStream, script: &Script, seen: &Mutex<Vec<String>>) {
+    fn answer(
+        stream: TcpStream,
+        script: &Script,
+        seen: &Mutex<Vec<String>>,
+        released: &std::sync::atomic::AtomicBool,
+    ) {
         let mut reader = BufReader::new(stream);
         let mut request_line = String::new();
         if reader.read_line(&mut request_line).is_err() {
@@ -432,7 +453,19 @@ mod scripted {
         }
         head += "\r\n";
         let _ = out.write_all(head.as_bytes());
-        let _ = out.write_all(&body);
+        if path.contains("stalled") && body.len() > STALL_AFTER {
+            let _ = out.write_all(&body[..STALL_AFTER]);
+            let _ = out.flush();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !released.load(std::sync::atomic::Ordering::SeqCst)
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = out.write_all(&body[STALL_AFTER..]);
+        } else {
+            let _ = out.write_all(&body);
+        }
     }
 
     /// A federation media answer: `{}` then the bytes, or a Location part.
@@ -465,6 +498,13 @@ mod scripted {
             body,
         )
     }
+}
+
+/// The body of the scripted "stalled" media: more than the remote sends before it stalls.
+fn stalled_bytes() -> Vec<u8> {
+    (0..scripted::STALL_AFTER as u32 + 50_000)
+        .map(|i| (i % 253) as u8)
+        .collect()
 }
 
 /// Fetch paths Synapse cannot produce, against a scripted remote behind TLS nginx.
@@ -514,6 +554,7 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
             }
             match id {
                 "small" => multipart(Some(b"small bytes"), None),
+                "stalled" => multipart(Some(&stalled_bytes()), None),
                 "big" => multipart(Some(&vec![b'x'; 300_000]), None),
                 "malformed" => {
                     let (status, headers, mut body) = multipart(Some(b"cut short"), None);
@@ -563,11 +604,20 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
         &synapse.base_url(),
         &key_path.display().to_string(),
         &trusting(&ca),
-        "downloads:\n  max_bytes: 100000\n",
+        "downloads:\n  max_bytes: 280000\n",
+    ))
+    .unwrap();
+    // A second repo with the default limit, for a media large enough to be streamed.
+    let streaming_repo = MediaRepo::start(&repo_yaml(
+        &synapse.server_name,
+        &synapse.base_url(),
+        &key_path.display().to_string(),
+        &trusting(&ca),
+        "",
     ))
     .unwrap();
     let http = Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap();
-    let get = |id: &str| {
+    let get_from = |repo: &MediaRepo, id: &str| {
         http.get(format!(
             "{}/_matrix/client/v1/media/download/{origin}/{id}",
             repo.base_url()
@@ -576,6 +626,7 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
         .send()
         .unwrap()
     };
+    let get = |id: &str| get_from(&repo, id);
     let body_of = |id: &str| {
         let response = get(id);
         assert_eq!(response.status(), 200, "{id}");
@@ -583,6 +634,36 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
     };
 
     assert_eq!(body_of("small"), b"small bytes");
+
+    // Bytes reach the client while the fetch still runs: the first client reads what the
+    // remote sent before it stalled; a second client joins the same fetch.
+    {
+        use std::io::Read;
+        let expected = stalled_bytes();
+        let mut first = get_from(&streaming_repo, "stalled");
+        assert_eq!(first.status(), 200);
+        let mut head = vec![0u8; 100_000];
+        first
+            .read_exact(&mut head)
+            .expect("bytes before the remote finished");
+        assert!(head == expected[..100_000]);
+        let second = std::thread::scope(|scope| {
+            let joining = scope.spawn(|| {
+                let response = get_from(&streaming_repo, "stalled");
+                assert_eq!(response.status(), 200);
+                response.bytes().unwrap().to_vec()
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            remote.release();
+            joining.join().unwrap()
+        });
+        let mut rest = Vec::new();
+        first.read_to_end(&mut rest).unwrap();
+        head.extend_from_slice(&rest);
+        assert!(head == expected, "the first client got every byte");
+        assert!(second == expected, "the joining client got every byte");
+        assert_eq!(remote.count("/stalled"), 1, "one fetch for both");
+    }
     assert_eq!(matrix_error(get("big")), (502, "M_TOO_LARGE".into()));
     assert_eq!(matrix_error(get("malformed")).0, 502);
     assert_eq!(body_of("redirected"), b"raw bytes of redirected");

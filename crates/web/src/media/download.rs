@@ -12,6 +12,7 @@ use mr_storage::MediaRecord;
 use serde::Deserialize;
 
 use super::body::MediaBody;
+use super::remote::{self, FetchState};
 use super::{now_ms, query_param, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
 use crate::headers::{content_disposition, content_type_value};
@@ -151,7 +152,36 @@ async fn serve(
                 }
                 None => return Err(err),
             };
-            state.remote.fetch(&state, &media, &as_server).await?
+            let progress = state.remote.start(&state, &media, &as_server).await?;
+            // A plain GET is answered while the bytes arrive; HEAD and ranges wait for the
+            // stored media (its size and hash are known only then).
+            let streamable =
+                req.method() == Method::GET && !req.headers().contains_key(header::RANGE);
+            if !streamable {
+                remote::wait_for_stored(progress).await?
+            } else {
+                match remote::wait_for_bytes(progress.clone()).await? {
+                    FetchState::Stored(record) => record,
+                    FetchState::Arriving(head) => {
+                        let filename = path.file_name.or(head.upload_name);
+                        let mut response = HttpResponse::Ok();
+                        response
+                            .insert_header((
+                                header::CONTENT_TYPE,
+                                content_type_value(&head.content_type),
+                            ))
+                            .insert_header((
+                                header::CONTENT_DISPOSITION,
+                                content_disposition(&head.content_type, filename.as_deref()),
+                            ))
+                            .insert_header((
+                                header::CACHE_CONTROL,
+                                "private, max-age=31536000, immutable",
+                            ));
+                        return Ok(response.streaming(remote::tail_body(state.clone(), progress)));
+                    }
+                }
+            }
         }
         other => other?,
     };

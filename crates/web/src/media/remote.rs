@@ -9,9 +9,11 @@
 //! `/_matrix/media/v3/download/{origin}/{id}?allow_remote=false&allow_redirect=true`.
 //! Every address dialled passes `federation.allowed_networks` (see `mr_remote::Dialer`).
 //!
-//! Concurrent requests for one media share one fetch. Failures are remembered per media
-//! and per origin with a growing back-off, so a dead or hostile server is not asked on
-//! every request.
+//! A fetch runs as a task of its own, so it completes (and the media is kept) even if the
+//! client that started it goes away. Concurrent requests for one media share it, and may
+//! be served while it runs: they read the temp file it writes, up to what it holds, and
+//! follow it to the end ([`tail_body`]). Failures are remembered per media and per origin
+//! with a growing back-off, so a dead or hostile server is not asked on every request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +22,6 @@ use std::time::{Duration, Instant};
 use actix_web::http::StatusCode;
 use bytes::Bytes;
 use dashmap::DashMap;
-use futures_util::future::{BoxFuture, FutureExt, Shared};
 use futures_util::{Stream, StreamExt};
 use mr_config::Config;
 use mr_federation::{
@@ -29,6 +30,8 @@ use mr_federation::{
 use mr_remote::{Dialer, DialerSettings, KeyStore};
 use mr_storage::content;
 use mr_storage::MediaRecord;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{now_ms, MediaRef};
@@ -51,6 +54,43 @@ const MAX_REMEMBERED_FAILURES: u64 = 100_000;
 const MAX_ERROR_BODY_BYTES: usize = 16 * 1024;
 
 type FetchResult = Result<MediaRecord, FetchError>;
+
+/// Read size when serving a fetch in progress from its temp file.
+const TAIL_READ_CHUNK: usize = 64 * 1024;
+
+/// A download waiting for a fetch is answered once the media is stored, or, for larger
+/// media, as soon as this much of it arrived: then the rest streams as it comes. Below it
+/// every error is exact (a remote over `downloads.max_bytes` is 502 `M_TOO_LARGE`); a
+/// streamed media that turns out larger than the limit, or whose fetch fails, ends in a cut
+/// response (never a short one that looks complete) and nothing is kept.
+pub const STREAM_AFTER_BYTES: u64 = 1024 * 1024;
+
+/// What the origin said about the media, known before its bytes.
+#[derive(Clone, Debug)]
+pub struct RemoteHead {
+    pub content_type: String,
+    pub upload_name: Option<String>,
+}
+
+/// How far a fetch has come: what a download arriving meanwhile can already use.
+#[derive(Clone, Debug, Default)]
+pub struct FetchProgress {
+    /// Set once the origin's answer head arrived.
+    pub head: Option<RemoteHead>,
+    /// The temp file the bytes go to, and how many of them are in it.
+    pub temp_path: Option<std::path::PathBuf>,
+    pub bytes_in_file: u64,
+    /// Set when the fetch ended: the stored media, or why it failed.
+    pub outcome: Option<Result<MediaRecord, MatrixError>>,
+}
+
+/// Where a download waiting for a fetch stands.
+pub enum FetchState {
+    /// The media is stored: serve it like any other.
+    Stored(MediaRecord),
+    /// Bytes are arriving: they can be streamed with [`tail_body`].
+    Arriving(RemoteHead),
+}
 
 /// A failed fetch, and whether the origin itself looked down (no connection, TLS failure,
 /// timeout, a 5xx answer): only then is the whole origin backed off, not just the media.
@@ -87,7 +127,8 @@ pub struct RemoteMedia {
     keys: KeyStore,
     /// Our server name → the key it signs with. Homeservers without a key fetch nothing.
     signing_keys: HashMap<String, Arc<SigningKey>>,
-    in_flight: DashMap<String, Shared<BoxFuture<'static, FetchResult>>>,
+    /// Fetches running now, by mxc; the fetch task removes its own entry when it ends.
+    in_flight: DashMap<String, watch::Receiver<FetchProgress>>,
     media_failures: moka::sync::Cache<String, Failure>,
     destination_failures: moka::sync::Cache<String, Failure>,
 }
@@ -138,14 +179,14 @@ impl RemoteMedia {
         }
     }
 
-    /// Fetches `media` from its origin as `as_server` (one of ours), stores it, and returns
-    /// its new row; concurrent callers for the same media share one fetch.
-    pub async fn fetch(
+    /// Starts fetching `media` from its origin as `as_server` (one of ours), or joins the
+    /// fetch already running; the receiver follows its progress to the end.
+    pub async fn start(
         &self,
         state: &actix_web::web::Data<AppState>,
         media: &MediaRef,
         as_server: &str,
-    ) -> MatrixResult<MediaRecord> {
+    ) -> MatrixResult<watch::Receiver<FetchProgress>> {
         let key = self
             .signing_keys
             .get(&as_server.to_ascii_lowercase())
@@ -156,26 +197,38 @@ impl RemoteMedia {
                 )
             })?;
         let mxc = media.mxc();
+        if let Some(running) = self.in_flight.get(&mxc) {
+            return Ok(running.clone());
+        }
         if let Some(failure) = self.remembered_failure(&self.media_failures, &mxc) {
             return Err(failure);
         }
         if let Some(failure) = self.remembered_failure(&self.destination_failures, &media.origin) {
             return Err(failure);
         }
-        let shared = self
-            .in_flight
-            .entry(mxc.clone())
-            .or_insert_with(|| {
-                let state = state.clone();
-                let media = media.clone();
-                let as_server = as_server.to_owned();
-                async move { fetch_and_store(&state, &media, &as_server, &key).await }
-                    .boxed()
-                    .shared()
-            })
-            .clone();
-        let result = shared.await;
-        self.in_flight.remove(&mxc);
+        let entry = match self.in_flight.entry(mxc.clone()) {
+            dashmap::Entry::Occupied(running) => return Ok(running.get().clone()),
+            dashmap::Entry::Vacant(vacant) => vacant,
+        };
+        let (progress, receiver) = watch::channel(FetchProgress::default());
+        entry.insert(receiver.clone());
+        let (state, media, as_server) = (state.clone(), media.clone(), as_server.to_owned());
+        tokio::spawn(async move {
+            // A fetch that ended between the caller's lookup and our entry stored the row.
+            let stored = state.db.get_media(&media.origin, &media.media_id).await;
+            let result = match stored {
+                Ok(Some(record)) => Ok(record),
+                _ => fetch_and_store(&state, &media, &as_server, &key, &progress).await,
+            };
+            let outcome = state.remote.finish(&media, result);
+            progress.send_modify(|p| p.outcome = Some(outcome));
+            state.remote.in_flight.remove(&media.mxc());
+        });
+        Ok(receiver)
+    }
+
+    /// Records how a fetch ended: failures are backed off, success clears the origin's.
+    fn finish(&self, media: &MediaRef, result: FetchResult) -> MatrixResult<MediaRecord> {
         match result {
             Ok(record) => {
                 self.destination_failures.invalidate(&media.origin);
@@ -184,7 +237,7 @@ impl RemoteMedia {
             Err(failure) => {
                 self.remember_failure(
                     &self.media_failures,
-                    &mxc,
+                    &media.mxc(),
                     &failure.error,
                     MEDIA_BACKOFF_START,
                     MEDIA_BACKOFF_MAX,
@@ -313,6 +366,7 @@ async fn fetch_and_store(
     media: &MediaRef,
     as_server: &str,
     key: &SigningKey,
+    progress: &watch::Sender<FetchProgress>,
 ) -> FetchResult {
     let config = state.config();
     let dialer = state.remote.dialer()?;
@@ -321,20 +375,34 @@ async fn fetch_and_store(
     if fetched.declared_len.is_some_and(|len| len > max_bytes) {
         return Err(remote_too_large(max_bytes).into());
     }
-    let idle = Duration::from_millis(config.federation.idle_timeout_ms);
-    let (object, claim) = store(state, fetched.body, max_bytes, idle, &media.origin).await?;
-    let record = MediaRecord {
-        origin: media.origin.clone(),
-        media_id: media.media_id.clone(),
-        user_id: None,
+    let head = RemoteHead {
         content_type: fetched
             .content_type
+            .clone()
             .filter(|ct| !ct.is_empty() && ct.len() <= 255)
             .unwrap_or_else(|| "application/octet-stream".to_owned()),
         upload_name: fetched
             .content_disposition
             .as_deref()
             .and_then(crate::headers::filename_from_disposition),
+    };
+    progress.send_modify(|p| p.head = Some(head.clone()));
+    let idle = Duration::from_millis(config.federation.idle_timeout_ms);
+    let (object, claim) = store(
+        state,
+        fetched.body,
+        max_bytes,
+        idle,
+        &media.origin,
+        progress,
+    )
+    .await?;
+    let record = MediaRecord {
+        origin: media.origin.clone(),
+        media_id: media.media_id.clone(),
+        user_id: None,
+        content_type: head.content_type,
+        upload_name: head.upload_name,
         size_bytes: object.size,
         sha256: object.sha256.clone(),
         datastore_id: state.datastore.id().to_owned(),
@@ -382,6 +450,7 @@ async fn store(
     max_bytes: u64,
     idle: Duration,
     origin: &str,
+    progress: &watch::Sender<FetchProgress>,
 ) -> Fetch<(mr_storage::StoredObject, content::Claim)> {
     let mut writer = state
         .datastore
@@ -410,6 +479,7 @@ async fn store(
                 mr_storage::Error::TooLarge { .. } => remote_too_large(max_bytes),
                 other => MatrixError::internal("writing remote media failed", &other),
             })?;
+            announce_file(progress, &writer);
         }
     }
     .await;
@@ -421,9 +491,172 @@ async fn store(
         mr_storage::Error::TooLarge { .. } => remote_too_large(max_bytes),
         other => MatrixError::internal("finishing remote media failed", &other),
     })?;
+    let size = staged.object().size;
+    progress.send_modify(|p| p.bytes_in_file = size);
     content::commit_claimed(&state.db, &state.datastore, staged, now_ms())
         .await
         .map_err(|err| MatrixError::internal("storing remote media failed", &err).into())
+}
+
+/// Tells readers of a fetch in progress what the temp file holds now.
+fn announce_file(progress: &watch::Sender<FetchProgress>, writer: &mr_storage::ObjectWriter) {
+    let (path, len) = (writer.temp_path(), writer.bytes_in_file());
+    progress.send_if_modified(|p| {
+        if p.bytes_in_file == len {
+            return false;
+        }
+        if p.temp_path.is_none() {
+            p.temp_path = path.map(std::path::Path::to_path_buf);
+        }
+        p.bytes_in_file = len;
+        true
+    });
+}
+
+/// Waits until a fetch stored the media, or [`STREAM_AFTER_BYTES`] of it arrived.
+pub async fn wait_for_bytes(
+    mut progress: watch::Receiver<FetchProgress>,
+) -> MatrixResult<FetchState> {
+    loop {
+        {
+            let now = progress.borrow_and_update();
+            match (&now.outcome, &now.head) {
+                (Some(outcome), _) => return outcome.clone().map(FetchState::Stored),
+                (None, Some(head)) if now.bytes_in_file >= STREAM_AFTER_BYTES => {
+                    return Ok(FetchState::Arriving(head.clone()))
+                }
+                _ => {}
+            }
+        }
+        if progress.changed().await.is_err() {
+            return Err(MatrixError::internal(
+                "a remote fetch ended without a result",
+                &"channel closed",
+            ));
+        }
+    }
+}
+
+/// Waits until a fetch ended.
+pub async fn wait_for_stored(
+    mut progress: watch::Receiver<FetchProgress>,
+) -> MatrixResult<MediaRecord> {
+    loop {
+        if let Some(outcome) = progress.borrow_and_update().outcome.clone() {
+            return outcome;
+        }
+        if progress.changed().await.is_err() {
+            return Err(MatrixError::internal(
+                "a remote fetch ended without a result",
+                &"channel closed",
+            ));
+        }
+    }
+}
+
+/// Where a download following a fetch stands.
+struct Tail {
+    state: actix_web::web::Data<AppState>,
+    progress: watch::Receiver<FetchProgress>,
+    file: Option<tokio::fs::File>,
+    sent: u64,
+}
+
+/// The bytes of a media while its fetch runs: read from the fetch's temp file as they land
+/// there (or from the stored object once it is stored), never past what the file holds.
+/// If the fetch fails, the stream ends with an error, so the client sees a cut response,
+/// never a short one that looks complete.
+pub fn tail_body(
+    state: actix_web::web::Data<AppState>,
+    progress: watch::Receiver<FetchProgress>,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + 'static {
+    let tail = Tail {
+        state,
+        progress,
+        file: None,
+        sent: 0,
+    };
+    futures_util::stream::unfold(tail, |mut tail| async move {
+        match tail.next_chunk().await {
+            Ok(Some(bytes)) => Some((Ok(bytes), tail)),
+            Ok(None) => None,
+            Err(err) => {
+                warn!(error = %err, sent = tail.sent, "a download served while its media was fetched was cut");
+                // End after the error: a cut response.
+                tail.sent = u64::MAX;
+                Some((Err(err), tail))
+            }
+        }
+    })
+}
+
+impl Tail {
+    async fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
+        if self.sent == u64::MAX {
+            return Ok(None);
+        }
+        loop {
+            let now = self.progress.borrow_and_update().clone();
+            let (available, total) = match &now.outcome {
+                Some(Ok(record)) => (record.size_bytes, Some(record.size_bytes)),
+                Some(Err(err)) => {
+                    return Err(std::io::Error::other(format!(
+                        "remote fetch failed: {}",
+                        err.message
+                    )))
+                }
+                None => (now.bytes_in_file, None),
+            };
+            if self.sent < available {
+                if self.file.is_none() {
+                    self.file = self.open(&now).await?;
+                }
+                if let Some(file) = self.file.as_mut() {
+                    let want = (available - self.sent).min(TAIL_READ_CHUNK as u64) as usize;
+                    let mut buf = vec![0u8; want];
+                    let n = file.read(&mut buf).await?;
+                    if n == 0 {
+                        return Err(std::io::Error::other("remote media file ended early"));
+                    }
+                    buf.truncate(n);
+                    self.sent += n as u64;
+                    return Ok(Some(Bytes::from(buf)));
+                }
+            } else if total == Some(self.sent) {
+                return Ok(None);
+            }
+            if self.progress.changed().await.is_err() {
+                return Err(std::io::Error::other("remote fetch ended without a result"));
+            }
+        }
+    }
+
+    /// The temp file while the fetch runs (it may have been renamed or removed just now:
+    /// then `None`, and the stored object once the fetch says where it is).
+    async fn open(&self, now: &FetchProgress) -> std::io::Result<Option<tokio::fs::File>> {
+        let opened = match (&now.outcome, &now.temp_path) {
+            (Some(Ok(record)), _) => self
+                .state
+                .datastore
+                .open(&record.location)
+                .await
+                .map(Some)
+                .map_err(std::io::Error::other)?,
+            (None, Some(path)) => match tokio::fs::File::open(path).await {
+                Ok(file) => Some(file),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+                Err(err) => return Err(err),
+            },
+            _ => None,
+        };
+        match opened {
+            Some(mut file) => {
+                file.seek(std::io::SeekFrom::Start(self.sent)).await?;
+                Ok(Some(file))
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 /// The federation endpoint, its redirects, and the legacy fallback.
