@@ -524,9 +524,29 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
     let raw_port = Arc::new(raw_port);
     let script_port = raw_port.clone();
     let forbidden_port = forbidden.port;
+    // The scripted origin's own name and key, for its (expired) key document.
+    let origin_name = Arc::new(std::sync::OnceLock::<String>::new());
+    let script_origin = origin_name.clone();
+    let origin_key = Arc::new(SigningKey::from_seed("remote1", [9u8; 32]).unwrap());
+    let script_key = origin_key.clone();
     let remote = Remote::start(
         "127.0.0.1",
         Arc::new(move |path: &str| {
+            if path == "/_matrix/key/v2/server" {
+                let an_hour_ago = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as u64
+                    - 3_600_000;
+                let name = script_origin.get().cloned().unwrap_or_default();
+                let document =
+                    mr_federation::our_key_document(&name, &script_key, an_hour_ago).unwrap();
+                return (
+                    "200 OK".to_owned(),
+                    vec![("Content-Type".into(), "application/json".into())],
+                    document.to_string().into_bytes(),
+                );
+            }
             let id = path
                 .split('?')
                 .next()
@@ -591,6 +611,7 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
         .start()
         .unwrap();
     let origin = format!("127.0.0.1:{}", nginx.port());
+    origin_name.set(origin.clone()).unwrap();
 
     // Our homeserver for auth: the shared Synapse; our signing key: made here.
     let synapse = integration::Synapse::shared();
@@ -705,6 +726,47 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
     assert_eq!(remote.count("/broken"), 1);
     assert_eq!(remote.count("/small-2"), 0);
     assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A request for our media signed by an origin whose key document has expired: 401.
+    let ours = crate::common::users();
+    let uploaded: serde_json::Value = http
+        .post(format!("{}/_matrix/media/v3/upload", repo.base_url()))
+        .bearer_auth(&ours.alice)
+        .body("ours")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let our_id = uploaded["content_uri"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let path = format!("/_matrix/federation/v1/media/download/{our_id}");
+    let header = sign_request(
+        &origin_key,
+        &RequestToSign {
+            method: "GET".to_owned(),
+            uri: path.clone(),
+            origin: origin.clone(),
+            destination: synapse.server_name.clone(),
+            content: None,
+        },
+    )
+    .unwrap();
+    let expired = http
+        .get(format!("{}{path}", repo.base_url()))
+        .header("Authorization", header)
+        .send()
+        .unwrap();
+    assert_eq!(matrix_error(expired), (401, "M_UNAUTHORIZED".into()));
+    assert_eq!(
+        remote.count("/_matrix/key/v2/server"),
+        1,
+        "the key was asked for, and refused"
+    );
 
     // An origin that does not answer at all: 502 within the connect timeout.
     let dead = integration::free_port();
