@@ -22,7 +22,7 @@
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,9 @@ use sha2::{Digest as _, Sha256};
 const SIZES: [(&str, usize); 2] = [("1 MiB", 1 << 20), ("50 MiB", 50 << 20)];
 /// Measurements per size and path unless `--rounds` says otherwise; the median is reported.
 const DEFAULT_ROUNDS: usize = 3;
+/// Most rounds per run: hs3 fetches 1 + 50 MiB per round, and Synapse refuses remote media
+/// past `remote_media_download_burst_count` (default 500 MiB, refilled at 87 KiB/s) with 429.
+const MAX_ROUNDS: usize = 8;
 /// `max_upload_size` of hs2 and hs3 (128 MiB). Synapse's default, 50M, is exactly 50 MiB,
 /// and Synapse applies it to the remote media it fetches too.
 const SYNAPSE_MAX_UPLOAD_BYTES: u64 = 128 << 20;
@@ -149,7 +152,11 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
                 options.rounds = value("--rounds")?
                     .parse()
                     .context("--rounds takes a number")?;
-                ensure!(options.rounds > 0, "--rounds must be at least 1");
+                ensure!(
+                    (1..=MAX_ROUNDS).contains(&options.rounds),
+                    "--rounds is 1 to {MAX_ROUNDS}: Synapse rate-limits remote media downloads \
+                     (remote_media_download_burst_count, 500 MiB by default)"
+                );
             }
             "--cache" => {
                 options.cache = value("--cache")?;
@@ -160,7 +167,7 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
             }
             "--help" | "-h" => {
                 println!(
-                    "federation-bench [--rounds N (default {DEFAULT_ROUNDS})] [--cache memory|none (A's cache.backend, default memory)]\n\
+                    "federation-bench [--rounds N (1-{MAX_ROUNDS}, default {DEFAULT_ROUNDS})] [--cache memory|none (A's cache.backend, default memory)]\n\
                      Uses $MEDIA_REPO_BIN, else media-repo next to this executable \
                      (cargo build --release -p mr-web --bin media-repo)."
                 );
@@ -195,26 +202,39 @@ fn use_release_media_repo() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Blocks SIGINT and SIGTERM in every thread of ours and waits for them on one thread, which
-/// kills A, removes its dir and exits. (Children get an empty signal mask from `Command`.)
+/// The signal that asked us to stop (0: none yet); set by `on_signal`.
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+/// How often the signal thread looks at `SIGNALLED`.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    // Only an atomic store: the one kind of work that is async-signal-safe here.
+    SIGNALLED.store(signal, Ordering::SeqCst);
+}
+
+/// On SIGINT or SIGTERM, a thread kills A, removes its dir and exits. A handler, not a
+/// blocked mask and `sigwait`: children inherit a blocked mask (measured: media-repo then
+/// had SIGINT and SIGTERM blocked, and so would the watchdog shells whose `trap` stops
+/// Synapse), while a handler is reset to the default by `exec`.
 fn kill_repo_on_signal() -> anyhow::Result<()> {
-    // SAFETY: plain libc calls on a stack-local, initialised sigset; done before any other
-    // thread exists, so every later thread inherits the mask.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        ensure!(rc == 0, "pthread_sigmask failed: {rc}");
-        set
-    };
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `on_signal` is an `extern "C" fn(c_int)` that only stores to an atomic.
+        let previous =
+            unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+        ensure!(
+            previous != libc::SIG_ERR,
+            "installing a handler for signal {signal} failed"
+        );
+    }
     std::thread::Builder::new()
         .name("signals".to_owned())
-        .spawn(move || {
-            let mut signal = 0;
-            // SAFETY: `set` is initialised; `signal` is a valid out pointer.
-            unsafe { libc::sigwait(&set, &mut signal) };
+        .spawn(|| loop {
+            std::thread::sleep(SIGNAL_POLL);
+            let signal = SIGNALLED.load(Ordering::SeqCst);
+            if signal == 0 {
+                continue;
+            }
             eprintln!("federation-bench: signal {signal}, stopping");
             let pid = REPO_PID.load(Ordering::Acquire);
             if pid != 0 {
