@@ -23,7 +23,7 @@ use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
@@ -54,11 +54,12 @@ const WARM_UP_BYTES: usize = 4096;
 /// How long Synapse may take to log a request after answering it.
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// media-repo A's pid and dir, for the signal thread: A runs without a watchdog, so on
-/// Ctrl-C (no `Drop` runs) the signal thread kills it and removes its dir. Synapse and nginx
-/// have watchdogs that act when this process is gone.
+/// media-repo A's pid, for the signal thread: A runs without a watchdog, so on Ctrl-C (no
+/// `Drop` runs) the signal thread kills it. Synapse and nginx have watchdogs that kill them
+/// and remove their dirs when this process is gone.
 static REPO_PID: AtomicU32 = AtomicU32::new(0);
-static REPO_DIR: OnceLock<PathBuf> = OnceLock::new();
+/// Temp dirs no watchdog removes (A's, the test CA's): the signal thread removes them.
+static ORPHAN_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 struct Options {
     rounds: usize,
@@ -242,13 +243,20 @@ fn kill_repo_on_signal() -> anyhow::Result<()> {
                 // unreaped child, so it names no other process.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }
-            if let Some(dir) = REPO_DIR.get() {
+            for dir in ORPHAN_DIRS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                 let _ = std::fs::remove_dir_all(dir);
             }
             std::process::exit(130);
         })
         .context("starting the signal thread")?;
     Ok(())
+}
+
+fn remove_on_signal(dir: PathBuf) {
+    ORPHAN_DIRS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(dir);
 }
 
 /// Where a client downloads remote media from.
@@ -292,6 +300,9 @@ struct Stack {
 impl Stack {
     fn start(cache: &str) -> anyhow::Result<Stack> {
         let ca = TestCa::new().context("creating the test CA")?;
+        if let Some(dir) = ca.cert_path().parent() {
+            remove_on_signal(dir.to_owned());
+        }
         let (hs1, hs2, hs3) = std::thread::scope(|s| {
             let hs1 = s.spawn(|| {
                 FederatingSynapse::builder(&ca)
@@ -331,7 +342,7 @@ impl Stack {
         ))
         .context("starting media-repo A")?;
         REPO_PID.store(repo.pid(), Ordering::Release);
-        let _ = REPO_DIR.set(repo.dir().to_owned());
+        remove_on_signal(repo.dir().to_owned());
         let cert = ca
             .issue(&["127.0.0.1"])
             .context("issuing nginx's certificate")?;
