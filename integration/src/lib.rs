@@ -7,6 +7,7 @@
 //! `#[tokio::test]` or `#[actix_rt::test]` bodies.
 
 mod binary;
+pub mod federated_repo;
 pub mod http;
 mod log_capture;
 mod media_repo;

@@ -58,6 +58,7 @@ pub struct FederatingSynapseBuilder<'a> {
     federation_port: Option<u16>,
     listener: FederationListener,
     enable_media_repo: bool,
+    max_upload_size: Option<u64>,
 }
 
 /// A running Synapse with an IP-literal server name. Dropping it kills Synapse (and its
@@ -95,6 +96,14 @@ impl<'a> FederatingSynapseBuilder<'a> {
     /// media, off for one whose media paths media-repo serves.
     pub fn enable_media_repo(mut self, on: bool) -> Self {
         self.enable_media_repo = on;
+        self
+    }
+
+    /// `max_upload_size` in homeserver.yaml, in bytes; Synapse's default (50M) if not set.
+    /// Synapse also refuses remote media larger than this, so it bounds both sides of a
+    /// federated fetch.
+    pub fn max_upload_size(mut self, bytes: u64) -> Self {
+        self.max_upload_size = Some(bytes);
         self
     }
 
@@ -140,6 +149,7 @@ impl<'a> FederatingSynapseBuilder<'a> {
             &federation_listener,
             &tls_lines,
             self.enable_media_repo,
+            self.max_upload_size,
         );
         std::fs::write(d.join("homeserver.yaml"), config)?;
         std::fs::write(d.join("log.yaml"), log_config_yaml(&d.join(LOG_FILE)))?;
@@ -180,6 +190,7 @@ impl FederatingSynapse {
             federation_port: None,
             listener: FederationListener::Tls,
             enable_media_repo: true,
+            max_upload_size: None,
         }
     }
 
@@ -355,9 +366,13 @@ fn homeserver_yaml(
     federation_listener: &str,
     tls_lines: &str,
     enable_media_repo: bool,
+    max_upload_size: Option<u64>,
 ) -> String {
     let d = dir.display();
     let client_listener = listener_yaml(client_port, false, "[client]");
+    let max_upload_size = max_upload_size
+        .map(|bytes| format!("max_upload_size: {bytes}\n"))
+        .unwrap_or_default();
     format!(
         r#"server_name: "{server_name}"
 pid_file: "{d}/data/homeserver.pid"
@@ -375,7 +390,7 @@ macaroon_secret_key: "media-repo-tests-macaroon-secret-key"
 form_secret: "media-repo-tests-form-secret"
 enable_registration: false
 enable_media_repo: {enable_media_repo}
-# Loopback federation (FEDERATION.md): the certificates come from a test CA Synapse does not
+{max_upload_size}# Loopback federation (FEDERATION.md): the certificates come from a test CA Synapse does not
 # know; the default blacklist blocks 127.0.0.0/8 (a whitelist does not help for IP literals);
 # keys come from the origin itself. No federation_domain_whitelist: an empty list means
 # "federate with nobody".

@@ -6,6 +6,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use integration::federated_repo::{repo_yaml, trusting};
 use integration::synapse::USER_PASSWORD;
 use integration::{wait_until, FederatingSynapse, MediaRepo, Nginx, TestCa};
 use mr_federation::{sign_request, RequestToSign, SigningKey};
@@ -18,31 +19,6 @@ use crate::common::{count_files, matrix_error, random_bytes};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long Synapse or nginx may take to log a request after answering it.
 const LOG_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A config for a media-repo serving `hs` with its signing key; `extra` is appended.
-pub fn repo_yaml(
-    hs_name: &str,
-    client_url: &str,
-    key_path: &str,
-    federation: &str,
-    extra: &str,
-) -> String {
-    format!(
-        "server:\n  bind: \"127.0.0.1:{{port}}\"\n\
-         homeservers:\n  - name: \"{hs_name}\"\n    client_api_url: \"{client_url}\"\n    signing_key_path: \"{key_path}\"\n\
-         database:\n  url: \"sqlite://{{dir}}/media-repo.db\"\n\
-         datastores:\n  - id: default\n    kind: file\n    path: \"{{dir}}/media\"\n\
-         federation:\n{federation}\
-         cache:\n  backend: memory\n{extra}"
-    )
-}
-
-fn trusting(ca: &TestCa) -> String {
-    format!(
-        "  allowed_networks: [\"127.0.0.1\"]\n  extra_ca_file: \"{}\"\n",
-        ca.cert_path().display()
-    )
-}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

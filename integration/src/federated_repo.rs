@@ -1,0 +1,54 @@
+//! Config for a media-repo that serves one federating homeserver (its client API, its
+//! signing key), as the federation tests and the federation benchmark start it.
+
+use crate::test_ca::TestCa;
+
+/// A config for `MediaRepo::start` serving `hs_name` (client API at `client_url`, signing as
+/// it with the key file at `key_path`), SQLite and a file datastore in the repo's dir.
+/// `federation` is the body of the `federation:` block (indented two spaces, e.g.
+/// [`trusting`]); `extra` is appended. Without a top-level `cache:` key in `extra`, the
+/// in-process memory cache.
+pub fn repo_yaml(
+    hs_name: &str,
+    client_url: &str,
+    key_path: &str,
+    federation: &str,
+    extra: &str,
+) -> String {
+    let cache = if extra.lines().any(|l| l.starts_with("cache:")) {
+        ""
+    } else {
+        "cache:\n  backend: memory\n"
+    };
+    format!(
+        "server:\n  bind: \"127.0.0.1:{{port}}\"\n\
+         homeservers:\n  - name: \"{hs_name}\"\n    client_api_url: \"{client_url}\"\n    signing_key_path: \"{key_path}\"\n\
+         database:\n  url: \"sqlite://{{dir}}/media-repo.db\"\n\
+         datastores:\n  - id: default\n    kind: file\n    path: \"{{dir}}/media\"\n\
+         federation:\n{federation}\
+         {cache}{extra}"
+    )
+}
+
+/// The `federation:` block body that lets a repo reach homeservers on loopback with
+/// certificates from `ca`: 127.0.0.1 allowed, the test CA trusted besides the system roots.
+pub fn trusting(ca: &TestCa) -> String {
+    format!(
+        "  allowed_networks: [\"127.0.0.1\"]\n  extra_ca_file: \"{}\"\n",
+        ca.cert_path().display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_cache_unless_extra_names_one() {
+        let yaml = repo_yaml("hs", "http://c", "/k", "  allowed_networks: []\n", "");
+        assert!(yaml.contains("federation:\n  allowed_networks: []\ncache:\n  backend: memory\n"));
+        let none = repo_yaml("hs", "http://c", "/k", "", "cache:\n  backend: none\n");
+        assert_eq!(none.matches("cache:").count(), 1);
+        assert!(none.ends_with("cache:\n  backend: none\n"));
+    }
+}
