@@ -270,6 +270,32 @@ impl Cache {
         lease
     }
 
+    /// Extends a lease we hold to `ttl` from now; false if it is no longer ours (it expired
+    /// and someone else may hold it) or the cache could not be asked. A read and a write,
+    /// not one atomic step: in the moment between them an expired lease taken by another
+    /// holder could be overwritten, which costs at most one duplicate fetch.
+    pub async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> bool {
+        let Some(kv) = self.inner.kv.as_ref() else {
+            return false;
+        };
+        if !lease.exclusive || kv.get(&lease.key).await.as_ref() != Some(&lease.token) {
+            return false;
+        }
+        let renewed = kv
+            .set(
+                lease.key.clone(),
+                lease.token.clone(),
+                Some(ttl.max(MIN_LEASE_TTL)),
+            )
+            .await;
+        metrics::request(
+            kv.backend(),
+            "lease_renew",
+            if renewed { "stored" } else { "skipped" },
+        );
+        renewed
+    }
+
     /// Gives a lease back; only deletes the key if it still holds our token.
     pub async fn release(&self, lease: Lease) {
         let Some(kv) = self.inner.kv.as_ref() else {

@@ -12,3 +12,4 @@ mod hardening_ops;
 mod media_api;
 mod real_deployment;
 mod reload;
+mod shared_fetch;

@@ -3,6 +3,7 @@
 pub mod body;
 pub mod download;
 pub mod remote;
+pub mod remote_shared;
 pub mod slots;
 pub mod upload;
 

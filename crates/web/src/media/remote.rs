@@ -34,7 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{now_ms, MediaRef};
+use super::{now_ms, remote_shared, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
 use crate::state::AppState;
 
@@ -361,7 +361,111 @@ fn origin_failed(origin: &str, status: reqwest::StatusCode) -> FetchError {
     }
 }
 
+/// Gets the media into our datastore: copied from the shared cache if another repo
+/// fetched it, else fetched from its origin by whichever repo holds the lease while the
+/// others wait for the record (`remote_shared.rs`).
 async fn fetch_and_store(
+    state: &actix_web::web::Data<AppState>,
+    media: &MediaRef,
+    as_server: &str,
+    key: &SigningKey,
+    progress: &watch::Sender<FetchProgress>,
+) -> FetchResult {
+    let config = state.config();
+    let cache = &state.cache;
+    let lease_key = mr_cache::lease_key(&media.origin, &media.media_id);
+    // Waiting for another repo ends at the latest here; then we fetch too rather than fail.
+    let give_up_waiting =
+        Instant::now() + Duration::from_millis(config.downloads.default_timeout_ms);
+    let mut wait = remote_shared::WAIT_FIRST;
+    loop {
+        if let Some(shared) =
+            remote_shared::read_record(cache, &media.origin, &media.media_id).await
+        {
+            match copy_shared(state, media, &shared, progress).await {
+                Ok(record) => return Ok(record),
+                Err(why) => {
+                    info!(mxc = %media.mxc(), reason = %why, "shared remote media not usable from the cache; fetching it");
+                    // Readers following the abandoned copy switch to the new temp file.
+                    progress.send_modify(|p| {
+                        p.temp_path = None;
+                        p.bytes_in_file = 0;
+                    });
+                    return fetch_from_origin(state, media, as_server, key, progress).await;
+                }
+            }
+        }
+        match cache.try_lease(&lease_key, remote_shared::LEASE_TTL).await {
+            Some(lease) => {
+                let result = tokio::select! {
+                    result = fetch_from_origin(state, media, as_server, key, progress) => result,
+                    _ = remote_shared::keep_renewing(cache, &lease) => unreachable_renewal(),
+                };
+                cache.release(lease).await;
+                return result;
+            }
+            None if Instant::now() >= give_up_waiting => {
+                info!(mxc = %media.mxc(), "the repo fetching this media takes too long; fetching it too");
+                return fetch_from_origin(state, media, as_server, key, progress).await;
+            }
+            None => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(remote_shared::WAIT_MAX);
+            }
+        }
+    }
+}
+
+/// `keep_renewing` never returns; this keeps `select!`'s arms of one type.
+fn unreachable_renewal() -> FetchResult {
+    Err(MatrixError::internal("lease renewal ended", &"unexpected").into())
+}
+
+/// Copies media another repo published from the cache; any problem (a lost chunk, bytes
+/// that do not hash to the record's sha256) is returned, and nothing is kept then.
+async fn copy_shared(
+    state: &actix_web::web::Data<AppState>,
+    media: &MediaRef,
+    shared: &remote_shared::SharedRecord,
+    progress: &watch::Sender<FetchProgress>,
+) -> Result<MediaRecord, String> {
+    let config = state.config();
+    let bytes = remote_shared::cached_bytes(&state.cache, shared)
+        .await
+        .ok_or("the blob is not in the cache")?;
+    let head = RemoteHead {
+        content_type: shared.content_type.clone(),
+        upload_name: shared.upload_name.clone(),
+    };
+    progress.send_modify(|p| p.head = Some(head.clone()));
+    let idle = Duration::from_millis(config.federation.idle_timeout_ms);
+    let (object, claim) = store(
+        state,
+        Box::pin(bytes),
+        config.downloads.max_bytes,
+        idle,
+        &media.origin,
+        progress,
+    )
+    .await
+    .map_err(|err| err.error.message.to_string())?;
+    if object.sha256 != shared.sha256 || object.size != shared.size {
+        claim.release().await;
+        let _ = content::remove_unreferenced(&state.db, &state.datastore, &object.location).await;
+        return Err(format!(
+            "the cached bytes hash to {} ({} bytes), the record says {} ({} bytes)",
+            object.sha256, object.size, shared.sha256, shared.size
+        ));
+    }
+    let record = record_row(state, media, head, &object, claim)
+        .await
+        .map_err(|err| err.error.message.to_string())?;
+    info!(mxc = %media.mxc(), size = object.size, "remote media copied from the shared cache");
+    Ok(record)
+}
+
+/// Fetches the media from its origin, stores it, and publishes it for the other repos.
+async fn fetch_from_origin(
     state: &actix_web::web::Data<AppState>,
     media: &MediaRef,
     as_server: &str,
@@ -397,6 +501,28 @@ async fn fetch_and_store(
         progress,
     )
     .await?;
+    let record = record_row(state, media, head, &object, claim).await?;
+    info!(mxc = %media.mxc(), size = object.size, "remote media fetched");
+    if let Ok(file) = state.datastore.open(&record.location).await {
+        let shared = remote_shared::SharedRecord {
+            sha256: record.sha256.clone(),
+            content_type: record.content_type.clone(),
+            upload_name: record.upload_name.clone(),
+            size: record.size_bytes,
+        };
+        remote_shared::publish(&state.cache, &media.origin, &media.media_id, &shared, file).await;
+    }
+    Ok(record)
+}
+
+/// Writes the media row of stored remote bytes and releases their claim.
+async fn record_row(
+    state: &actix_web::web::Data<AppState>,
+    media: &MediaRef,
+    head: RemoteHead,
+    object: &mr_storage::StoredObject,
+    claim: content::Claim,
+) -> FetchResult {
     let record = MediaRecord {
         origin: media.origin.clone(),
         media_id: media.media_id.clone(),
@@ -412,10 +538,7 @@ async fn fetch_and_store(
     let inserted = state.db.insert_media(&record).await;
     claim.release().await;
     match inserted {
-        Ok(()) => {
-            info!(mxc = %media.mxc(), size = object.size, "remote media fetched");
-            Ok(record)
-        }
+        Ok(()) => Ok(record),
         // Another process sharing the database fetched it first: serve theirs.
         Err(mr_storage::Error::AlreadyExists { .. }) => {
             let _ =
@@ -559,6 +682,9 @@ struct Tail {
     state: actix_web::web::Data<AppState>,
     progress: watch::Receiver<FetchProgress>,
     file: Option<tokio::fs::File>,
+    /// The temp file `file` was opened from (a copy from the cache that failed is
+    /// replaced by a fetch into another temp file: then it is opened anew).
+    opened: Option<std::path::PathBuf>,
     sent: u64,
 }
 
@@ -574,6 +700,7 @@ pub fn tail_body(
         state,
         progress,
         file: None,
+        opened: None,
         sent: 0,
     };
     futures_util::stream::unfold(tail, |mut tail| async move {
@@ -607,9 +734,14 @@ impl Tail {
                 }
                 None => (now.bytes_in_file, None),
             };
+            if now.outcome.is_none() && self.opened.is_some() && now.temp_path != self.opened {
+                self.file = None;
+                self.opened = None;
+            }
             if self.sent < available {
                 if self.file.is_none() {
                     self.file = self.open(&now).await?;
+                    self.opened = now.temp_path.clone().filter(|_| now.outcome.is_none());
                 }
                 if let Some(file) = self.file.as_mut() {
                     let want = (available - self.sent).min(TAIL_READ_CHUNK as u64) as usize;

@@ -1,0 +1,212 @@
+//! Remote media fetched once for every repo that shares the Redis shards: media-repo A
+//! (serving hs1) and media-repo B (serving hs3, another server name) share three real
+//! redis-server shards; hs2 holds the media. hs2 checks A's and B's signatures with the
+//! keys hs1 and hs3 publish themselves.
+
+use std::time::Duration;
+
+use integration::federated_repo::{repo_yaml, trusting};
+use integration::{wait_until, FederatingSynapse, MediaRepo, RedisServer, TestCa};
+use reqwest::blocking::Client;
+use sha2::{Digest, Sha256};
+
+use crate::common::random_bytes;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const LOG_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Shared {
+    hs1: FederatingSynapse,
+    hs2: FederatingSynapse,
+    hs3: FederatingSynapse,
+    shards: Vec<RedisServer>,
+    a: MediaRepo,
+    b: MediaRepo,
+    http: Client,
+    /// bob on hs2, who uploads the remote media.
+    bob: String,
+    _ca: TestCa,
+}
+
+fn cache_yaml(shards: &[RedisServer]) -> String {
+    let mut yaml = "cache:\n  backend: redis\n  redis:\n    shards:\n".to_owned();
+    for (i, shard) in shards.iter().enumerate() {
+        yaml += &format!(
+            "      - name: shard-{i}\n        addr: \"{}\"\n",
+            shard.url()
+        );
+    }
+    yaml
+}
+
+impl Shared {
+    fn start() -> Shared {
+        let ca = TestCa::new().unwrap();
+        let (hs1, hs2, hs3) = std::thread::scope(|s| {
+            let start = || s.spawn(|| FederatingSynapse::start(&ca));
+            let (hs1, hs2, hs3) = (start(), start(), start());
+            (
+                hs1.join().unwrap().unwrap(),
+                hs2.join().unwrap().unwrap(),
+                hs3.join().unwrap().unwrap(),
+            )
+        });
+        let shards: Vec<RedisServer> = (0..3).map(|_| RedisServer::start().unwrap()).collect();
+        let repo = |hs: &FederatingSynapse| {
+            MediaRepo::start(&repo_yaml(
+                &hs.server_name,
+                &hs.client_url(),
+                &hs.signing_key_path().display().to_string(),
+                &trusting(&ca),
+                &cache_yaml(&shards),
+            ))
+            .unwrap()
+        };
+        let (a, b) = (repo(&hs1), repo(&hs3));
+        let bob = hs2.user_token("bob").unwrap();
+        Shared {
+            bob,
+            hs1,
+            hs2,
+            hs3,
+            shards,
+            a,
+            b,
+            http: Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap(),
+            _ca: ca,
+        }
+    }
+
+    fn upload_on_hs2(&self, bytes: &[u8]) -> String {
+        let body: serde_json::Value = self
+            .http
+            .post(format!("{}/_matrix/media/v3/upload", self.hs2.client_url()))
+            .bearer_auth(&self.bob)
+            .body(bytes.to_vec())
+            .send()
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .unwrap();
+        body["content_uri"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn fetches_at_hs2(&self, id: &str) -> usize {
+        self.hs2
+            .count_requests(&format!("/_matrix/federation/v1/media/download/{id}"))
+    }
+
+    fn stored_in(repo: &MediaRepo, bytes: &[u8]) -> Option<Vec<u8>> {
+        let sha = hex::encode(Sha256::digest(bytes));
+        std::fs::read(
+            repo.dir()
+                .join("media")
+                .join(&sha[..2])
+                .join(&sha[2..4])
+                .join(&sha),
+        )
+        .ok()
+    }
+}
+
+#[test]
+fn remote_media_is_fetched_once_for_repos_sharing_the_shards() {
+    let s = Shared::start();
+    let alice = s.hs1.user_token("alice").unwrap();
+    let carol = s.hs3.user_token("carol").unwrap();
+
+    // 20 concurrent first requests, split across A and B: one request reaches hs2.
+    let bytes = random_bytes(3 * 1024 * 1024 + 123);
+    let id = s.upload_on_hs2(&bytes);
+    let bodies: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let (repo, token) = if i % 2 == 0 {
+                    (&s.a, &alice)
+                } else {
+                    (&s.b, &carol)
+                };
+                let url = format!(
+                    "{}/_matrix/client/v1/media/download/{}/{id}",
+                    repo.base_url(),
+                    s.hs2.server_name
+                );
+                let http = s.http.clone();
+                scope.spawn(move || {
+                    let response = http.get(url).bearer_auth(token).send().unwrap();
+                    assert_eq!(response.status(), 200);
+                    response.bytes().unwrap().to_vec()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for body in &bodies {
+        assert!(*body == bytes, "every client gets identical bytes");
+    }
+    wait_until("hs2 to log the fetch", LOG_TIMEOUT, || {
+        s.fetches_at_hs2(&id) >= 1
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.fetches_at_hs2(&id), 1, "exactly one request reached hs2");
+    assert_eq!(
+        Shared::stored_in(&s.a, &bytes).as_deref(),
+        Some(bytes.as_slice())
+    );
+    assert_eq!(
+        Shared::stored_in(&s.b, &bytes).as_deref(),
+        Some(bytes.as_slice())
+    );
+
+    // A blob that lost a chunk in the cache is never stored wrong: B fetches it itself.
+    let damaged = random_bytes(3 * 1024 * 1024 + 7);
+    let damaged_id = s.upload_on_hs2(&damaged);
+    let get = |repo: &MediaRepo, token: &str, id: &str| {
+        let response = s
+            .http
+            .get(format!(
+                "{}/_matrix/client/v1/media/download/{}/{id}",
+                repo.base_url(),
+                s.hs2.server_name
+            ))
+            .bearer_auth(token)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().unwrap().to_vec()
+    };
+    assert!(get(&s.a, &alice, &damaged_id) == damaged);
+    let sha = hex::encode(Sha256::digest(&damaged));
+    let chunk_key = format!("mr1:blob:{{{sha}}}:1");
+    let deleted: usize = s
+        .shards
+        .iter()
+        .map(|shard| {
+            shard
+                .cli(&["DEL", &chunk_key])
+                .unwrap()
+                .trim()
+                .parse::<usize>()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(deleted, 1, "the blob's second chunk was in the cache");
+    assert!(get(&s.b, &carol, &damaged_id) == damaged);
+    assert_eq!(
+        Shared::stored_in(&s.b, &damaged).as_deref(),
+        Some(damaged.as_slice())
+    );
+    wait_until("hs2 to log B's own fetch", LOG_TIMEOUT, || {
+        s.fetches_at_hs2(&damaged_id) == 2
+    })
+    .unwrap();
+    let _ = &s.hs3;
+}
