@@ -51,6 +51,7 @@ pub struct TlsNginxBuilder<'a> {
     media: Option<String>,
     federation: Option<String>,
     client: Option<String>,
+    limit_rate: Option<u64>,
 }
 
 impl<'a> TlsNginxBuilder<'a> {
@@ -73,6 +74,13 @@ impl<'a> TlsNginxBuilder<'a> {
         self
     }
 
+    /// Sends every response at most this many bytes per second (nginx `limit_rate`), so a
+    /// test can act in the middle of a transfer.
+    pub fn limit_rate(mut self, bytes_per_sec: u64) -> Self {
+        self.limit_rate = Some(bytes_per_sec);
+        self
+    }
+
     /// Everything else, `/_matrix/client/` included (a homeserver's client listener).
     pub fn client_upstream(mut self, base_url: &str) -> Self {
         self.client = Some(base_url.trim_end_matches('/').to_owned());
@@ -87,18 +95,27 @@ impl<'a> TlsNginxBuilder<'a> {
             .context("copying the TLS key")?;
         let port = self.port.unwrap_or_else(free_port);
         let d = dir.path().display();
+        // nginx applies limit_rate only to buffered proxying (the server block turns
+        // buffering off for every other test).
+        let buffering = if self.limit_rate.is_some() {
+            "proxy_buffering on; "
+        } else {
+            ""
+        };
         let mut locations = String::new();
         if let Some(media) = &self.media {
-            locations += &format!("        location {MEDIA_LOCATION} {{ proxy_pass {media}; }}\n");
+            locations += &format!(
+                "        location {MEDIA_LOCATION} {{ {buffering}proxy_pass {media}; }}\n"
+            );
         }
         if let Some(federation) = &self.federation {
             locations += &format!(
-                "        location /_matrix/federation/ {{ proxy_pass {federation}; }}\n        \
+                "        location /_matrix/federation/ {{ {buffering}proxy_pass {federation}; }}\n        \
                  location /_matrix/key/ {{ proxy_pass {federation}; }}\n"
             );
         }
         locations += &match &self.client {
-            Some(client) => format!("        location / {{ proxy_pass {client}; }}"),
+            Some(client) => format!("        location / {{ {buffering}proxy_pass {client}; }}"),
             None => "        location / { return 404; }".to_owned(),
         };
         let server = format!(
@@ -106,7 +123,11 @@ impl<'a> TlsNginxBuilder<'a> {
         ssl_certificate {d}/tls.crt;
         ssl_certificate_key {d}/tls.key;
         ssl_protocols TLSv1.2 TLSv1.3;
-{locations}"#
+{limit}{locations}"#,
+            limit = self
+                .limit_rate
+                .map(|rate| format!("        limit_rate {rate};\n"))
+                .unwrap_or_default(),
         );
         Nginx::spawn(dir, port, "https", &server)
     }
@@ -157,6 +178,7 @@ impl Nginx {
             media: None,
             federation: None,
             client: None,
+            limit_rate: None,
         }
     }
 

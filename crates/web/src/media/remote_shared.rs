@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 /// How long a lease lasts without renewal: a holder that dies delays the others this long.
-pub const LEASE_TTL: Duration = Duration::from_secs(15);
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often a holder renews its lease while it downloads.
-pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(5);
+pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(3);
 /// First wait between two looks for the record another repo is fetching.
 pub const WAIT_FIRST: Duration = Duration::from_millis(50);
 /// Longest wait between two looks.
