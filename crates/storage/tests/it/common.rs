@@ -93,3 +93,28 @@ impl Drop for PgSchema {
         }
     }
 }
+
+/// Generates `sqlite::<test>` and `postgres::<test>` for each body `async fn(&Fixture)`.
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            use crate::common::Fixture;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(&Fixture::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            use crate::common::Fixture;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(&Fixture::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_backends;

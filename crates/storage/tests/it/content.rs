@@ -6,30 +6,7 @@ use bytes::Bytes;
 use mr_storage::content::{commit_claimed, remove_unreferenced};
 use mr_storage::{Database, FileDatastore, MediaRecord, StagedObject};
 
-use crate::common::Fixture;
-
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            use crate::common::Fixture;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(&Fixture::sqlite()).await;
-                }
-            )*
-        }
-        mod postgres {
-            use crate::common::Fixture;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(&Fixture::postgres().await).await;
-                }
-            )*
-        }
-    };
-}
+use crate::common::{on_both_backends, Fixture};
 
 on_both_backends!(
     a_claim_or_a_row_keeps_content,

@@ -2,31 +2,7 @@
 
 use mr_storage::{Database, Error, MediaRecord, PendingUpload};
 
-use crate::common::Fixture;
-
-/// Generates `sqlite::<test>` and `postgres::<test>` for each body `async fn(&Fixture)`.
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            use crate::common::Fixture;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(&Fixture::sqlite()).await;
-                }
-            )*
-        }
-        mod postgres {
-            use crate::common::Fixture;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(&Fixture::postgres().await).await;
-                }
-            )*
-        }
-    };
-}
+use crate::common::{on_both_backends, Fixture};
 
 on_both_backends!(
     media_round_trip,

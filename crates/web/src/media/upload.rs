@@ -234,6 +234,43 @@ fn warm_cache(state: &web::Data<AppState>, object: &StoredObject) {
     super::body::fill_cache_in_background(state, &object.sha256, &object.location, object.size);
 }
 
+/// An upload's bytes, stored under a claim, with what the client said about them. The slot
+/// stays taken until this is dropped (after the row is written).
+struct Received {
+    meta: UploadMeta,
+    object: StoredObject,
+    claim: Claim,
+    _slot: super::slots::UploadSlot,
+}
+
+/// What every upload does once it knows where it goes: check the declared size and the
+/// metadata, take a slot, and store the body.
+async fn receive(
+    req: &HttpRequest,
+    state: &AppState,
+    payload: web::Payload,
+    user_id: &str,
+    config: &mr_config::Config,
+) -> MatrixResult<Received> {
+    check_declared_length(req, config.uploads.max_bytes)?;
+    let meta = upload_meta(req)?;
+    let slot = admit(state, user_id, config)?;
+    let (object, claim) = store_body(
+        req,
+        state,
+        payload,
+        config.uploads.max_bytes,
+        Duration::from_secs(config.uploads.idle_timeout_secs),
+    )
+    .await?;
+    Ok(Received {
+        meta,
+        object,
+        claim,
+        _slot: slot,
+    })
+}
+
 /// An upload slot for `user_id` under the configured caps, or 429.
 fn admit(
     state: &AppState,
@@ -255,17 +292,12 @@ pub async fn upload(
 ) -> MatrixResult<HttpResponse> {
     let user = state.auth.authenticate(&req).await?;
     let config = state.config();
-    check_declared_length(&req, config.uploads.max_bytes)?;
-    let meta = upload_meta(&req)?;
-    let _slot = admit(&state, &user.user_id, &config)?;
-    let (object, claim) = store_body(
-        &req,
-        &state,
-        payload,
-        config.uploads.max_bytes,
-        Duration::from_secs(config.uploads.idle_timeout_secs),
-    )
-    .await?;
+    let Received {
+        meta,
+        object,
+        claim,
+        _slot,
+    } = receive(&req, &state, payload, &user.user_id, &config).await?;
     let media = MediaRef {
         origin: user.homeserver.clone(),
         media_id: mr_storage::random_media_id(),
@@ -364,17 +396,12 @@ pub async fn upload_to(
             "This media ID was created by another user",
         ));
     }
-    check_declared_length(&req, config.uploads.max_bytes)?;
-    let meta = upload_meta(&req)?;
-    let _slot = admit(&state, &user.user_id, &config)?;
-    let (object, claim) = store_body(
-        &req,
-        &state,
-        payload,
-        config.uploads.max_bytes,
-        Duration::from_secs(config.uploads.idle_timeout_secs),
-    )
-    .await?;
+    let Received {
+        meta,
+        object,
+        claim,
+        _slot,
+    } = receive(&req, &state, payload, &user.user_id, &config).await?;
     let row = record(&media, &user.user_id, meta, &object, state.datastore.id());
     if let Err(err) = record_stored(&state, &object, claim, state.db.complete_pending(&row)).await {
         return match err {
