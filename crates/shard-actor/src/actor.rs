@@ -386,7 +386,7 @@ async fn check_marker(shard: &str, conn: &mut ConnectionManager) -> RedisResult<
         Ok(Some(_)) => {
             tracing::debug!(
                 shard,
-                version = KEY_FORMAT_VERSION,
+                version = %KEY_FORMAT_VERSION,
                 "wrote the key-format marker"
             );
             Ok(Marker::Ours)

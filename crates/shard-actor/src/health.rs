@@ -221,7 +221,7 @@ impl HealthTracker {
             let mut detail = self.health.detail();
             if detail.reported == Reported::Mismatch {
                 metrics::set_version_mismatch(&self.name, false);
-                tracing::info!(shard = %self.name, version = KEY_FORMAT_VERSION, "redis shard holds our key-format version again; using it");
+                tracing::info!(shard = %self.name, version = %KEY_FORMAT_VERSION, "redis shard holds our key-format version again; using it");
             } else {
                 tracing::info!(shard = %self.name, "redis shard is up");
             }
@@ -249,7 +249,7 @@ impl HealthTracker {
             tracing::error!(
                 shard = %self.name,
                 found = %reason(&found),
-                expected = KEY_FORMAT_VERSION,
+                expected = %KEY_FORMAT_VERSION,
                 "redis shard holds another key-format version (a media repo of another major version uses it); not using it"
             );
             metrics::set_version_mismatch(&self.name, true);
