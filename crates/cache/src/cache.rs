@@ -152,6 +152,7 @@ impl Cache {
                             up: s.health.is_up(),
                             last_error: s.health.last_error(),
                             write_error: s.health.write_error(),
+                            format_mismatch: s.health.format_mismatch(),
                         })
                         .collect(),
                 };

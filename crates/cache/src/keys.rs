@@ -1,11 +1,31 @@
 //! Key layout shared by every media repo that talks to the same shards.
 //!
 //! The `mr1:` prefix is the major version of the layout: a future incompatible layout uses
-//! `mr2:` so two versions never read each other's bytes. The part inside `{}` is what the
-//! ring routes on, so a blob's header and all its chunks live on one shard.
+//! `mr2:` so two versions never read each other's bytes. The number is the shard actor's
+//! [`KEY_FORMAT_VERSION`], which it also writes as every shard's key-format marker, so a
+//! shard already used by another version is not used at all. The part inside `{}` is what
+//! the ring routes on, so a blob's header and all its chunks live on one shard.
 
-/// Prefix of every key this version writes.
-pub const KEY_PREFIX: &str = "mr1";
+use mr_shard_actor::KEY_FORMAT_VERSION;
+
+/// Prefix of every key this version writes: `mr` and the key-format version.
+pub const KEY_PREFIX: &str = match std::str::from_utf8(&PREFIX_BYTES) {
+    Ok(prefix) => prefix,
+    Err(_) => panic!("the key prefix is ASCII"),
+};
+
+const PREFIX_BYTES: [u8; 2 + KEY_FORMAT_VERSION.len()] = {
+    let version = KEY_FORMAT_VERSION.as_bytes();
+    let mut out = [0; 2 + KEY_FORMAT_VERSION.len()];
+    out[0] = b'm';
+    out[1] = b'r';
+    let mut i = 0;
+    while i < version.len() {
+        out[2 + i] = version[i];
+        i += 1;
+    }
+    out
+};
 
 /// Key of a blob's header (written last, read first).
 pub fn blob_header_key(sha256: &str) -> String {
@@ -42,6 +62,7 @@ mod tests {
 
     #[test]
     fn layout_is_stable() {
+        assert_eq!(KEY_PREFIX, format!("mr{KEY_FORMAT_VERSION}"));
         assert_eq!(blob_header_key("ab"), "mr1:blob:{ab}:m");
         assert_eq!(blob_chunk_key("ab", 3), "mr1:blob:{ab}:3");
         assert_eq!(

@@ -6,6 +6,7 @@
 //! (reads) or a no-op (writes), counted by reason. A write to a shard whose writes are
 //! paused (it refused one: OOM, READONLY) is skipped here, before any message, by reading the
 //! shard's shared health; the shard actor lets the one probe through once the pause is over.
+//! A shard holding another key-format version is not up, so routing skips it like a down one.
 //! Deletes and lease releases go to every shard, because routing may have moved while the
 //! shard holding the key was down.
 
@@ -77,6 +78,7 @@ impl RingKv {
         let reason = match tokio::time::timeout(wait, shard.addr.send(msg)).await {
             Ok(Ok(Ok(value))) => return Some(value),
             Ok(Ok(Err(ShardError::Down(_)))) => "shard_down",
+            Ok(Ok(Err(ShardError::FormatMismatch(_)))) => "format_mismatch",
             Ok(Ok(Err(ShardError::WritesPaused(_)))) => "write_paused",
             Ok(Ok(Err(e))) => {
                 tracing::debug!(shard = %shard.name, op, error = %e, "shard command failed");

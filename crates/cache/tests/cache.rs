@@ -1174,4 +1174,158 @@ mod shard_trouble {
             .lines_with(&shard_field, &["redis shard is down"])
             .is_empty());
     }
+
+    /// Two shards, one marked by hand as holding key-format version 2 (a repo of another
+    /// major version): it answers PING but is never used, so every key routes to the other
+    /// shard and no command of ours writes to it (not even deletes); one ERROR names it and
+    /// both versions; the gauge and the status say so. Marked `1` again, it is used again.
+    #[actix_rt::test]
+    async fn shard_of_another_key_format_version_is_not_used() {
+        const NAME: &str = "v2-shard";
+        const GOOD: &str = "v1-shard";
+        let shard_field = format!("shard={NAME}");
+        let logs = capture_logs();
+        let other = RedisServer::start().unwrap();
+        other.cli(&["SET", "mr:format", "2"]).unwrap();
+        let ours = RedisServer::start().unwrap();
+        let cache = redis_cache_on(&[(NAME, other.url()), (GOOD, ours.url())]);
+        let deadline = Instant::now() + REPORT_WITHIN;
+        loop {
+            let status = cache.status().await;
+            if status
+                .shards
+                .iter()
+                .all(|s| s.up || s.format_mismatch.is_some())
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shards never settled: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mismatch = || {
+            metric_value(
+                "media_repo_cache_shard_version_mismatch",
+                &[("shard", NAME)],
+            )
+        };
+        let up = |name| metric_value("media_repo_cache_shard_up", &[("shard", name)]);
+        assert_eq!(mismatch(), 1.0);
+        assert_eq!(up(NAME), 0.0);
+        assert_eq!(up(GOOD), 1.0);
+        assert_eq!(
+            metric_value(
+                "media_repo_cache_shard_version_mismatch",
+                &[("shard", GOOD)]
+            ),
+            0.0
+        );
+
+        let commands = |server: &RedisServer| server.cli(&["INFO", "commandstats"]).unwrap();
+        let (sets_before, keys_before) = (set_commands_seen(&other), other.dbsize().unwrap());
+        let data = bytes_of(6_000, 90);
+        for i in 0..40 {
+            let sha = sha(7_000 + i);
+            assert!(
+                put(&cache, &sha, &data).await,
+                "the other shard takes every key"
+            );
+            let (got, ending) = read_all(cache.open_blob(&sha, None).await.unwrap()).await;
+            assert_eq!(ending, Ending::End);
+            assert!(got == data);
+            let key = remote_record_key("format.example", &i.to_string());
+            cache
+                .put_record(&key, bytes::Bytes::from_static(b"r"))
+                .await;
+            assert!(cache.get_record(&key).await.is_some());
+            let lease = cache
+                .try_lease(
+                    &lease_key("format.example", &i.to_string()),
+                    Duration::from_secs(5),
+                )
+                .await
+                .expect("a lease");
+            assert!(lease.is_exclusive());
+            cache.release(lease).await;
+        }
+        // Deletes and lease releases go to every shard; this one refuses them unsent.
+        cache.delete_blob(&sha(7_000)).await;
+        assert!(cache.open_blob(&sha(7_000), None).await.is_none());
+        assert_eq!(set_commands_seen(&other), sets_before, "no SET reached it");
+        assert_eq!(other.dbsize().unwrap(), keys_before, "no key written to it");
+        let stats = commands(&other);
+        for command in ["cmdstat_del:", "cmdstat_evalsha:", "cmdstat_eval:"] {
+            assert!(!stats.contains(command), "{command} reached it: {stats}");
+        }
+        assert_eq!(
+            other.cli(&["GET", "mr:format"]).unwrap(),
+            "2",
+            "never overwritten"
+        );
+        assert_eq!(ours.cli(&["GET", "mr:format"]).unwrap(), "1");
+
+        let status = cache.status().await;
+        let shard = status.shards.iter().find(|s| s.name == NAME).unwrap();
+        assert!(!shard.up, "{shard:?}");
+        assert_eq!(
+            shard.format_mismatch.as_deref(),
+            Some("found 2, expected 1")
+        );
+        assert_eq!(shard.last_error, None, "not down: it answers");
+        let json = serde_json::to_value(&status).unwrap();
+        let shard_json = json["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == NAME)
+            .unwrap();
+        assert_eq!(
+            shard_json["format_mismatch"], "found 2, expected 1",
+            "{json}"
+        );
+
+        // The operator hands the shard back: flushed and marked as ours.
+        other.cli(&["FLUSHALL"]).unwrap();
+        other.cli(&["SET", "mr:format", "1"]).unwrap();
+        let handed_back = Instant::now();
+        let deadline = handed_back + REPORT_WITHIN;
+        while !cache.status().await.shards.iter().all(|s| s.up) {
+            assert!(Instant::now() < deadline, "shard not used again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "used again {:?} after the marker said 1",
+            handed_back.elapsed()
+        );
+        assert_eq!(mismatch(), 0.0);
+        assert_eq!(up(NAME), 1.0);
+        let status = cache.status().await;
+        assert!(status.shards.iter().all(|s| s.format_mismatch.is_none()));
+        // Keys route to it again.
+        for i in 0..40 {
+            assert!(put(&cache, &sha(8_000 + i), &data).await);
+        }
+        assert!(other.dbsize().unwrap() > 1, "keys of ours land on it again");
+
+        let errors = logs.lines_with(&shard_field, &["key-format version"]);
+        let errors: Vec<_> = errors.iter().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "exactly one ERROR line: {errors:#?}");
+        eprintln!("{}", errors[0]);
+        assert!(
+            errors[0].contains("found=2") && errors[0].contains("expected=1"),
+            "{}",
+            errors[0]
+        );
+        let again = logs.lines_with(&shard_field, &["our key-format version again"]);
+        assert_eq!(again.len(), 1, "{again:#?}");
+        assert!(again[0].contains("INFO"), "{}", again[0]);
+        assert!(logs
+            .lines_with(&shard_field, &["redis shard is down"])
+            .is_empty());
+        assert!(logs
+            .lines_with(&format!("shard={GOOD}"), &["key-format version"])
+            .is_empty());
+    }
 }

@@ -209,6 +209,7 @@ impl Handler<Status> for RingActor {
                     up: shard.handle.is_up(),
                     last_error: shard.handle.health.last_error(),
                     write_error: shard.handle.health.write_error(),
+                    format_mismatch: shard.handle.health.format_mismatch(),
                 })
                 .collect(),
         )

@@ -23,9 +23,13 @@ pub struct ShardStatus {
     pub name: String,
     /// The configured address with any password replaced by `***`.
     pub addr: String,
+    /// Used: answers its health check and holds our key-format version.
     pub up: bool,
     /// Why the shard is down (the last error seen while down); `None` while it is up.
     pub last_error: Option<String>,
     /// The error that paused writes to the shard, while they are paused; `None` otherwise.
     pub write_error: Option<String>,
+    /// `found X, expected Y` while the shard is not used because its key-format marker names
+    /// another version (a media repo of another major version uses it); `None` otherwise.
+    pub format_mismatch: Option<String>,
 }

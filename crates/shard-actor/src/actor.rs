@@ -11,6 +11,7 @@ use redis::aio::ConnectionManager;
 use redis::{ErrorKind, RedisError, RedisResult};
 
 use crate::error::{Result, ShardError};
+use crate::format::{Marker, FORMAT_MARKER_KEY, KEY_FORMAT_VERSION};
 use crate::health::{HealthTracker, ShardHealth};
 use crate::io_threads::{run_on, IoThreadGone, IoThreads};
 use crate::messages::{Del, DelIfEq, Get, Info, Set, SetNx, ShardInfo};
@@ -145,16 +146,16 @@ impl ShardActor {
         }));
     }
 
+    /// One health probe: PING and the key-format marker in one round trip, the marker
+    /// written back when missing.
     fn ping(&mut self, ctx: &mut Context<Self>, idx: usize, conn: Conn, generation: u64) {
         let timeout = self.settings.response_timeout;
         let name = self.settings.name.clone();
         let probe = move |mut conn: ConnectionManager| async move {
             let started = Instant::now();
-            let res =
-                tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut conn))
-                    .await;
+            let res = tokio::time::timeout(timeout, check_marker(&name, &mut conn)).await;
             let res = match res {
-                Ok(Ok(_)) => Ok(()),
+                Ok(Ok(marker)) => Ok(marker),
                 Ok(Err(err)) => Err(err.to_string()),
                 Err(_) => Err(format!("no PONG within {timeout:?}")),
             };
@@ -181,12 +182,17 @@ impl ShardActor {
                 _ => None,
             };
             match res {
-                Ok(()) => {
+                Ok(marker) => {
                     if let Some(failed_pings) = current {
                         *failed_pings = 0;
                     }
-                    if act.tracker.ping_ok() {
-                        act.refresh_stats(ctx);
+                    match marker {
+                        Marker::Other(found) => act.tracker.format_mismatch(&found),
+                        Marker::Ours | Marker::Missing => {
+                            if act.tracker.ping_ok() {
+                                act.refresh_stats(ctx);
+                            }
+                        }
                     }
                 }
                 Err(why) => {
@@ -237,7 +243,12 @@ impl ShardActor {
     fn call(&mut self, op: &'static str, load: Load) -> Result<Call> {
         if !self.tracker.is_up() {
             metrics::observe(&self.settings.name, op, "down", Duration::ZERO);
-            return Err(ShardError::Down(self.settings.name.clone()));
+            let name = self.settings.name.clone();
+            return Err(if self.tracker.format_mismatched() {
+                ShardError::FormatMismatch(name)
+            } else {
+                ShardError::Down(name)
+            });
         }
         let Some(conn) = self.pool.pick_for_command(load) else {
             metrics::observe(&self.settings.name, op, "error", Duration::ZERO);
@@ -348,6 +359,52 @@ fn is_error_reply(err: &RedisError) -> bool {
 
 fn ok<T>(_: &T) -> &'static str {
     "ok"
+}
+
+/// PING and `GET` of the marker, pipelined; a missing marker is written with `SET .. NX`
+/// (never over another version's) and read again if another repo wrote one first. A server
+/// that refuses the write (OOM under `noeviction`) leaves the marker missing, which is no
+/// reason to stop using the shard: the next health round tries again.
+async fn check_marker(shard: &str, conn: &mut ConnectionManager) -> RedisResult<Marker> {
+    let (_pong, value): (String, Option<Vec<u8>>) = redis::pipe()
+        .cmd("PING")
+        .cmd("GET")
+        .arg(FORMAT_MARKER_KEY)
+        .query_async(conn)
+        .await?;
+    let marker = Marker::of(value.as_deref());
+    if marker != Marker::Missing {
+        return Ok(marker);
+    }
+    let written: RedisResult<Option<String>> = redis::cmd("SET")
+        .arg(FORMAT_MARKER_KEY)
+        .arg(KEY_FORMAT_VERSION)
+        .arg("NX")
+        .query_async(conn)
+        .await;
+    match written {
+        Ok(Some(_)) => {
+            tracing::debug!(
+                shard,
+                version = %KEY_FORMAT_VERSION,
+                "wrote the key-format marker"
+            );
+            Ok(Marker::Ours)
+        }
+        // Another repo wrote one between our GET and SET: whatever it wrote decides.
+        Ok(None) => {
+            let value: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(FORMAT_MARKER_KEY)
+                .query_async(conn)
+                .await?;
+            Ok(Marker::of(value.as_deref()))
+        }
+        Err(err) if is_error_reply(&err) => {
+            tracing::debug!(shard, %err, "writing the key-format marker was refused");
+            Ok(Marker::Missing)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 async fn fetch_info(shard: &str, mut conn: ConnectionManager) -> Result<ShardInfo> {

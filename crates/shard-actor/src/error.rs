@@ -9,6 +9,10 @@ pub enum ShardError {
     /// The shard is marked down by its health check; the network was not touched.
     #[error("shard {0} is down")]
     Down(String),
+    /// The shard's key-format marker names another version (a repo of another major version
+    /// uses it); the network was not touched.
+    #[error("shard {0} holds another key-format version")]
+    FormatMismatch(String),
     /// Writes to the shard are paused after it refused one (OOM, READONLY, ...); the network
     /// was not touched. Reads still work.
     #[error("shard {0}: writes paused after the server refused one")]

@@ -2,9 +2,13 @@
 //! (which changes it) and the ring and cache (which read it on every route and every write):
 //! the up/down flag, whether writes are in back-off, and why the shard is unusable.
 //!
+//! "Up" means usable: the shard answers its health check and its key-format marker
+//! ([`crate::format`]) is ours. A shard holding another version answers but is not up.
+//!
 //! Logging lives here too, because it follows the state: one WARN the first time a shard is
-//! found unusable (a shard starts down, so this includes never coming up), one INFO when it
-//! is up again, and the same pair for the write back-off. While the state does not change,
+//! found unreachable (a shard starts down, so this includes never coming up), one ERROR the
+//! first time it is found holding another key-format version, one INFO when it is up again,
+//! and the same WARN/INFO pair for the write back-off. While the state does not change,
 //! nothing but debug lines.
 
 use std::fmt::Display;
@@ -12,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::format::{mismatch_text, KEY_FORMAT_VERSION};
 use crate::metrics;
 
 /// First pause of writes after a shard refused one (OOM, READONLY, ...).
@@ -33,6 +38,8 @@ enum Reported {
     Nothing,
     Up,
     Down,
+    /// Answers, but holds another key-format version.
+    Mismatch,
 }
 
 /// The parts that change together; behind a std lock because it is only held to update or
@@ -42,6 +49,8 @@ struct Detail {
     reported: Reported,
     /// Why the shard is down; `None` while it is up.
     down_reason: Option<String>,
+    /// `found X, expected Y` while the shard holds another key-format version.
+    format_mismatch: Option<String>,
     /// Current write pause; zero when writes are not paused.
     write_delay: Duration,
     /// A write was let through after a pause and its answer is awaited.
@@ -71,6 +80,7 @@ impl Default for ShardHealth {
             detail: Mutex::new(Detail {
                 reported: Reported::Nothing,
                 down_reason: None,
+                format_mismatch: None,
                 write_delay: Duration::ZERO,
                 probing: false,
                 write_error: None,
@@ -85,7 +95,7 @@ impl ShardHealth {
         ShardHealth::default()
     }
 
-    /// True when the last health verdict was "answers".
+    /// True when the last health verdict was "usable": answers, and holds our key format.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
@@ -101,6 +111,12 @@ impl ShardHealth {
     /// Why the shard is down (the last error seen while down); `None` while it is up.
     pub fn last_error(&self) -> Option<String> {
         self.detail().down_reason.clone()
+    }
+
+    /// `found X, expected Y` while the shard holds another key-format version and so is not
+    /// used; `None` otherwise (also while it is down: its marker is then unknown).
+    pub fn format_mismatch(&self) -> Option<String> {
+        self.detail().format_mismatch.clone()
     }
 
     /// The error that paused writes, while they are paused or being probed; `None` otherwise.
@@ -170,7 +186,10 @@ pub(crate) struct HealthTracker {
 impl HealthTracker {
     pub(crate) fn new(name: String, health: Arc<ShardHealth>, down_after: u32) -> HealthTracker {
         // The health may outlive an earlier actor of this shard (a respawn keeps it).
-        metrics::set_write_backoff(&name, health.detail().write_delay > Duration::ZERO);
+        let detail = health.detail();
+        metrics::set_write_backoff(&name, detail.write_delay > Duration::ZERO);
+        metrics::set_version_mismatch(&name, detail.format_mismatch.is_some());
+        drop(detail);
         HealthTracker {
             name,
             health,
@@ -183,22 +202,61 @@ impl HealthTracker {
         self.health.is_up()
     }
 
+    /// True while the shard is not used because it holds another key-format version.
+    pub(crate) fn format_mismatched(&self) -> bool {
+        self.health.detail().reported == Reported::Mismatch
+    }
+
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
-    /// A good PING: one is enough to trust the shard again. Returns true if it was down.
+    /// A good PING, and the shard's marker is ours (or was just written): one is enough to
+    /// trust the shard again. Returns true if it was not up.
     pub(crate) fn ping_ok(&self) -> bool {
         self.failures.store(0, Ordering::Release);
         metrics::set_up(&self.name, true);
         let was_up = self.health.set(true);
         if !was_up {
             let mut detail = self.health.detail();
+            if detail.reported == Reported::Mismatch {
+                metrics::set_version_mismatch(&self.name, false);
+                tracing::info!(shard = %self.name, version = %KEY_FORMAT_VERSION, "redis shard holds our key-format version again; using it");
+            } else {
+                tracing::info!(shard = %self.name, "redis shard is up");
+            }
             detail.reported = Reported::Up;
             detail.down_reason = None;
-            tracing::info!(shard = %self.name, "redis shard is up");
+            detail.format_mismatch = None;
         }
         !was_up
+    }
+
+    /// A good PING, but the shard's marker names another key-format version (`found`): the
+    /// shard answers, yet its keys are not ours to read and ours not its to hold, so it is
+    /// not used (routing skips it like a down shard) until the marker is ours again.
+    pub(crate) fn format_mismatch(&self, found: &str) {
+        self.failures.store(0, Ordering::Release);
+        metrics::set_up(&self.name, false);
+        self.health.set(false);
+        let text = reason(&mismatch_text(found));
+        let mut detail = self.health.detail();
+        if detail.reported == Reported::Mismatch {
+            if detail.format_mismatch.as_deref() != Some(text.as_str()) {
+                tracing::debug!(shard = %self.name, mismatch = %text, "redis shard holds yet another key-format version");
+            }
+        } else {
+            tracing::error!(
+                shard = %self.name,
+                found = %reason(&found),
+                expected = %KEY_FORMAT_VERSION,
+                "redis shard holds another key-format version (a media repo of another major version uses it); not using it"
+            );
+            metrics::set_version_mismatch(&self.name, true);
+            detail.reported = Reported::Mismatch;
+        }
+        detail.down_reason = None;
+        detail.format_mismatch = Some(text);
     }
 
     /// A command that worked proves the connection, but only a PING may flip a shard up.
@@ -212,17 +270,21 @@ impl HealthTracker {
             .failures
             .fetch_add(1, Ordering::AcqRel)
             .saturating_add(1);
+        let mut detail = self.health.detail();
         if failures >= self.down_after {
             metrics::set_up(&self.name, false);
             self.health.set(false);
-        } else if self.health.is_up() {
+        } else if self.health.is_up() || detail.reported == Reported::Mismatch {
             tracing::debug!(shard = %self.name, failures, %why, "redis shard failure");
             return;
         }
         // Down: either just marked so, or never up yet (a shard starts down, and one that
-        // cannot authenticate never comes up: that must be said too, once).
+        // cannot authenticate never comes up: that must be said too, once). A down shard's
+        // marker is unknown until it answers again.
+        if detail.format_mismatch.take().is_some() {
+            metrics::set_version_mismatch(&self.name, false);
+        }
         let why = reason(why);
-        let mut detail = self.health.detail();
         if detail.reported == Reported::Down {
             if detail.down_reason.as_deref() != Some(why.as_str()) {
                 tracing::debug!(shard = %self.name, failures, why = %why, "redis shard still down, for another reason");
@@ -331,6 +393,39 @@ mod tests {
         );
         t.ping_ok();
         assert_eq!(t.health.last_error(), None);
+    }
+
+    #[test]
+    fn another_key_format_version_keeps_the_shard_unused_until_ours_again() {
+        let t = tracker();
+        t.ping_ok();
+        t.format_mismatch("2");
+        assert!(!t.health.is_up());
+        assert!(t.format_mismatched());
+        assert_eq!(
+            t.health.format_mismatch().as_deref(),
+            Some("found 2, expected 1")
+        );
+        assert_eq!(t.health.last_error(), None);
+        // A blip while mismatched does not make it "down" before `down_after` failures.
+        t.failure(&"ping: timeout");
+        assert_eq!(t.health.detail().reported, Reported::Mismatch);
+        t.format_mismatch("3");
+        assert_eq!(
+            t.health.format_mismatch().as_deref(),
+            Some("found 3, expected 1")
+        );
+        t.ping_ok();
+        assert!(t.health.is_up());
+        assert_eq!(t.health.format_mismatch(), None);
+
+        // Down forgets the marker: it is unknown until the shard answers again.
+        t.format_mismatch("2");
+        t.failure(&"ping: refused");
+        t.failure(&"ping: refused");
+        assert_eq!(t.health.format_mismatch(), None);
+        assert_eq!(t.health.last_error().as_deref(), Some("ping: refused"));
+        assert!(!t.format_mismatched());
     }
 
     #[test]

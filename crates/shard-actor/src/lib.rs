@@ -15,10 +15,16 @@
 //! (from [`WRITE_BACKOFF_INITIAL`], doubling up to [`WRITE_BACKOFF_MAX`]) exactly one write
 //! probes the server. Reads are not affected.
 //!
+//! Every shard carries a key-format marker ([`FORMAT_MARKER_KEY`], value
+//! [`KEY_FORMAT_VERSION`]), read with each PING and written back when missing; a shard whose
+//! marker names another version is treated as not up, so repos of incompatible major
+//! versions never share a shard silently.
+//!
 //! This is the only crate of the workspace that knows `redis`.
 
 mod actor;
 pub mod error;
+mod format;
 mod health;
 mod io_threads;
 pub mod messages;
@@ -28,6 +34,7 @@ mod settings;
 
 pub use actor::{ShardActor, MAILBOX_CAPACITY, STATS_INTERVAL};
 pub use error::ShardError;
+pub use format::{FORMAT_MARKER_KEY, KEY_FORMAT_VERSION};
 pub use health::{
     ShardHealth, MAX_REASON_BYTES, WRITE_BACKOFF_INITIAL, WRITE_BACKOFF_MAX, WRITE_PROBE_WINDOW,
 };

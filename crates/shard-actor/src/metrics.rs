@@ -10,7 +10,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 /// Operation labels, one per command message (and the health PING).
 pub(crate) const OPS: &[&str] = &["get", "set", "setnx", "delifeq", "del", "info", "ping"];
 /// Result labels: `hit`/`miss` for reads, `ok` for other successes, `error` for failures and
-/// timeouts, `down` for commands refused at once because the shard is marked down, `paused`
+/// timeouts, `down` for commands refused at once because the shard is not up (down, or
+/// holding another key-format version), `paused`
 /// for writes refused at once because the shard's writes are paused.
 pub(crate) const RESULTS: &[&str] = &["hit", "miss", "ok", "error", "down", "paused"];
 
@@ -59,13 +60,19 @@ static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
 static UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge(
         "media_repo_cache_shard_up",
-        "1 when the shard answers its health check",
+        "1 when the shard is used: it answers its health check and holds our key-format version",
     )
 });
 static WRITE_BACKOFF: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge(
         "media_repo_cache_shard_write_backoff",
         "1 while writes to the shard are paused because it refused one (OOM, READONLY, ...)",
+    )
+});
+static VERSION_MISMATCH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "media_repo_cache_shard_version_mismatch",
+        "1 while the shard is not used because its key-format marker names another version",
     )
 });
 static USED_MEMORY: LazyLock<IntGaugeVec> = LazyLock::new(|| {
@@ -108,6 +115,12 @@ pub(crate) fn set_write_backoff(shard: &str, paused: bool) {
         .set(i64::from(paused));
 }
 
+pub(crate) fn set_version_mismatch(shard: &str, mismatch: bool) {
+    VERSION_MISMATCH
+        .with_label_values(&[shard])
+        .set(i64::from(mismatch));
+}
+
 pub(crate) fn set_usage(shard: &str, used_memory_bytes: u64, keys: u64) {
     USED_MEMORY
         .with_label_values(&[shard])
@@ -127,6 +140,7 @@ pub fn forget_shard_metrics(name: &str) {
     }
     let _ = UP.remove_label_values(&[name]);
     let _ = WRITE_BACKOFF.remove_label_values(&[name]);
+    let _ = VERSION_MISMATCH.remove_label_values(&[name]);
     let _ = USED_MEMORY.remove_label_values(&[name]);
     let _ = KEYS.remove_label_values(&[name]);
 }

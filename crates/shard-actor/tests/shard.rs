@@ -12,6 +12,7 @@ use common::wait_until;
 use integration::RedisServer;
 use mr_shard_actor::{
     Del, DelIfEq, Get, Info, Set, SetNx, ShardActor, ShardError, ShardHealth, ShardSettings,
+    FORMAT_MARKER_KEY, KEY_FORMAT_VERSION,
 };
 
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -144,7 +145,7 @@ async fn commands_round_trip_through_a_real_server() {
         server.cli(&["SET", &format!("seed{i}"), "x"]).unwrap();
     }
     let info = addr.send(Info).await.unwrap().unwrap();
-    assert_eq!(info.keys, 10);
+    assert_eq!(info.keys, 10 + 1, "the seeds and the key-format marker");
     let used: u64 = server
         .cli(&["INFO", "memory"])
         .unwrap()
@@ -210,7 +211,11 @@ async fn commands_run_concurrently_and_metrics_are_per_shard() {
             .map(|m| m.get_gauge().get_value() as i64)
     };
     assert_eq!(gauge("media_repo_cache_shard_up"), Some(1));
-    assert_eq!(gauge("media_repo_cache_shard_keys"), Some(1));
+    assert_eq!(
+        gauge("media_repo_cache_shard_keys"),
+        Some(2),
+        "`a` and the key-format marker"
+    );
     assert!(gauge("media_repo_cache_shard_used_memory_bytes").unwrap() > 100_000);
 
     mr_shard_actor::forget_shard_metrics("metrics-shard");
@@ -448,4 +453,140 @@ async fn refused_writes_pause_writes_but_not_reads() {
     assert!(!health.writes_paused());
     assert_eq!(health.write_error(), None);
     assert_eq!(server.cli(&["GET", "after"]).unwrap(), "v");
+}
+
+/// A few health intervals (250 ms each) plus scheduling slack: the bound on "the health check
+/// has seen what the test did to the marker".
+const MARKER_SEEN: Duration = Duration::from_secs(3);
+
+async fn marker_becomes(server: &RedisServer, want: &str) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < MARKER_SEEN {
+        if server.cli(&["GET", FORMAT_MARKER_KEY]).unwrap() == want {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// A fresh shard is marked with our key-format version, and a marker deleted by hand (as
+/// eviction or FLUSHALL would) is written back by the health check alone.
+#[actix_rt::test]
+async fn the_key_format_marker_is_written_and_written_back() {
+    assert_eq!(FORMAT_MARKER_KEY, "mr:format");
+    assert_eq!(KEY_FORMAT_VERSION, "1");
+    let (server, addr, health, _arbiter) = start_up("marker").await;
+    assert_eq!(
+        server.cli(&["GET", FORMAT_MARKER_KEY]).unwrap(),
+        KEY_FORMAT_VERSION,
+        "marked before it was reported up"
+    );
+    assert_eq!(
+        server.cli(&["TTL", FORMAT_MARKER_KEY]).unwrap(),
+        "-1",
+        "the marker never expires on its own"
+    );
+
+    for flush in [&["DEL", FORMAT_MARKER_KEY][..], &["FLUSHALL"][..]] {
+        server.cli(flush).unwrap();
+        let back = marker_becomes(&server, KEY_FORMAT_VERSION)
+            .await
+            .unwrap_or_else(|| panic!("marker not written back after {flush:?}"));
+        eprintln!("{flush:?}: marker back after {back:?}");
+        assert!(health.is_up(), "a missing marker does not stop the shard");
+        assert_eq!(health.format_mismatch(), None);
+    }
+    assert_eq!(get(&addr, "k").await.unwrap(), None);
+}
+
+/// A shard marked with another version answers PING but is not used: every command is
+/// refused at once without touching it, the marker is never overwritten, and the shard is
+/// used again once the marker says our version (or is gone).
+#[actix_rt::test]
+async fn a_shard_of_another_key_format_version_is_not_used() {
+    let server = RedisServer::start().unwrap();
+    server.cli(&["SET", FORMAT_MARKER_KEY, "2"]).unwrap();
+    let (addr, health, _arbiter) = start("other-version", server.url());
+    wait_until(DETECT, || health.format_mismatch().is_some())
+        .await
+        .expect("mismatch not noticed within 2 s");
+    assert!(!health.is_up());
+    assert_eq!(
+        health.format_mismatch().as_deref(),
+        Some("found 2, expected 1")
+    );
+    assert_eq!(health.last_error(), None, "it is not down: it answers");
+
+    let started = Instant::now();
+    assert!(matches!(
+        get(&addr, "k").await,
+        Err(ShardError::FormatMismatch(_))
+    ));
+    let set = addr
+        .send(Set {
+            key: "k".into(),
+            value: Bytes::from_static(b"v"),
+            ttl: None,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(set, Err(ShardError::FormatMismatch(_))), "{set:?}");
+    let del = addr
+        .send(Del {
+            keys: vec![FORMAT_MARKER_KEY.into()],
+        })
+        .await
+        .unwrap();
+    assert!(matches!(del, Err(ShardError::FormatMismatch(_))), "{del:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "refusals took {:?}",
+        started.elapsed()
+    );
+    // Several health rounds later: still refused, marker untouched, nothing written.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!health.is_up());
+    assert_eq!(server.cli(&["GET", FORMAT_MARKER_KEY]).unwrap(), "2");
+    assert_eq!(server.dbsize().unwrap(), 1);
+
+    // The operator hands the shard back to us.
+    server
+        .cli(&["SET", FORMAT_MARKER_KEY, KEY_FORMAT_VERSION])
+        .unwrap();
+    wait_until(MARKER_SEEN, || health.is_up())
+        .await
+        .expect("not used again after the marker said our version");
+    assert_eq!(health.format_mismatch(), None);
+    addr.send(Set {
+        key: "k".into(),
+        value: Bytes::from_static(b"v"),
+        ttl: None,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+
+    // Taken over again while in use (by hand here; a repo of another version only ever
+    // writes the marker when it is missing), then the marker deleted: written back, used.
+    server.cli(&["SET", FORMAT_MARKER_KEY, "2"]).unwrap();
+    wait_until(MARKER_SEEN, || !health.is_up())
+        .await
+        .expect("a marker changed under a running shard not noticed");
+    assert_eq!(
+        health.format_mismatch().as_deref(),
+        Some("found 2, expected 1")
+    );
+    server.cli(&["DEL", FORMAT_MARKER_KEY]).unwrap();
+    wait_until(MARKER_SEEN, || health.is_up())
+        .await
+        .expect("not used again after the marker was deleted");
+    assert_eq!(
+        server.cli(&["GET", FORMAT_MARKER_KEY]).unwrap(),
+        KEY_FORMAT_VERSION
+    );
+    assert_eq!(
+        get(&addr, "k").await.unwrap(),
+        Some(Bytes::from_static(b"v"))
+    );
 }
