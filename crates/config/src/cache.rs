@@ -113,7 +113,8 @@ pub struct RedisConfig {
     /// (a cache miss). Default 500.
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
-    /// Milliseconds between health-check PINGs to each shard. Default 250.
+    /// Milliseconds between health checks of each shard (a PING, and a read of the
+    /// key-format marker `mr:format`, written back when missing). Default 250.
     #[serde(default = "default_health_interval_ms")]
     pub health_interval_ms: u64,
     /// Consecutive failed PINGs after which a shard is considered down and skipped.
