@@ -111,6 +111,18 @@ impl From<MatrixError> for FetchError {
 
 type Fetch<T> = Result<T, FetchError>;
 
+/// Removes a fetch's `in_flight` entry when its task ends, however it ends.
+struct InFlightEntry {
+    state: actix_web::web::Data<AppState>,
+    mxc: String,
+}
+
+impl Drop for InFlightEntry {
+    fn drop(&mut self) {
+        self.state.remote.in_flight.remove(&self.mxc);
+    }
+}
+
 /// A failure and when the next attempt may be made.
 #[derive(Clone)]
 struct Failure {
@@ -214,6 +226,12 @@ impl RemoteMedia {
         entry.insert(receiver.clone());
         let (state, media, as_server) = (state.clone(), media.clone(), as_server.to_owned());
         tokio::spawn(async move {
+            // Whatever happens to this task (even a panic), the next request starts afresh;
+            // waiters of a task that died see its channel close and answer 500.
+            let _entry = InFlightEntry {
+                state: state.clone(),
+                mxc: media.mxc(),
+            };
             // A fetch that ended between the caller's lookup and our entry stored the row.
             let stored = state.db.get_media(&media.origin, &media.media_id).await;
             let result = match stored {
@@ -222,7 +240,6 @@ impl RemoteMedia {
             };
             let outcome = state.remote.finish(&media, result);
             progress.send_modify(|p| p.outcome = Some(outcome));
-            state.remote.in_flight.remove(&media.mxc());
         });
         Ok(receiver)
     }
