@@ -360,6 +360,50 @@ fn redis_backend_needs_shards() {
 }
 
 #[test]
+fn signing_keys_are_checked_when_the_config_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.key");
+    let key = mr_federation::SigningKey::from_seed("a_bcd", [3u8; 32]).unwrap();
+    std::fs::write(&good, key.to_key_file_line()).unwrap();
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, "ed25519 a_bcd not-base64!").unwrap();
+    let missing = dir.path().join("missing.key");
+    let with_key = |path: &std::path::Path| {
+        format!(
+            "homeservers:\n  - name: example.org\n    client_api_url: https://matrix.example.org\n    signing_key_path: \"{}\"\n",
+            path.display()
+        )
+    };
+    let config = parse(&with_key(&good));
+    assert_eq!(
+        config.homeservers[0].signing_key_path.as_deref(),
+        Some(good.as_path())
+    );
+    for path in [&bad, &missing] {
+        let msg = invalid(&with_key(path));
+        assert!(msg.contains("homeservers[0].signing_key_path"), "{msg}");
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+    }
+    // Without one, the default: no remote fetching for that homeserver.
+    assert_eq!(parse("{}\n").homeservers[0].signing_key_path, None);
+}
+
+#[test]
+fn the_federation_block_is_validated() {
+    let config = parse("federation:\n  allowed_networks: [\"127.0.0.1\", \"10.0.0.0/8\"]\n");
+    assert_eq!(config.federation.allowed_ranges().len(), 2);
+    let msg = invalid(
+        "federation:\n  allowed_networks: [\"example.org\"]\n  extra_ca_file: /nonexistent/ca.pem\n  request_timeout_ms: 0\n",
+    );
+    assert!(msg.contains("federation.allowed_networks[0]"), "{msg}");
+    assert!(msg.contains("federation.extra_ca_file"), "{msg}");
+    assert!(
+        msg.contains("federation.request_timeout_ms must be greater than 0"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn trusted_proxies_are_addresses_or_ranges() {
     let config =
         parse("server:\n  trusted_proxies: [\"127.0.0.1\", \"10.0.0.0/8\", \"::1/128\"]\n");
