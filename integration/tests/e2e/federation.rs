@@ -758,3 +758,43 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
     assert_eq!(matrix_error(response).0, 502);
     assert!(started.elapsed() < Duration::from_secs(6));
 }
+
+/// A homeserver without a signing key fetches no remote media, and the log says so once.
+#[test]
+fn without_a_signing_key_remote_media_is_not_fetched() {
+    let synapse = integration::Synapse::shared();
+    let token = crate::common::users().alice.clone();
+    let yaml = format!(
+        "server:\n  bind: \"127.0.0.1:{{port}}\"\n\
+         homeservers:\n  - name: \"{}\"\n    client_api_url: \"{}\"\n\
+         database:\n  url: \"sqlite://{{dir}}/media-repo.db\"\n\
+         datastores:\n  - id: default\n    kind: file\n    path: \"{{dir}}/media\"\n\
+         federation:\n  allowed_networks: [\"127.0.0.1\"]\n",
+        synapse.server_name,
+        synapse.base_url()
+    );
+    let repo = MediaRepo::start(&yaml).unwrap();
+    // A remote that would count any request made to it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let origin = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let response = Client::new()
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{origin}/abc",
+            repo.base_url()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(matrix_error(response), (404, "M_NOT_FOUND".into()));
+    assert!(
+        listener.accept().is_err(),
+        "no connection was made to the remote"
+    );
+    let lines = repo
+        .logs()
+        .lines()
+        .filter(|l| l.contains("no signing_key_path"))
+        .count();
+    assert_eq!(lines, 1, "{}", repo.logs());
+}
