@@ -30,6 +30,10 @@ pub struct FederationConfig {
     /// is abandoned (nothing kept). Default 20000.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Remote media fetches that may run at once (each holds a connection and a temp
+    /// file); a download that would start one more answers 429 with Retry-After. Default 64.
+    #[serde(default = "default_max_concurrent_fetches")]
+    pub max_concurrent_fetches: u32,
 }
 
 fn default_request_timeout_ms() -> u64 {
@@ -44,6 +48,10 @@ fn default_idle_timeout_ms() -> u64 {
     20_000
 }
 
+fn default_max_concurrent_fetches() -> u32 {
+    64
+}
+
 impl Default for FederationConfig {
     fn default() -> Self {
         FederationConfig {
@@ -52,6 +60,7 @@ impl Default for FederationConfig {
             request_timeout_ms: default_request_timeout_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
+            max_concurrent_fetches: default_max_concurrent_fetches(),
         }
     }
 }

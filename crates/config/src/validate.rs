@@ -302,6 +302,10 @@ fn check_federation(config: &Config, p: &mut Problems) {
     p.nonzero("federation.request_timeout_ms", fed.request_timeout_ms);
     p.nonzero("federation.connect_timeout_ms", fed.connect_timeout_ms);
     p.nonzero("federation.idle_timeout_ms", fed.idle_timeout_ms);
+    p.nonzero(
+        "federation.max_concurrent_fetches",
+        fed.max_concurrent_fetches.into(),
+    );
 }
 
 fn check_cache(config: &Config, p: &mut Problems) {

@@ -346,7 +346,7 @@ mod scripted {
     /// What to answer for a request path: status line, headers and body.
     pub type Script = Arc<dyn Fn(&str) -> (String, Vec<(String, String)>, Vec<u8>) + Send + Sync>;
 
-    /// Answers for paths containing "stalled" stop after this many body bytes (more than
+    /// Answers for paths containing "stalled" or "held" stop after this many body bytes (more than
     /// media-repo's STREAM_AFTER_BYTES, 1 MiB) until [`Remote::release`] (or 20 s).
     pub const STALL_AFTER: usize = 1_200_000;
 
@@ -429,7 +429,7 @@ mod scripted {
         }
         head += "\r\n";
         let _ = out.write_all(head.as_bytes());
-        if path.contains("stalled") && body.len() > STALL_AFTER {
+        if (path.contains("stalled") || path.contains("held")) && body.len() > STALL_AFTER {
             let _ = out.write_all(&body[..STALL_AFTER]);
             let _ = out.flush();
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -550,7 +550,8 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
             }
             match id {
                 "small" => multipart(Some(b"small bytes"), None),
-                "stalled" => multipart(Some(&stalled_bytes()), None),
+                "stalled" | "held" => multipart(Some(&stalled_bytes()), None),
+                "small-3" => multipart(Some(b"small bytes"), None),
                 "big" => multipart(Some(&vec![b'x'; 300_000]), None),
                 "malformed" => {
                     let (status, headers, mut body) = multipart(Some(b"cut short"), None);
@@ -632,6 +633,29 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
 
     assert_eq!(body_of("small"), b"small bytes");
 
+    // Fetches running at once are capped: with one allowed (a held one),
+    // a second media is refused with 429 and its origin is not asked.
+    let one_at_a_time = MediaRepo::start(&repo_yaml(
+        &synapse.server_name,
+        &synapse.base_url(),
+        &key_path.display().to_string(),
+        &format!("{}  max_concurrent_fetches: 1\n", trusting(&ca)),
+        "",
+    ))
+    .unwrap();
+    {
+        use std::io::Read;
+        let mut held = get_from(&one_at_a_time, "held");
+        assert_eq!(held.status(), 200);
+        let mut some = vec![0u8; 1000];
+        held.read_exact(&mut some).unwrap();
+        let refused = get_from(&one_at_a_time, "small-3");
+        assert!(refused.headers().get("retry-after").is_some());
+        assert_eq!(matrix_error(refused), (429, "M_LIMIT_EXCEEDED".into()));
+        assert_eq!(remote.count("/small-3"), 0);
+        drop(held);
+    }
+
     // Bytes reach the client while the fetch still runs: the first client reads what the
     // remote sent before it stalled; a second client joins the same fetch.
     {
@@ -661,6 +685,7 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
         assert!(second == expected, "the joining client got every byte");
         assert_eq!(remote.count("/stalled"), 1, "one fetch for both");
     }
+
     assert_eq!(matrix_error(get("big")), (502, "M_TOO_LARGE".into()));
     assert_eq!(matrix_error(get("malformed")).0, 502);
     assert_eq!(body_of("redirected"), b"raw bytes of redirected");

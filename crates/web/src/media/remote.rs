@@ -48,6 +48,8 @@ const MEDIA_BACKOFF_MAX: Duration = Duration::from_secs(60 * 60);
 const DESTINATION_BACKOFF_START: Duration = Duration::from_secs(10);
 /// Longest back-off for one server.
 const DESTINATION_BACKOFF_MAX: Duration = Duration::from_secs(30 * 60);
+/// Seconds a client refused for too many fetches in progress is told to wait.
+const RETRY_BUSY_SECS: u64 = 5;
 /// Failures remembered at once (media and servers each).
 const MAX_REMEMBERED_FAILURES: u64 = 100_000;
 /// Largest error body read from a remote server (to find its errcode).
@@ -199,6 +201,7 @@ impl RemoteMedia {
         media: &MediaRef,
         as_server: &str,
     ) -> MatrixResult<watch::Receiver<FetchProgress>> {
+        let max_fetches = state.config().federation.max_concurrent_fetches as usize;
         let key = self
             .signing_keys
             .get(&as_server.to_ascii_lowercase())
@@ -217,6 +220,12 @@ impl RemoteMedia {
         }
         if let Some(failure) = self.remembered_failure(&self.destination_failures, &media.origin) {
             return Err(failure);
+        }
+        if self.in_flight.len() >= max_fetches {
+            return Err(MatrixError::limit_exceeded(
+                "Too many remote media fetches in progress; try again shortly",
+                RETRY_BUSY_SECS,
+            ));
         }
         let entry = match self.in_flight.entry(mxc.clone()) {
             dashmap::Entry::Occupied(running) => return Ok(running.get().clone()),
