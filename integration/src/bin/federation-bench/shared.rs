@@ -76,6 +76,9 @@ struct Round {
     repos_served: [Duration; 2],
     /// Whether A's clients were served first.
     a_first: bool,
+    /// What A and B logged about this media: copied from the shared cache, or found the
+    /// shared record without a usable blob and fetched it themselves.
+    logged: [&'static str; 2],
 }
 
 struct Stack {
@@ -133,7 +136,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
                     )
                 })?;
                 log(&format!(
-                    "{} (max_object_bytes {}), cache.backend {}: round {}: {} remote request(s), all {CLIENTS} served in {:.3} s ({} first, after {:.3} s)",
+                    "{} (max_object_bytes {}), cache.backend {}: round {}: {} remote request(s), all {CLIENTS} served in {:.3} s ({} first, after {:.3} s); A {}, B {}",
                     case.label,
                     max_object_label(case.max_object_bytes),
                     BACKENDS[i],
@@ -142,6 +145,8 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
                     r.all_served.as_secs_f64(),
                     if r.a_first { "A's clients" } else { "B's clients" },
                     r.repos_served[0].as_secs_f64(),
+                    r.logged[0],
+                    r.logged[1],
                 ));
                 results[i].push(r);
             }
@@ -356,6 +361,7 @@ impl Stack {
         })
         .with_context(|| format!("hs2 logged no {federation_path}"))?;
         std::thread::sleep(SETTLE);
+        let logged = [&pair.a, &pair.b].map(|repo| what_repo_logged(repo, &media_id));
         Ok(Round {
             remote_requests: self.hs2.count_requests(&federation_path),
             all_served: last[0].max(last[1]) - started,
@@ -364,7 +370,28 @@ impl Stack {
                 last[0].max(last[1]) - started,
             ],
             a_first: last[0] <= last[1],
+            logged,
         })
+    }
+}
+
+/// What `repo` logged about `media_id`: one of the shared-fetch outcomes of
+/// `crates/web/src/media/remote.rs`, else "fetched or logged nothing".
+fn what_repo_logged(repo: &MediaRepo, media_id: &str) -> &'static str {
+    let logs = repo.logs();
+    let about: Vec<&str> = logs.lines().filter(|l| l.contains(media_id)).collect();
+    if about
+        .iter()
+        .any(|l| l.contains("copied from the shared cache"))
+    {
+        "copied from the cache"
+    } else if about
+        .iter()
+        .any(|l| l.contains("not usable from the cache"))
+    {
+        "found the record without a usable blob and fetched"
+    } else {
+        "fetched or logged nothing"
     }
 }
 
