@@ -1,6 +1,11 @@
 //! Config for a media-repo that serves one federating homeserver (its client API, its
 //! signing key), as the federation tests and the federation benchmark start it.
 
+use anyhow::Context as _;
+
+use crate::media_repo::MediaRepo;
+use crate::redis_server::RedisServer;
+use crate::synapse::FederatingSynapse;
 use crate::test_ca::TestCa;
 
 /// A config for `MediaRepo::start` serving `hs_name` (client API at `client_url`, signing as
@@ -37,6 +42,58 @@ pub fn trusting(ca: &TestCa) -> String {
         "  allowed_networks: [\"127.0.0.1\"]\n  extra_ca_file: \"{}\"\n",
         ca.cert_path().display()
     )
+}
+
+/// hs1, hs2 and hs3: three [`FederatingSynapse`]s with default settings trusting `ca`,
+/// started in parallel. All three are joined before an error is returned, so none outlives
+/// a failed start unowned.
+pub fn start_three_synapses(
+    ca: &TestCa,
+) -> anyhow::Result<(FederatingSynapse, FederatingSynapse, FederatingSynapse)> {
+    std::thread::scope(|s| {
+        let start = || s.spawn(|| FederatingSynapse::start(ca));
+        let (hs1, hs2, hs3) = (start(), start(), start());
+        let join = |h: std::thread::ScopedJoinHandle<'_, anyhow::Result<FederatingSynapse>>| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a Synapse start panicked"))?
+        };
+        let (hs1, hs2, hs3) = (join(hs1), join(hs2), join(hs3));
+        Ok((
+            hs1.context("starting hs1")?,
+            hs2.context("starting hs2")?,
+            hs3.context("starting hs3")?,
+        ))
+    })
+}
+
+/// The `cache:` block for `backend: redis` over `shards`, named `shard-0`, `shard-1`, ….
+pub fn redis_cache_yaml(shards: &[RedisServer]) -> String {
+    let mut yaml = "cache:\n  backend: redis\n  redis:\n    shards:\n".to_owned();
+    for (i, shard) in shards.iter().enumerate() {
+        yaml += &format!(
+            "      - name: shard-{i}\n        addr: \"{}\"\n",
+            shard.url()
+        );
+    }
+    yaml
+}
+
+/// Starts a media-repo serving `hs` (its client API, signing as it with its key), reaching
+/// homeservers on loopback with certificates from `ca` ([`trusting`]); `extra` is appended
+/// to the config as in [`repo_yaml`].
+pub fn start_repo_for(
+    hs: &FederatingSynapse,
+    ca: &TestCa,
+    extra: &str,
+) -> anyhow::Result<MediaRepo> {
+    MediaRepo::start(&repo_yaml(
+        &hs.server_name,
+        &hs.client_url(),
+        &hs.signing_key_path().display().to_string(),
+        &trusting(ca),
+        extra,
+    ))
+    .with_context(|| format!("starting a media-repo for {}", hs.server_name))
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use integration::federated_repo::{repo_yaml, trusting};
+use integration::federated_repo::{redis_cache_yaml, start_repo_for, start_three_synapses};
 use integration::{wait_until, FederatingSynapse, MediaRepo, RedisServer, TestCa};
 use reqwest::blocking::Client;
 use sha2::{Digest, Sha256};
@@ -28,41 +28,14 @@ struct Shared {
     _ca: TestCa,
 }
 
-fn cache_yaml(shards: &[RedisServer]) -> String {
-    let mut yaml = "cache:\n  backend: redis\n  redis:\n    shards:\n".to_owned();
-    for (i, shard) in shards.iter().enumerate() {
-        yaml += &format!(
-            "      - name: shard-{i}\n        addr: \"{}\"\n",
-            shard.url()
-        );
-    }
-    yaml
-}
-
 impl Shared {
     fn start() -> Shared {
         let ca = TestCa::new().unwrap();
-        let (hs1, hs2, hs3) = std::thread::scope(|s| {
-            let start = || s.spawn(|| FederatingSynapse::start(&ca));
-            let (hs1, hs2, hs3) = (start(), start(), start());
-            (
-                hs1.join().unwrap().unwrap(),
-                hs2.join().unwrap().unwrap(),
-                hs3.join().unwrap().unwrap(),
-            )
-        });
+        let (hs1, hs2, hs3) = start_three_synapses(&ca).unwrap();
         let shards: Vec<RedisServer> = (0..3).map(|_| RedisServer::start().unwrap()).collect();
-        let repo = |hs: &FederatingSynapse| {
-            MediaRepo::start(&repo_yaml(
-                &hs.server_name,
-                &hs.client_url(),
-                &hs.signing_key_path().display().to_string(),
-                &trusting(&ca),
-                &cache_yaml(&shards),
-            ))
-            .unwrap()
-        };
-        let (a, b) = (repo(&hs1), repo(&hs3));
+        let cache = redis_cache_yaml(&shards);
+        let a = start_repo_for(&hs1, &ca, &cache).unwrap();
+        let b = start_repo_for(&hs3, &ca, &cache).unwrap();
         let bob = hs2.user_token("bob").unwrap();
         Shared {
             bob,
@@ -285,17 +258,9 @@ fn a_lease_holder_killed_mid_download_is_taken_over() {
         .start()
         .unwrap();
     let shards: Vec<RedisServer> = (0..3).map(|_| RedisServer::start().unwrap()).collect();
-    let repo = |hs: &FederatingSynapse| {
-        MediaRepo::start(&repo_yaml(
-            &hs.server_name,
-            &hs.client_url(),
-            &hs.signing_key_path().display().to_string(),
-            &trusting(&ca),
-            &cache_yaml(&shards),
-        ))
-        .unwrap()
-    };
-    let (mut a, b) = (repo(&hs1), repo(&hs3));
+    let cache = redis_cache_yaml(&shards);
+    let mut a = start_repo_for(&hs1, &ca, &cache).unwrap();
+    let b = start_repo_for(&hs3, &ca, &cache).unwrap();
     let http = Client::builder().timeout(REQUEST_TIMEOUT).build().unwrap();
     let bob = hs2.user_token("bob").unwrap();
     let bytes = random_bytes(3 * 512 * 1024);

@@ -18,11 +18,16 @@
 //! Every measured download is of media uploaded to hs2 just before with fresh random bytes,
 //! so it is a first fetch for both A and hs3. Clients download straight from A's port and
 //! from hs3's client port, both plain HTTP on loopback, so neither path pays for a proxy.
+//!
+//! `--shared` measures something else, remote media fetched once for two repos that share
+//! the cache shards (`shared.rs`).
+
+mod shared;
 
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -54,10 +59,10 @@ const WARM_UP_BYTES: usize = 4096;
 /// How long Synapse may take to log a request after answering it.
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// media-repo A's pid, for the signal thread: A runs without a watchdog, so on Ctrl-C (no
-/// `Drop` runs) the signal thread kills it. Synapse and nginx have watchdogs that kill them
-/// and remove their dirs when this process is gone.
-static REPO_PID: AtomicU32 = AtomicU32::new(0);
+/// Pids of the children without a watchdog (media-repos, redis-servers), for the signal
+/// thread: on Ctrl-C (no `Drop` runs) it kills them. Synapse and nginx have watchdogs that
+/// kill them and remove their dirs when this process is gone.
+static KILL_ON_SIGNAL: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 /// Temp dirs no watchdog removes (A's, the test CA's): the signal thread removes them.
 static ORPHAN_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
@@ -65,6 +70,8 @@ struct Options {
     rounds: usize,
     /// A's `cache.backend`: `memory` (the sample config's) or `none`.
     cache: String,
+    /// `--shared`: the shared-fetch benchmark instead (`shared.rs`).
+    shared: bool,
 }
 
 fn main() {
@@ -80,6 +87,9 @@ fn run() -> anyhow::Result<()> {
     };
     kill_repo_on_signal()?;
     use_release_media_repo()?;
+    if options.shared {
+        return shared::run(options.rounds);
+    }
     let started_at = utc_now();
     let load_before = load_average();
 
@@ -144,6 +154,7 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
     let mut options = Options {
         rounds: DEFAULT_ROUNDS,
         cache: "memory".to_owned(),
+        shared: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -166,9 +177,12 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
                     "--cache is memory or none"
                 );
             }
+            "--shared" => options.shared = true,
             "--help" | "-h" => {
                 println!(
                     "federation-bench [--rounds N (1-{MAX_ROUNDS}, default {DEFAULT_ROUNDS})] [--cache memory|none (A's cache.backend, default memory)]\n\
+                     federation-bench --shared [--rounds N]: 20 concurrent first fetches across two repos \
+                     sharing 3 Redis shards, against cache.backend none\n\
                      Uses $MEDIA_REPO_BIN, else media-repo next to this executable \
                      (cargo build --release -p mr-web --bin media-repo)."
                 );
@@ -237,10 +251,13 @@ fn kill_repo_on_signal() -> anyhow::Result<()> {
                 continue;
             }
             eprintln!("federation-bench: signal {signal}, stopping");
-            let pid = REPO_PID.load(Ordering::Acquire);
-            if pid != 0 {
+            for &pid in KILL_ON_SIGNAL
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
                 // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
-                // unreaped child, so it names no other process.
+                // unreaped child (forgotten before it is reaped), so it names no other process.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }
             for dir in ORPHAN_DIRS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
@@ -250,6 +267,22 @@ fn kill_repo_on_signal() -> anyhow::Result<()> {
         })
         .context("starting the signal thread")?;
     Ok(())
+}
+
+/// The signal thread kills `pid` (a child of ours without a watchdog).
+fn kill_on_signal(pid: u32) {
+    KILL_ON_SIGNAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(pid);
+}
+
+/// Before a child registered with [`kill_on_signal`] is stopped and reaped.
+fn forget_on_signal(pid: u32) {
+    KILL_ON_SIGNAL
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|&p| p != pid);
 }
 
 fn remove_on_signal(dir: PathBuf) {
@@ -341,7 +374,7 @@ impl Stack {
             ),
         ))
         .context("starting media-repo A")?;
-        REPO_PID.store(repo.pid(), Ordering::Release);
+        kill_on_signal(repo.pid());
         remove_on_signal(repo.dir().to_owned());
         let cert = ca
             .issue(&["127.0.0.1"])
@@ -479,27 +512,7 @@ impl Stack {
     }
 
     fn upload_to_hs2(&self, bytes: Vec<u8>) -> anyhow::Result<String> {
-        let url = format!(
-            "{}/_matrix/media/v3/upload?filename=bench.bin",
-            self.hs2.client_url()
-        );
-        let response = self
-            .http
-            .post(&url)
-            .bearer_auth(&self.tokens[0])
-            .header("content-type", "application/octet-stream")
-            .body(bytes)
-            .send()
-            .with_context(|| format!("POST {url}"))?;
-        let status = response.status();
-        let body = response.text().context("reading hs2's upload answer")?;
-        ensure!(status.is_success(), "upload to hs2: {status}: {body}");
-        let json: serde_json::Value = serde_json::from_str(&body)
-            .with_context(|| format!("hs2's upload answer is not JSON: {body}"))?;
-        let uri = json["content_uri"]
-            .as_str()
-            .with_context(|| format!("no content_uri in hs2's upload answer: {body}"))?;
-        Ok(uri.rsplit('/').next().unwrap_or(uri).to_owned())
+        upload_to_hs2(&self.http, &self.hs2, &self.tokens[0], bytes)
     }
 
     fn repo_rss(&self) -> anyhow::Result<Rss> {
@@ -509,6 +522,35 @@ impl Stack {
     fn synapse_rss(&self) -> anyhow::Result<Rss> {
         Rss::of(self.hs3.pid())
     }
+}
+
+/// Uploads `bytes` to `hs2` as the user with `token`; the new media's id.
+fn upload_to_hs2(
+    http: &Client,
+    hs2: &FederatingSynapse,
+    token: &str,
+    bytes: Vec<u8>,
+) -> anyhow::Result<String> {
+    let url = format!(
+        "{}/_matrix/media/v3/upload?filename=bench.bin",
+        hs2.client_url()
+    );
+    let response = http
+        .post(&url)
+        .bearer_auth(token)
+        .header("content-type", "application/octet-stream")
+        .body(bytes)
+        .send()
+        .with_context(|| format!("POST {url}"))?;
+    let status = response.status();
+    let body = response.text().context("reading hs2's upload answer")?;
+    ensure!(status.is_success(), "upload to hs2: {status}: {body}");
+    let json: serde_json::Value = serde_json::from_str(&body)
+        .with_context(|| format!("hs2's upload answer is not JSON: {body}"))?;
+    let uri = json["content_uri"]
+        .as_str()
+        .with_context(|| format!("no content_uri in hs2's upload answer: {body}"))?;
+    Ok(uri.rsplit('/').next().unwrap_or(uri).to_owned())
 }
 
 /// From `/proc/<pid>/status`, in KiB.
