@@ -51,7 +51,7 @@ fn mul_div_round(a: u32, b: u32, c: u32) -> u32 {
 
 /// Plans a thumbnail of a `src_w` × `src_h` source (already rotated by its EXIF
 /// orientation) asked at `want_w` × `want_h` with `method`. All four sizes must be ≥ 1
-/// (the caller validates requests).
+/// (the caller validates requests; see [`crate::Request`]).
 pub fn plan(src_w: u32, src_h: u32, want_w: u32, want_h: u32, method: Method) -> Plan {
     debug_assert!(src_w > 0 && src_h > 0 && want_w > 0 && want_h > 0);
     let whole = Rect {
