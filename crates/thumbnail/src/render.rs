@@ -1,6 +1,6 @@
 //! Decoding, orienting, cropping, resizing and encoding: the pixels of a thumbnail.
 //!
-//! * Decoding is bounded: [`crate::probe`] has checked the pixel count from the header,
+//! * Decoding is bounded: [`fn@crate::probe`] has checked the pixel count from the header,
 //!   and the decoders get an allocation limit as well (`image::Limits`).
 //! * JPEG sources are decoded at 1/2, 1/4 or 1/8 scale inside the IDCT (jpeg-decoder's
 //!   DCT scaling) when the thumbnail is small enough that the reduced image still has at
@@ -73,7 +73,7 @@ pub struct Thumbnail {
 /// milliseconds for a large photo): callers run it on a bounded blocking pool, never on
 /// an async worker thread.
 ///
-/// Errors: those of [`crate::probe`], [`Error::InvalidRequest`] for a zero size,
+/// Errors: those of [`fn@crate::probe`], [`Error::InvalidRequest`] for a zero size,
 /// [`Error::Undecodable`] when the pixels do not decode.
 pub fn thumbnail(bytes: &[u8], request: &Request, limits: &Limits) -> Result<Thumbnail> {
     if request.width == 0 || request.height == 0 {
