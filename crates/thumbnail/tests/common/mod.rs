@@ -243,3 +243,46 @@ pub fn reset_peak() {
 pub fn peak() -> usize {
     PEAK.with(|p| p.get())
 }
+
+/// An animated WebP of `frames` frames of `width` × `height`, each a different colour:
+/// VP8X + ANIM + one ANMF per frame around the lossless VP8L bitstream the `image`
+/// crate writes for a still.
+pub fn animated_webp(width: u32, height: u32, frames: u8) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(kind);
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+        if data.len() % 2 == 1 {
+            out.push(0);
+        }
+    }
+    let u24 = |v: u32| [v as u8, (v >> 8) as u8, (v >> 16) as u8];
+    let mut body = b"WEBP".to_vec();
+    let mut vp8x = vec![0x02, 0, 0, 0]; // animation flag
+    vp8x.extend_from_slice(&u24(width - 1));
+    vp8x.extend_from_slice(&u24(height - 1));
+    chunk(&mut body, b"VP8X", &vp8x);
+    chunk(&mut body, b"ANIM", &[255, 255, 255, 255, 0, 0]);
+    for i in 0..frames {
+        let still = RgbImage::from_pixel(width, height, Rgb([i.wrapping_mul(60), 100, 200]));
+        let still = encode(&image::DynamicImage::ImageRgb8(still), ImageFormat::WebP);
+        assert_eq!(
+            &still[12..16],
+            b"VP8L",
+            "image wrote a simple lossless WebP"
+        );
+        let mut anmf = Vec::new();
+        anmf.extend_from_slice(&u24(0));
+        anmf.extend_from_slice(&u24(0));
+        anmf.extend_from_slice(&u24(width - 1));
+        anmf.extend_from_slice(&u24(height - 1));
+        anmf.extend_from_slice(&u24(100)); // duration, ms
+        anmf.push(0x02); // do not blend, do not dispose
+        anmf.extend_from_slice(&still[12..]);
+        chunk(&mut body, b"ANMF", &anmf);
+    }
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
