@@ -89,7 +89,7 @@ pub fn thumbnail(bytes: &[u8], request: &Request, limits: &Limits) -> Result<Thu
             let image = decode_still(bytes, info.format, limits)?;
             let pixels = Pixels::from_dynamic(image);
             let plan = plan_for(&pixels, request);
-            let out = resize(&pixels, &plan, 1.0)?;
+            let out = resize(&pixels, &plan, FULL_SIZE)?;
             encode_png(&out)
         }
     }
@@ -131,7 +131,7 @@ fn render_jpeg(bytes: &[u8], request: &Request, limits: &Limits) -> Result<Thumb
             let image = decode_still(bytes, Format::Jpeg, limits)?;
             let pixels = Pixels::from_dynamic(DynamicImage::ImageRgb8(image.to_rgb8()));
             let plan = plan_for(&pixels, request);
-            return encode_jpeg(&resize(&pixels, &plan, 1.0)?);
+            return encode_jpeg(&resize(&pixels, &plan, FULL_SIZE)?);
         }
     };
     let orientation = decoder
@@ -168,8 +168,12 @@ fn render_jpeg(bytes: &[u8], request: &Request, limits: &Limits) -> Result<Thumb
     let mut image = image.ok_or_else(|| undecodable("short JPEG pixel buffer"))?;
     image.apply_orientation(orientation);
     let pixels = Pixels::from_dynamic(image);
-    // The plan is in full-size pixels; the decoded image may be 1/2, 1/4 or 1/8 of that.
-    let factor = f64::from(pixels.width) / f64::from(full_w);
+    // The plan is in full-size pixels; the decoded image may be 1/2, 1/4 or 1/8 of that
+    // (each side rounded up, so the two factors can differ slightly).
+    let factor = (
+        f64::from(pixels.width) / f64::from(full_w),
+        f64::from(pixels.height) / f64::from(full_h),
+    );
     encode_jpeg(&resize(&pixels, &plan, factor)?)
 }
 
@@ -208,7 +212,7 @@ fn render_animated(
                 drop(d);
                 let pixels = Pixels::from_dynamic(decode_still(bytes, format, limits)?);
                 let plan = plan_for(&pixels, request);
-                return encode_png(&resize(&pixels, &plan, 1.0)?);
+                return encode_png(&resize(&pixels, &plan, FULL_SIZE)?);
             }
             d.set_limits(image_limits(limits)).map_err(undecodable)?;
             let canvas = d.dimensions();
@@ -235,7 +239,7 @@ fn render_animated(
             return Err(undecodable("animation frame is not the canvas size"));
         }
         let pixels = Pixels::from_dynamic(DynamicImage::ImageRgba8(buffer));
-        out.push((resize(&pixels, &plan, 1.0)?, delay));
+        out.push((resize(&pixels, &plan, FULL_SIZE)?, delay));
     }
     match out.len() {
         0 => Err(undecodable("animation without frames")),
@@ -314,19 +318,23 @@ impl Pixels {
     }
 }
 
-/// Cuts `plan.crop` (in full-size pixels; `factor` is the decoded image's size relative
-/// to full size) and resizes it to the plan's output with Lanczos3.
-fn resize(pixels: &Pixels, plan: &Plan, factor: f64) -> Result<Pixels> {
+/// No scaled decode: the plan's pixels are the decoded pixels.
+const FULL_SIZE: (f64, f64) = (1.0, 1.0);
+
+/// Cuts `plan.crop` (in full-size pixels; `factor` is the decoded image's width and
+/// height relative to full size) and resizes it to the plan's output with Lanczos3.
+fn resize(pixels: &Pixels, plan: &Plan, factor: (f64, f64)) -> Result<Pixels> {
     let pixel_type = pixels.layout.pixel_type();
     let src = fr::images::ImageRef::new(pixels.width, pixels.height, &pixels.data, pixel_type)
         .map_err(undecodable)?;
     let mut dst = fr::images::Image::new(plan.width, plan.height, pixel_type);
     let c = plan.crop;
     // Clamp against rounding of the scaled-down decode (ceil of the IDCT sizes).
-    let left = (f64::from(c.x) * factor).min(f64::from(pixels.width));
-    let top = (f64::from(c.y) * factor).min(f64::from(pixels.height));
-    let width = (f64::from(c.width) * factor).min(f64::from(pixels.width) - left);
-    let height = (f64::from(c.height) * factor).min(f64::from(pixels.height) - top);
+    let (fx, fy) = factor;
+    let left = (f64::from(c.x) * fx).min(f64::from(pixels.width));
+    let top = (f64::from(c.y) * fy).min(f64::from(pixels.height));
+    let width = (f64::from(c.width) * fx).min(f64::from(pixels.width) - left);
+    let height = (f64::from(c.height) * fy).min(f64::from(pixels.height) - top);
     let options = fr::ResizeOptions::new()
         .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3))
         .crop(left, top, width, height);
@@ -445,7 +453,7 @@ mod tests {
                 dst.into_vec()
             };
             let plain = run(fr::CpuExtensions::None);
-            assert_eq!(resize(&pixels, &plan, 1.0).unwrap().data, plain);
+            assert_eq!(resize(&pixels, &plan, FULL_SIZE).unwrap().data, plain);
             #[cfg(target_arch = "x86_64")]
             let extensions = [fr::CpuExtensions::Sse4_1, fr::CpuExtensions::Avx2];
             #[cfg(target_arch = "aarch64")]

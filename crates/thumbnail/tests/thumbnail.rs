@@ -88,6 +88,31 @@ fn png_with_alpha_gives_png_with_alpha() {
 }
 
 #[test]
+fn other_pixel_layouts() {
+    let gray = DynamicImage::ImageRgb8(photo(300, 200)).to_luma8();
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new(&mut out)
+        .encode_image(&gray)
+        .unwrap();
+    let t = thumbnail(&out, &request(96, 96, Method::Crop), &LIMITS).unwrap();
+    assert_eq!((t.content_type, t.width, t.height), ("image/jpeg", 96, 96));
+    decode(&t);
+
+    let la = DynamicImage::ImageRgba8(half_transparent(300, 200)).to_luma_alpha8();
+    let rgba16 = DynamicImage::ImageRgba8(half_transparent(300, 200)).to_rgba16();
+    for source in [
+        encode(&DynamicImage::ImageLumaA8(la), ImageFormat::Png),
+        encode(&DynamicImage::ImageRgba16(rgba16), ImageFormat::Png),
+    ] {
+        let t = thumbnail(&source, &request(150, 150, Method::Scale), &LIMITS).unwrap();
+        assert_eq!((t.content_type, t.width, t.height), ("image/png", 150, 100));
+        let image = decode(&t);
+        assert!(image.color().has_alpha());
+        assert_eq!(image.to_rgba8().get_pixel(140, 50).0[3], 0);
+    }
+}
+
+#[test]
 fn gif_and_webp_give_png() {
     let rgba = DynamicImage::ImageRgba8(half_transparent(300, 150));
     for format in [ImageFormat::Gif, ImageFormat::WebP] {
