@@ -264,8 +264,9 @@ fn same_input_same_bytes() {
 fn declared_50000_squared_refused_without_allocating() {
     let png = png_bomb(50_000, 50_000);
     let gif = gif_bomb(50_000, 50_000);
-    for bomb in [&png, &gif] {
-        assert!(bomb.len() < 200);
+    let jpeg = jpeg_bomb(50_000, 50_000);
+    for bomb in [&png, &gif, &jpeg] {
+        assert!(bomb.len() < 1024, "{} bytes", bomb.len());
         reset_peak();
         let probed = probe(bomb, &LIMITS);
         let rendered = thumbnail(bomb, &request(96, 96, Method::Crop), &LIMITS);

@@ -194,6 +194,19 @@ pub fn gif_bomb(width: u16, height: u16) -> Vec<u8> {
     out
 }
 
+/// A real 16×16 JPEG whose frame header (SOF0) is patched to declare `width` ×
+/// `height`: valid tables and a tiny scan, a header promising gigabytes.
+pub fn jpeg_bomb(width: u16, height: u16) -> Vec<u8> {
+    let mut out = jpeg(&photo(16, 16));
+    let sof = out
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("baseline JPEG has SOF0");
+    out[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    out[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    out
+}
+
 fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = 0xFFFF_FFFFu32;
     for &b in bytes {
