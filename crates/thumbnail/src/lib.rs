@@ -1,0 +1,16 @@
+//! Thumbnails for media-repo: which thumbnail a request gets ([`geometry`]), what a
+//! source is and whether it may be decoded at all ([`mod@probe`]), and the pixels
+//! ([`render`]). Pure: no I/O, no HTTP, no storage, no async. [`fn@probe`] and
+//! [`thumbnail`] are blocking and CPU-bound; callers run them on a bounded blocking pool.
+
+pub mod error;
+pub mod geometry;
+pub mod probe;
+pub mod render;
+
+pub use error::{Error, Result};
+pub use geometry::{plan, Method, Plan, Rect};
+pub use probe::{probe, sniff, Format, Limits, SourceInfo};
+pub use render::{
+    thumbnail, Request, Thumbnail, JPEG_QUALITY, MAX_ANIMATED_FRAMES, MAX_ANIMATED_SOURCE_PIXELS,
+};

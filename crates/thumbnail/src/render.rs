@@ -1,0 +1,489 @@
+//! Decoding, orienting, cropping, resizing and encoding: the pixels of a thumbnail.
+//!
+//! * Decoding is bounded: [`fn@crate::probe`] has checked the pixel count from the header,
+//!   and the decoders get an allocation limit as well (`image::Limits`).
+//! * JPEG sources are decoded at 1/2, 1/4 or 1/8 scale inside the IDCT (jpeg-decoder's
+//!   DCT scaling) when the thumbnail is small enough that the reduced image still has at
+//!   least as many pixels as the output in both directions; then resized.
+//! * Resizing is fast_image_resize with Lanczos3 (alpha premultiplied while resizing).
+//! * Output: JPEG (quality [`JPEG_QUALITY`]) for JPEG sources, PNG (alpha kept)
+//!   otherwise, an animated GIF for an animated GIF or WebP asked `animated` (at most
+//!   [`MAX_ANIMATED_FRAMES`] frames). The encoders are given pixels only: no EXIF, GPS,
+//!   XMP or ICC block is ever written.
+//! * Deterministic: no randomness, no clocks, no threads whose order matters; the same
+//!   input gives the same bytes (federation thumbnails must be byte-identical).
+
+use std::io::Cursor;
+
+use fast_image_resize as fr;
+use image::codecs::gif::{GifDecoder, GifEncoder, Repeat};
+use image::codecs::jpeg::JpegEncoder;
+use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+use image::codecs::webp::WebPDecoder;
+use image::metadata::Orientation;
+use image::{
+    AnimationDecoder, DynamicImage, ExtendedColorType, Frame, ImageBuffer, ImageDecoder,
+    ImageEncoder, ImageReader, RgbaImage,
+};
+
+use crate::error::{Error, Result};
+use crate::geometry::{self, Method, Plan};
+use crate::probe::{self, swaps_sides, undecodable, Format, Limits};
+
+/// JPEG quality of JPEG thumbnails (libjpeg scale, 1–100).
+pub const JPEG_QUALITY: u8 = 85;
+
+/// Most frames an animated thumbnail keeps; later frames are dropped (the animation ends
+/// early rather than the thumbnail costing as much as the source).
+pub const MAX_ANIMATED_FRAMES: usize = 50;
+
+/// Most source pixels decoded over all frames of an animated thumbnail (frames beyond
+/// it are dropped, but at least one is kept): bounds the time of a big animation.
+pub const MAX_ANIMATED_SOURCE_PIXELS: u64 = 200_000_000;
+
+/// NeuQuant speed for animated GIF frames (1 best … 30 fastest); 10 is the gif crate's
+/// usual trade-off.
+const GIF_QUANTIZE_SPEED: i32 = 10;
+
+/// What is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Asked width in pixels, ≥ 1.
+    pub width: u32,
+    /// Asked height in pixels, ≥ 1.
+    pub height: u32,
+    pub method: Method,
+    /// Whether an animated source may give an animated thumbnail.
+    pub animated: bool,
+}
+
+/// An encoded thumbnail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Thumbnail {
+    pub bytes: Vec<u8>,
+    /// `image/jpeg`, `image/png` or `image/gif`.
+    pub content_type: &'static str,
+    pub width: u32,
+    pub height: u32,
+    /// True when the thumbnail has more than one frame.
+    pub animated: bool,
+}
+
+/// Makes the thumbnail of `bytes` asked by `request`. Blocking and CPU-bound (tens of
+/// milliseconds for a large photo): callers run it on a bounded blocking pool, never on
+/// an async worker thread.
+///
+/// Errors: those of [`fn@crate::probe`], [`Error::InvalidRequest`] for a zero size,
+/// [`Error::Undecodable`] when the pixels do not decode.
+pub fn thumbnail(bytes: &[u8], request: &Request, limits: &Limits) -> Result<Thumbnail> {
+    if request.width == 0 || request.height == 0 {
+        return Err(Error::InvalidRequest("width and height must be at least 1"));
+    }
+    let info = probe::probe(bytes, limits)?;
+    match info.format {
+        Format::Jpeg => render_jpeg(bytes, request, limits),
+        Format::Gif | Format::WebP if request.animated => {
+            render_animated(bytes, info.format, request, limits)
+        }
+        Format::Png | Format::Gif | Format::WebP => {
+            let image = decode_still(bytes, info.format, limits)?;
+            let pixels = Pixels::from_dynamic(image);
+            let plan = plan_for(&pixels, request);
+            let out = resize(&pixels, &plan, FULL_SIZE)?;
+            encode_png(&out)
+        }
+    }
+}
+
+/// The allocation limit handed to the decoders: RGBA at 16 bits per channel of the
+/// largest allowed image.
+fn image_limits(limits: &Limits) -> image::Limits {
+    let mut l = image::Limits::default();
+    l.max_alloc = Some(limits.max_pixels.saturating_mul(8));
+    l
+}
+
+/// Decodes the first (or only) frame with the `image` crate and applies the EXIF
+/// orientation.
+fn decode_still(bytes: &[u8], format: Format, limits: &Limits) -> Result<DynamicImage> {
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
+    reader.limits(image_limits(limits));
+    let mut decoder = reader.into_decoder().map_err(undecodable)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(undecodable)?;
+    image.apply_orientation(orientation);
+    Ok(image)
+}
+
+/// JPEG: DCT-scaled decode with jpeg-decoder where it helps, JPEG out.
+fn render_jpeg(bytes: &[u8], request: &Request, limits: &Limits) -> Result<Thumbnail> {
+    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+    decoder.set_max_decoding_buffer_size(
+        usize::try_from(limits.max_pixels.saturating_mul(4)).unwrap_or(usize::MAX),
+    );
+    decoder.read_info().map_err(undecodable)?;
+    let info = decoder.info().ok_or_else(|| undecodable("no JPEG frame"))?;
+    let layout = match info.pixel_format {
+        jpeg_decoder::PixelFormat::L8 => Layout::L8,
+        jpeg_decoder::PixelFormat::RGB24 => Layout::Rgb8,
+        // CMYK and 12/16-bit JPEGs are rare: full-size decode by the image crate.
+        _ => {
+            let image = decode_still(bytes, Format::Jpeg, limits)?;
+            let pixels = Pixels::from_dynamic(DynamicImage::ImageRgb8(image.to_rgb8()));
+            let plan = plan_for(&pixels, request);
+            return encode_jpeg(&resize(&pixels, &plan, FULL_SIZE)?);
+        }
+    };
+    let orientation = decoder
+        .exif_data()
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    let (stored_w, stored_h) = (u32::from(info.width), u32::from(info.height));
+    let (full_w, full_h) = if swaps_sides(orientation) {
+        (stored_h, stored_w)
+    } else {
+        (stored_w, stored_h)
+    };
+    let plan = geometry::plan(
+        full_w,
+        full_h,
+        request.width,
+        request.height,
+        request.method,
+    );
+    let eighths = idct_eighths(&plan);
+    if eighths < 8 {
+        let scaled = |side: u16| ((u32::from(side) * eighths - 1) / 8 + 1) as u16;
+        decoder
+            .scale(scaled(info.width), scaled(info.height))
+            .map_err(undecodable)?;
+    }
+    let data = decoder.decode().map_err(undecodable)?;
+    let info = decoder.info().ok_or_else(|| undecodable("no JPEG frame"))?;
+    let (w, h) = (u32::from(info.width), u32::from(info.height));
+    let image = match layout {
+        Layout::L8 => ImageBuffer::from_raw(w, h, data).map(DynamicImage::ImageLuma8),
+        _ => ImageBuffer::from_raw(w, h, data).map(DynamicImage::ImageRgb8),
+    };
+    let mut image = image.ok_or_else(|| undecodable("short JPEG pixel buffer"))?;
+    image.apply_orientation(orientation);
+    let pixels = Pixels::from_dynamic(image);
+    // The plan is in full-size pixels; the decoded image may be 1/2, 1/4 or 1/8 of that
+    // (each side rounded up, so the two factors can differ slightly).
+    let factor = (
+        f64::from(pixels.width) / f64::from(full_w),
+        f64::from(pixels.height) / f64::from(full_h),
+    );
+    encode_jpeg(&resize(&pixels, &plan, factor)?)
+}
+
+/// The IDCT scale, in eighths (8 = full size, 1 = 1/8), for a plan: the smallest one
+/// whose crop rectangle still has at least twice the output's pixels in each direction,
+/// so the final resize always reduces (decoding at exactly the output size would alias).
+fn idct_eighths(plan: &Plan) -> u32 {
+    for eighths in [1u32, 2, 4] {
+        let w = u64::from(plan.crop.width) * u64::from(eighths) / 8;
+        let h = u64::from(plan.crop.height) * u64::from(eighths) / 8;
+        if w >= 2 * u64::from(plan.width) && h >= 2 * u64::from(plan.height) {
+            return eighths;
+        }
+    }
+    8
+}
+
+/// Animated GIF or WebP asked `animated`: every frame (up to the bounds) resized, an
+/// animated GIF out; a source with a single frame gives a still PNG.
+fn render_animated(
+    bytes: &[u8],
+    format: Format,
+    request: &Request,
+    limits: &Limits,
+) -> Result<Thumbnail> {
+    let (frames, canvas) = match format {
+        Format::Gif => {
+            let mut d = GifDecoder::new(Cursor::new(bytes)).map_err(undecodable)?;
+            d.set_limits(image_limits(limits)).map_err(undecodable)?;
+            let canvas = d.dimensions();
+            (d.into_frames(), canvas)
+        }
+        _ => {
+            let mut d = WebPDecoder::new(Cursor::new(bytes)).map_err(undecodable)?;
+            if !d.has_animation() {
+                drop(d);
+                let pixels = Pixels::from_dynamic(decode_still(bytes, format, limits)?);
+                let plan = plan_for(&pixels, request);
+                return encode_png(&resize(&pixels, &plan, FULL_SIZE)?);
+            }
+            d.set_limits(image_limits(limits)).map_err(undecodable)?;
+            let canvas = d.dimensions();
+            (d.into_frames(), canvas)
+        }
+    };
+    let canvas_pixels = u64::from(canvas.0) * u64::from(canvas.1);
+    let budget = (MAX_ANIMATED_SOURCE_PIXELS / canvas_pixels.max(1)).max(1);
+    let max_frames = MAX_ANIMATED_FRAMES.min(usize::try_from(budget).unwrap_or(usize::MAX));
+    let plan = geometry::plan(
+        canvas.0,
+        canvas.1,
+        request.width,
+        request.height,
+        request.method,
+    );
+
+    let mut out: Vec<(Pixels, image::Delay)> = Vec::new();
+    for frame in frames.take(max_frames) {
+        let frame = frame.map_err(undecodable)?;
+        let delay = frame.delay();
+        let buffer = frame.into_buffer();
+        if buffer.dimensions() != canvas {
+            return Err(undecodable("animation frame is not the canvas size"));
+        }
+        let pixels = Pixels::from_dynamic(DynamicImage::ImageRgba8(buffer));
+        out.push((resize(&pixels, &plan, FULL_SIZE)?, delay));
+    }
+    match out.len() {
+        0 => Err(undecodable("animation without frames")),
+        1 => encode_png(&out.swap_remove(0).0),
+        _ => encode_gif(out),
+    }
+}
+
+/// The plan for decoded (already oriented) pixels.
+fn plan_for(pixels: &Pixels, request: &Request) -> Plan {
+    geometry::plan(
+        pixels.width,
+        pixels.height,
+        request.width,
+        request.height,
+        request.method,
+    )
+}
+
+/// 8-bit pixel layouts we resize and encode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    L8,
+    La8,
+    Rgb8,
+    Rgba8,
+}
+
+impl Layout {
+    fn pixel_type(self) -> fr::PixelType {
+        match self {
+            Layout::L8 => fr::PixelType::U8,
+            Layout::La8 => fr::PixelType::U8x2,
+            Layout::Rgb8 => fr::PixelType::U8x3,
+            Layout::Rgba8 => fr::PixelType::U8x4,
+        }
+    }
+
+    fn color_type(self) -> ExtendedColorType {
+        match self {
+            Layout::L8 => ExtendedColorType::L8,
+            Layout::La8 => ExtendedColorType::La8,
+            Layout::Rgb8 => ExtendedColorType::Rgb8,
+            Layout::Rgba8 => ExtendedColorType::Rgba8,
+        }
+    }
+}
+
+/// A decoded, oriented image as plain 8-bit rows.
+struct Pixels {
+    width: u32,
+    height: u32,
+    layout: Layout,
+    data: Vec<u8>,
+}
+
+impl Pixels {
+    /// Keeps 8-bit gray/RGB with or without alpha as is; anything else (16-bit, float)
+    /// becomes RGB8 or RGBA8, keeping alpha when there is one.
+    fn from_dynamic(image: DynamicImage) -> Pixels {
+        let (width, height) = (image.width(), image.height());
+        let (layout, data) = match image {
+            DynamicImage::ImageLuma8(b) => (Layout::L8, b.into_raw()),
+            DynamicImage::ImageLumaA8(b) => (Layout::La8, b.into_raw()),
+            DynamicImage::ImageRgb8(b) => (Layout::Rgb8, b.into_raw()),
+            DynamicImage::ImageRgba8(b) => (Layout::Rgba8, b.into_raw()),
+            other if other.color().has_alpha() => (Layout::Rgba8, other.to_rgba8().into_raw()),
+            other => (Layout::Rgb8, other.to_rgb8().into_raw()),
+        };
+        Pixels {
+            width,
+            height,
+            layout,
+            data,
+        }
+    }
+}
+
+/// No scaled decode: the plan's pixels are the decoded pixels.
+const FULL_SIZE: (f64, f64) = (1.0, 1.0);
+
+/// Cuts `plan.crop` (in full-size pixels; `factor` is the decoded image's width and
+/// height relative to full size) and resizes it to the plan's output with Lanczos3.
+fn resize(pixels: &Pixels, plan: &Plan, factor: (f64, f64)) -> Result<Pixels> {
+    let pixel_type = pixels.layout.pixel_type();
+    let src = fr::images::ImageRef::new(pixels.width, pixels.height, &pixels.data, pixel_type)
+        .map_err(undecodable)?;
+    let mut dst = fr::images::Image::new(plan.width, plan.height, pixel_type);
+    let c = plan.crop;
+    // Clamp against rounding of the scaled-down decode (ceil of the IDCT sizes).
+    let (fx, fy) = factor;
+    let left = (f64::from(c.x) * fx).min(f64::from(pixels.width));
+    let top = (f64::from(c.y) * fy).min(f64::from(pixels.height));
+    let width = (f64::from(c.width) * fx).min(f64::from(pixels.width) - left);
+    let height = (f64::from(c.height) * fy).min(f64::from(pixels.height) - top);
+    let options = fr::ResizeOptions::new()
+        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3))
+        .crop(left, top, width, height);
+    fr::Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .map_err(undecodable)?;
+    Ok(Pixels {
+        width: plan.width,
+        height: plan.height,
+        layout: pixels.layout,
+        data: dst.into_vec(),
+    })
+}
+
+fn encode_jpeg(p: &Pixels) -> Result<Thumbnail> {
+    let mut bytes = Vec::new();
+    JpegEncoder::new_with_quality(&mut bytes, JPEG_QUALITY)
+        .write_image(&p.data, p.width, p.height, p.layout.color_type())
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(still(bytes, "image/jpeg", p))
+}
+
+fn encode_png(p: &Pixels) -> Result<Thumbnail> {
+    let mut bytes = Vec::new();
+    PngEncoder::new_with_quality(&mut bytes, CompressionType::Default, FilterType::Adaptive)
+        .write_image(&p.data, p.width, p.height, p.layout.color_type())
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(still(bytes, "image/png", p))
+}
+
+fn still(bytes: Vec<u8>, content_type: &'static str, p: &Pixels) -> Thumbnail {
+    Thumbnail {
+        bytes,
+        content_type,
+        width: p.width,
+        height: p.height,
+        animated: false,
+    }
+}
+
+/// Frames are RGBA8 of the same size.
+fn encode_gif(frames: Vec<(Pixels, image::Delay)>) -> Result<Thumbnail> {
+    let (width, height) = (frames[0].0.width, frames[0].0.height);
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = GifEncoder::new_with_speed(&mut bytes, GIF_QUANTIZE_SPEED);
+        encoder
+            .set_repeat(Repeat::Infinite)
+            .map_err(|e| Error::Encode(e.to_string()))?;
+        for (p, delay) in frames {
+            let buffer = RgbaImage::from_raw(p.width, p.height, p.data)
+                .ok_or_else(|| Error::Encode("frame buffer size".into()))?;
+            encoder
+                .encode_frame(Frame::from_parts(buffer, 0, 0, delay))
+                .map_err(|e| Error::Encode(e.to_string()))?;
+        }
+    }
+    Ok(Thumbnail {
+        bytes,
+        content_type: "image/gif",
+        width,
+        height,
+        animated: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geometry::Rect;
+
+    /// fast_image_resize picks SSE4.1, AVX2 or NEON at run time. Federation thumbnails
+    /// must be byte-identical across machines, so every instruction set this CPU has
+    /// must give the same pixels as the plain one.
+    #[test]
+    fn resize_is_identical_on_every_instruction_set() {
+        let (w, h) = (301u32, 203u32);
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        for layout in [Layout::L8, Layout::La8, Layout::Rgb8, Layout::Rgba8] {
+            let channels = layout.pixel_type().size();
+            let data = (0..w as usize * h as usize * channels)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed >> 32) as u8
+                })
+                .collect();
+            let pixels = Pixels {
+                width: w,
+                height: h,
+                layout,
+                data,
+            };
+            let plan = Plan {
+                crop: Rect {
+                    x: 7,
+                    y: 3,
+                    width: 250,
+                    height: 190,
+                },
+                width: 97,
+                height: 61,
+            };
+            let run = |ext: fr::CpuExtensions| {
+                let pixel_type = layout.pixel_type();
+                let src = fr::images::ImageRef::new(w, h, &pixels.data, pixel_type).unwrap();
+                let mut dst = fr::images::Image::new(plan.width, plan.height, pixel_type);
+                let mut resizer = fr::Resizer::new();
+                // SAFETY: only extensions the CPU reports are used.
+                unsafe { resizer.set_cpu_extensions(ext) };
+                let options = fr::ResizeOptions::new()
+                    .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Lanczos3))
+                    .crop(7.0, 3.0, 250.0, 190.0);
+                resizer.resize(&src, &mut dst, &options).unwrap();
+                dst.into_vec()
+            };
+            let plain = run(fr::CpuExtensions::None);
+            assert_eq!(resize(&pixels, &plan, FULL_SIZE).unwrap().data, plain);
+            #[cfg(target_arch = "x86_64")]
+            let extensions = [fr::CpuExtensions::Sse4_1, fr::CpuExtensions::Avx2];
+            #[cfg(target_arch = "aarch64")]
+            let extensions = [fr::CpuExtensions::Neon];
+            #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+            let extensions: [fr::CpuExtensions; 0] = [];
+            for ext in extensions {
+                if ext.is_supported() {
+                    assert_eq!(run(ext), plain, "{layout:?} with {ext:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn idct_scale_keeps_twice_the_output() {
+        let plan = |cw, ch, w, h| Plan {
+            crop: Rect {
+                x: 0,
+                y: 0,
+                width: cw,
+                height: ch,
+            },
+            width: w,
+            height: h,
+        };
+        assert_eq!(idct_eighths(&plan(4000, 3000, 800, 600)), 4);
+        assert_eq!(idct_eighths(&plan(3000, 3000, 96, 96)), 1);
+        assert_eq!(idct_eighths(&plan(4000, 3000, 320, 240)), 2);
+        assert_eq!(idct_eighths(&plan(600, 300, 300, 150)), 8);
+        assert_eq!(idct_eighths(&plan(100, 100, 100, 100)), 8);
+    }
+}
