@@ -18,7 +18,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use tracing::info;
 
 use crate::error::{Error, Result};
-use crate::records::{self, MediaRecord, MediaRow, PendingRow, PendingUpload};
+use crate::records::{
+    self, MediaRecord, MediaRow, PendingRow, PendingUpload, ThumbnailRecord, ThumbnailRow,
+};
 
 /// Schema migrations, embedded at compile time; sqlx records applied ones in
 /// `_sqlx_migrations` (in the Postgres schema the URL's `search_path` selects).
@@ -127,7 +129,17 @@ const COUNT_PENDING_FOR_USER: &str =
 /// Media rows plus upload claims that refer to one stored object.
 const COUNT_LOCATION_REFERENCES: &str =
     "SELECT (SELECT COUNT(*) FROM media WHERE datastore_id = $1 AND location = $2) \
+          + (SELECT COUNT(*) FROM thumbnails WHERE datastore_id = $1 AND location = $2) \
           + (SELECT COUNT(*) FROM content_claims WHERE datastore_id = $1 AND location = $2)";
+
+const INSERT_THUMBNAIL: &str = "INSERT INTO thumbnails (origin, media_id, width, height, \
+     method, animated, content_type, out_width, out_height, size_bytes, sha256, datastore_id, \
+     location, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+const SELECT_THUMBNAILS: &str = "SELECT origin, media_id, width, height, method, animated, \
+     content_type, out_width, out_height, size_bytes, sha256, datastore_id, location, \
+     created_at_ms FROM thumbnails WHERE origin = $1 AND media_id = $2 AND method = $3 \
+     AND animated = $4";
 
 const INSERT_CLAIM: &str = "INSERT INTO content_claims \
      (claim_id, datastore_id, location, created_at_ms) VALUES ($1, $2, $3, $4)";
@@ -366,6 +378,56 @@ impl Database {
                 .rows_affected()
         });
         Ok(removed)
+    }
+
+    /// Records a generated thumbnail; [`Error::AlreadyExists`] if that size was stored by
+    /// someone else meanwhile.
+    pub async fn insert_thumbnail(&self, t: &ThumbnailRecord) -> Result<()> {
+        let size = i64::try_from(t.size_bytes).map_err(|_| Error::OutOfRange {
+            field: "thumbnails.size_bytes",
+            value: t.size_bytes.to_string(),
+        })?;
+        let done = with_pool!(self, pool => {
+            sqlx::query(INSERT_THUMBNAIL)
+                .bind(&t.origin)
+                .bind(&t.media_id)
+                .bind(i64::from(t.width))
+                .bind(i64::from(t.height))
+                .bind(&t.method)
+                .bind(i64::from(t.animated))
+                .bind(&t.content_type)
+                .bind(i64::from(t.out_width))
+                .bind(i64::from(t.out_height))
+                .bind(size)
+                .bind(&t.sha256)
+                .bind(&t.datastore_id)
+                .bind(&t.location)
+                .bind(t.created_at_ms)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        });
+        done.map_err(|e| conflict_or(e, &t.origin, &t.media_id))
+    }
+
+    /// Every stored thumbnail of one media for `method` and `animated`.
+    pub async fn thumbnails_of(
+        &self,
+        origin: &str,
+        media_id: &str,
+        method: &str,
+        animated: bool,
+    ) -> Result<Vec<ThumbnailRecord>> {
+        let rows: Vec<ThumbnailRow> = with_pool!(self, pool => {
+            sqlx::query_as(SELECT_THUMBNAILS)
+                .bind(origin)
+                .bind(media_id)
+                .bind(method)
+                .bind(i64::from(animated))
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter().map(ThumbnailRecord::try_from).collect()
     }
 
     /// Number of media rows (tests and metrics).

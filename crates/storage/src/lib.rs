@@ -19,7 +19,7 @@ pub use database::{Database, ACQUIRE_TIMEOUT};
 pub use datastore::FileDatastore;
 pub use error::{Error, Result};
 pub use ids::{is_valid_media_id, is_valid_server_name, random_media_id};
-pub use records::{MediaRecord, PendingUpload};
+pub use records::{MediaRecord, PendingUpload, ThumbnailRecord};
 pub use writer::{
     blocking_writes_running, ObjectWriter, StagedObject, StoredObject, MAX_BLOCKING_WRITES,
     WRITE_BATCH_BYTES,

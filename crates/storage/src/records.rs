@@ -105,3 +105,76 @@ impl From<PendingRow> for PendingUpload {
 pub(crate) fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
+
+/// One stored thumbnail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThumbnailRecord {
+    pub origin: String,
+    pub media_id: String,
+    /// The size it was made for (a configured size or the asked one).
+    pub width: u32,
+    pub height: u32,
+    /// `crop` or `scale`.
+    pub method: String,
+    pub animated: bool,
+    pub content_type: String,
+    /// What it came out as (never larger than the source).
+    pub out_width: u32,
+    pub out_height: u32,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub datastore_id: String,
+    pub location: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ThumbnailRow {
+    origin: String,
+    media_id: String,
+    width: i64,
+    height: i64,
+    method: String,
+    animated: i64,
+    content_type: String,
+    out_width: i64,
+    out_height: i64,
+    size_bytes: i64,
+    sha256: String,
+    datastore_id: String,
+    location: String,
+    created_at_ms: i64,
+}
+
+fn dimension(field: &'static str, value: i64) -> Result<u32> {
+    u32::try_from(value).map_err(|_| Error::OutOfRange {
+        field,
+        value: value.to_string(),
+    })
+}
+
+impl TryFrom<ThumbnailRow> for ThumbnailRecord {
+    type Error = Error;
+
+    fn try_from(row: ThumbnailRow) -> Result<ThumbnailRecord> {
+        Ok(ThumbnailRecord {
+            origin: row.origin,
+            media_id: row.media_id,
+            width: dimension("thumbnails.width", row.width)?,
+            height: dimension("thumbnails.height", row.height)?,
+            method: row.method,
+            animated: row.animated != 0,
+            content_type: row.content_type,
+            out_width: dimension("thumbnails.out_width", row.out_width)?,
+            out_height: dimension("thumbnails.out_height", row.out_height)?,
+            size_bytes: u64::try_from(row.size_bytes).map_err(|_| Error::OutOfRange {
+                field: "thumbnails.size_bytes",
+                value: row.size_bytes.to_string(),
+            })?,
+            sha256: row.sha256,
+            datastore_id: row.datastore_id,
+            location: row.location,
+            created_at_ms: row.created_at_ms,
+        })
+    }
+}

@@ -32,8 +32,12 @@ pub enum Read {
     MediaConfig,
     AuthenticatedDownload,
     LegacyDownload,
+    AuthenticatedThumbnail,
+    LegacyThumbnail,
     /// `/_matrix/federation/v1/media/download/{media_id}`: X-Matrix signed.
     FederationDownload,
+    /// `/_matrix/federation/v1/media/thumbnail/{media_id}`: X-Matrix signed.
+    FederationThumbnail,
     Metrics,
     CacheStatus,
 }
@@ -85,12 +89,24 @@ pub fn get_routes(listener: Listener) -> Vec<(String, Read)> {
                     .map(|path| (path, Read::AuthenticatedDownload)),
             );
             routes.push((
+                format!("{client}/thumbnail/{{server}}/{{media_id}}"),
+                Read::AuthenticatedThumbnail,
+            ));
+            routes.push((
                 "/_matrix/federation/v1/media/download/{media_id}".to_owned(),
                 Read::FederationDownload,
+            ));
+            routes.push((
+                "/_matrix/federation/v1/media/thumbnail/{media_id}".to_owned(),
+                Read::FederationThumbnail,
             ));
             for version in ["v3", "r0"] {
                 let legacy = format!("/_matrix/media/{version}");
                 routes.push((format!("{legacy}/config"), Read::MediaConfig));
+                routes.push((
+                    format!("{legacy}/thumbnail/{{server}}/{{media_id}}"),
+                    Read::LegacyThumbnail,
+                ));
                 routes.extend(
                     download_paths(&legacy)
                         .into_iter()
@@ -123,6 +139,9 @@ fn read_resource(path: &str, read: Read) -> actix_web::Resource {
         Read::AuthenticatedDownload => get_and_head(download::authenticated),
         Read::LegacyDownload => get_and_head(download::legacy),
         Read::FederationDownload => get_and_head(crate::federation::media_download),
+        Read::AuthenticatedThumbnail => get_and_head(media::thumbnail::authenticated),
+        Read::LegacyThumbnail => get_and_head(media::thumbnail::legacy),
+        Read::FederationThumbnail => get_and_head(crate::federation::media_thumbnail),
         Read::Metrics => get_and_head(metrics::render),
         Read::CacheStatus => get_and_head(health::cache_status),
     };

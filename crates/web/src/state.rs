@@ -12,6 +12,7 @@ use crate::auth::Auth;
 use crate::logging::LogLevelHandle;
 use crate::media::remote::RemoteMedia;
 use crate::media::slots::UploadSlots;
+use crate::media::thumbnail::Thumbnailer;
 use crate::pending::PendingUploads;
 
 /// Shared by all actix workers through `web::Data`.
@@ -31,6 +32,8 @@ pub struct AppState {
     pub upload_slots: UploadSlots,
     /// Fetching media of other servers over federation.
     pub remote: RemoteMedia,
+    /// The bounded thumbnail pool and generations in progress.
+    pub thumbnails: Thumbnailer,
     pub log_level: LogLevelHandle,
 }
 
@@ -55,6 +58,7 @@ impl AppState {
             pending: PendingUploads::default(),
             upload_slots: UploadSlots::default(),
             remote,
+            thumbnails: Thumbnailer::default(),
             log_level,
         }
     }

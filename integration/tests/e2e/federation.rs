@@ -226,6 +226,74 @@ fn media_over_federation_with_two_synapses() {
         "answered by our federation endpoint, not by Synapse's legacy fallback"
     );
 
+    // 2b. Thumbnails over federation: hs2 asks our federation thumbnail endpoint for a
+    //     thumbnail of A's image and serves its user the very bytes A serves its own.
+    let png = crate::thumbnails::picture(400, 300, image::ImageFormat::Png);
+    let uploaded: serde_json::Value = s
+        .https
+        .post(format!(
+            "{}/_matrix/media/v3/upload",
+            s.hs1.federation_url()
+        ))
+        .bearer_auth(&alice)
+        .header("content-type", "image/png")
+        .body(png)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let image_id = uploaded["content_uri"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let query = "width=96&height=96&method=crop";
+    let ours = s
+        .https
+        .get(format!(
+            "{}/_matrix/client/v1/media/thumbnail/{}/{image_id}?{query}",
+            s.hs1.federation_url(),
+            s.hs1.server_name
+        ))
+        .bearer_auth(&alice)
+        .send()
+        .unwrap();
+    assert_eq!(ours.status(), 200);
+    let ours = ours.bytes().unwrap();
+    let via_hs2 = s
+        .http
+        .get(format!(
+            "{}/_matrix/client/v1/media/thumbnail/{}/{image_id}?{query}",
+            s.hs2.client_url(),
+            s.hs1.server_name
+        ))
+        .bearer_auth(&bob)
+        .send()
+        .unwrap();
+    assert_eq!(via_hs2.status(), 200);
+    // (Synapse 1.163 fetches the original over federation and makes its own thumbnail.)
+    let via = via_hs2.bytes().unwrap();
+    assert!(
+        image::load_from_memory(&via).is_ok(),
+        "hs2 serves a thumbnail"
+    );
+    // Our federation thumbnail endpoint answers with the very bytes our clients get.
+    let thumb_path = format!("/_matrix/federation/v1/media/thumbnail/{image_id}?{query}");
+    let federated = s.signed_get(&thumb_path, &s.hs1.server_name, &thumb_path);
+    assert_eq!(federated.status(), 200);
+    assert!(federated.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("multipart/mixed; boundary="));
+    let body = federated.bytes().unwrap();
+    assert!(
+        body.windows(ours.len())
+            .any(|window| window == ours.as_ref()),
+        "the federation thumbnail carries the same bytes"
+    );
+
     // 3. Our federation endpoint checks X-Matrix.
     let path = format!("/_matrix/federation/v1/media/download/{local_id}");
     let no_auth = s

@@ -13,3 +13,4 @@ mod media_api;
 mod real_deployment;
 mod reload;
 mod shared_fetch;
+mod thumbnails;

@@ -390,7 +390,8 @@ async fn postgres_tables_live_in_the_search_path_schema() {
             "_sqlx_migrations",
             "content_claims",
             "media",
-            "pending_uploads"
+            "pending_uploads",
+            "thumbnails"
         ]
     );
     pool.close().await;

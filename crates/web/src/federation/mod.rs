@@ -73,14 +73,51 @@ pub async fn media_download(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> MatrixResult<HttpResponse> {
-    let destination = authenticate(&req, &state).await?;
-    let media = MediaRef::parse(&destination, &path.into_inner())?;
-    let record = state
+    let record = our_media(&req, &state, &path.into_inner()).await?;
+    let disposition = content_disposition(&record.content_type, record.upload_name.as_deref());
+    multipart_answer(&state, &record, disposition).await
+}
+
+/// `GET /_matrix/federation/v1/media/thumbnail/{mediaId}`: the same thumbnail our clients
+/// get (stored, so byte-identical), as a multipart answer.
+pub async fn media_thumbnail(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
+    let record = our_media(&req, &state, &path.into_inner()).await?;
+    let asked = crate::media::thumbnail::asked(&req)?;
+    let thumbnail = state
+        .thumbnails
+        .thumbnail_of(&state, &record, asked)
+        .await?;
+    let served = crate::media::thumbnail::as_media(&thumbnail);
+    let disposition = content_disposition(&served.content_type, served.upload_name.as_deref());
+    multipart_answer(&state, &served, disposition).await
+}
+
+/// The X-Matrix-checked request's media: one of our homeservers' (never remote media).
+async fn our_media(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    media_id: &str,
+) -> MatrixResult<mr_storage::MediaRecord> {
+    let destination = authenticate(req, state).await?;
+    let media = MediaRef::parse(&destination, media_id)?;
+    state
         .db
         .get_media(&media.origin, &media.media_id)
         .await
         .map_err(|err| MatrixError::internal("reading media metadata failed", &err))?
-        .ok_or_else(|| MatrixError::not_found("Media not found"))?;
+        .ok_or_else(|| MatrixError::not_found("Media not found"))
+}
+
+/// `{}` and the bytes of `record`, streamed from the cache or the datastore.
+async fn multipart_answer(
+    state: &web::Data<AppState>,
+    record: &mr_storage::MediaRecord,
+    disposition: header::HeaderValue,
+) -> MatrixResult<HttpResponse> {
     let size = record.size_bytes;
     let body = MediaBody::open(
         state.clone(),
@@ -92,7 +129,6 @@ pub async fn media_download(
     )
     .await
     .map_err(|err| MatrixError::internal("opening media content failed", &err))?;
-    let disposition = content_disposition(&record.content_type, record.upload_name.as_deref());
     let frames = MultipartFrames::new(
         &record.content_type,
         disposition.to_str().unwrap_or("attachment"),

@@ -12,7 +12,7 @@ use mr_storage::MediaRecord;
 use serde::Deserialize;
 
 use super::body::MediaBody;
-use super::remote::{self, FetchState};
+use super::remote::{self, FetchState, RemoteHead};
 use super::{now_ms, query_param, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
 use crate::headers::{content_disposition, content_type_value};
@@ -21,7 +21,7 @@ use crate::state::AppState;
 
 /// Which family of paths a download came in on.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Api {
+pub enum Api {
     /// `/_matrix/client/v1/media/download`: needs an access token.
     Authenticated,
     /// `/_matrix/media/{v3,r0}/download`: no token, subject to the freeze.
@@ -141,45 +141,69 @@ async fn serve(
         Api::Legacy => None,
     };
     let media = MediaRef::parse(&path.server, &path.media_id)?;
+    // A plain GET is answered while remote bytes arrive; HEAD and ranges wait for the
+    // stored media (its size and hash are known only then).
+    let streamable = req.method() == Method::GET && !req.headers().contains_key(header::RANGE);
+    let record = match locate(&req, &state, api, user.as_ref(), &media, streamable).await? {
+        Located::Stored(record) => record,
+        Located::Arriving(head, progress) => {
+            let filename = path.file_name.or(head.upload_name);
+            let mut response = HttpResponse::Ok();
+            response
+                .insert_header((header::CONTENT_TYPE, content_type_value(&head.content_type)))
+                .insert_header((
+                    header::CONTENT_DISPOSITION,
+                    content_disposition(&head.content_type, filename.as_deref()),
+                ))
+                .insert_header((
+                    header::CACHE_CONTROL,
+                    "private, max-age=31536000, immutable",
+                ));
+            return Ok(response.streaming(remote::tail_body(state.clone(), progress)));
+        }
+    };
+    let filename = path.file_name.or_else(|| record.upload_name.clone());
+    respond(&req, &state, &record, filename.as_deref()).await
+}
+
+/// Where a media is: stored (ours, or a remote one we have or just fetched), or arriving
+/// from its origin right now.
+pub enum Located {
+    Stored(MediaRecord),
+    Arriving(
+        RemoteHead,
+        tokio::sync::watch::Receiver<remote::FetchProgress>,
+    ),
+}
+
+/// Finds the media's row (waiting up to `timeout_ms` for a pending upload); for another
+/// server's media not stored yet, fetches it as the user's homeserver (legacy paths: only
+/// with the freeze off and `allow_remote` not false). With `streamable`, returns as soon as
+/// a large remote media starts arriving. Legacy paths refuse media under the freeze.
+pub async fn locate(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    api: Api,
+    user: Option<&crate::auth::User>,
+    media: &MediaRef,
+    streamable: bool,
+) -> MatrixResult<Located> {
     let config = state.config();
-    let wait = wait_limit(&req, &config)?;
-    let record = match find_media(&state, &media, wait).await {
+    let wait = wait_limit(req, &config)?;
+    let record = match find_media(state, media, wait).await {
         Err(err) if err.status == StatusCode::NOT_FOUND && !is_ours(&config, &media.origin) => {
-            let as_server = match &user {
+            let as_server = match user {
                 Some(user) => user.homeserver.clone(),
-                None if may_fetch_for_legacy(&req, &config) => {
-                    state.auth.homeserver_for(&req)?.name
-                }
+                None if may_fetch_for_legacy(req, &config) => state.auth.homeserver_for(req)?.name,
                 None => return Err(err),
             };
-            let progress = state.remote.start(&state, &media, &as_server).await?;
-            // A plain GET is answered while the bytes arrive; HEAD and ranges wait for the
-            // stored media (its size and hash are known only then).
-            let streamable =
-                req.method() == Method::GET && !req.headers().contains_key(header::RANGE);
+            let progress = state.remote.start(state, media, &as_server).await?;
             if !streamable {
                 remote::wait_for_stored(progress).await?
             } else {
                 match remote::wait_for_bytes(progress.clone()).await? {
                     FetchState::Stored(record) => record,
-                    FetchState::Arriving(head) => {
-                        let filename = path.file_name.or(head.upload_name);
-                        let mut response = HttpResponse::Ok();
-                        response
-                            .insert_header((
-                                header::CONTENT_TYPE,
-                                content_type_value(&head.content_type),
-                            ))
-                            .insert_header((
-                                header::CONTENT_DISPOSITION,
-                                content_disposition(&head.content_type, filename.as_deref()),
-                            ))
-                            .insert_header((
-                                header::CACHE_CONTROL,
-                                "private, max-age=31536000, immutable",
-                            ));
-                        return Ok(response.streaming(remote::tail_body(state.clone(), progress)));
-                    }
+                    FetchState::Arriving(head) => return Ok(Located::Arriving(head, progress)),
                 }
             }
         }
@@ -190,6 +214,17 @@ async fn serve(
             "Media not found (this media is only served on the authenticated endpoint)",
         ));
     }
+    Ok(Located::Stored(record))
+}
+
+/// Answers with the bytes of `record` (whole, or the asked range; HEAD: headers only),
+/// from the cache when it has them, else the datastore.
+pub async fn respond(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    record: &MediaRecord,
+    filename: Option<&str>,
+) -> MatrixResult<HttpResponse> {
     let size = record.size_bytes;
     let range = ByteRange::parse(
         req.headers()
@@ -210,7 +245,6 @@ async fn serve(
         }
     };
     let length = if size == 0 { 0 } else { end - start + 1 };
-    let filename = path.file_name.or_else(|| record.upload_name.clone());
 
     let mut response = HttpResponse::build(status);
     response
@@ -220,7 +254,7 @@ async fn serve(
         ))
         .insert_header((
             header::CONTENT_DISPOSITION,
-            content_disposition(&record.content_type, filename.as_deref()),
+            content_disposition(&record.content_type, filename),
         ))
         .insert_header((header::ACCEPT_RANGES, "bytes"))
         .insert_header((
@@ -241,7 +275,7 @@ async fn serve(
         .await
         .map_err(|err| match err {
             mr_storage::Error::NotFound { .. } => {
-                tracing::error!(mxc = %media.mxc(), location = %record.location, "media row exists but its file is missing");
+                tracing::error!(origin = %record.origin, media_id = %record.media_id, location = %record.location, "media row exists but its file is missing");
                 MatrixError::not_found("Media content is missing")
             }
             other => MatrixError::internal("opening media content failed", &other),

@@ -5,6 +5,7 @@ pub mod download;
 pub mod remote;
 pub mod remote_shared;
 pub mod slots;
+pub mod thumbnail;
 pub mod upload;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -308,6 +308,7 @@ pub async fn upload(
         .map_err(|err| MatrixError::internal("recording an upload failed", &err))?;
     info!(mxc = %media.mxc(), size = object.size, user = %user.user_id, "media uploaded");
     warm_cache(&state, &object);
+    super::thumbnail::Thumbnailer::pregenerate(&state, row);
     Ok(HttpResponse::Ok().json(json!({ "content_uri": media.mxc() })))
 }
 
@@ -418,5 +419,6 @@ pub async fn upload_to(
     state.pending.announce(&media.origin, &media.media_id);
     info!(mxc = %media.mxc(), size = object.size, "async upload completed");
     warm_cache(&state, &object);
+    super::thumbnail::Thumbnailer::pregenerate(&state, row);
     Ok(HttpResponse::Ok().json(json!({})))
 }

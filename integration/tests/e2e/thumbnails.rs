@@ -1,0 +1,243 @@
+//! Thumbnails through the real binary: which size a request gets, formats, hostile input,
+//! one generation for many concurrent requests, and the same bytes from every server.
+
+use std::io::Cursor;
+use std::time::Duration;
+
+use image::{ImageFormat, RgbaImage};
+
+use crate::common::{matrix_error, users, Options, Stack};
+
+/// A `width`×`height` image with a gradient (and, for PNG, a transparent corner).
+pub(crate) fn picture(width: u32, height: u32, format: ImageFormat) -> Vec<u8> {
+    let mut img = RgbaImage::new(width, height);
+    for (x, y, px) in img.enumerate_pixels_mut() {
+        let alpha = if x < width / 4 && y < height / 4 {
+            0
+        } else {
+            255
+        };
+        *px = image::Rgba([(x * 255 / width) as u8, (y * 255 / height) as u8, 90, alpha]);
+    }
+    let mut out = Cursor::new(Vec::new());
+    match format {
+        ImageFormat::Jpeg => image::DynamicImage::ImageRgba8(img)
+            .to_rgb8()
+            .write_to(&mut out, format)
+            .unwrap(),
+        _ => img.write_to(&mut out, format).unwrap(),
+    }
+    out.into_inner()
+}
+
+fn thumbnail(s: &Stack, server: &str, id: &str, query: &str) -> reqwest::blocking::Response {
+    s.get(
+        &format!("/_matrix/client/v1/media/thumbnail/{server}/{id}?{query}"),
+        Some(&users().alice),
+    )
+}
+
+/// Dimensions and content type of a thumbnail answer.
+fn decoded(response: reqwest::blocking::Response) -> (u32, u32, String, Vec<u8>) {
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let bytes = response.bytes().unwrap().to_vec();
+    let img = image::load_from_memory(&bytes).unwrap();
+    (img.width(), img.height(), content_type, bytes)
+}
+
+fn generations(s: &Stack) -> f64 {
+    s.repo
+        .metric_value("media_repo_thumbnail_generations_total")
+        .unwrap_or(0.0)
+}
+
+/// Waits until background pre-generation is done (the counter stops moving).
+fn settle(s: &Stack) {
+    let mut last = -1.0;
+    for _ in 0..50 {
+        let now = generations(s);
+        if now == last {
+            return;
+        }
+        last = now;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn thumbnail_sizes_formats_and_errors() {
+    let s = Stack::start(Options::default());
+    let alice = &users().alice;
+    let (server, wide) = s.upload(
+        alice,
+        picture(1000, 500, ImageFormat::Png),
+        "image/png",
+        None,
+    );
+    let (_, tiny) = s.upload(alice, picture(20, 20, ImageFormat::Png), "image/png", None);
+    let (_, tall) = s.upload(
+        alice,
+        picture(80, 200, ImageFormat::Jpeg),
+        "image/jpeg",
+        None,
+    );
+    settle(&s);
+
+    // Which size: the spec's examples and the configured sizes.
+    let cases = [
+        (&wide, "width=800&height=600&method=crop", (667, 500)),
+        (&wide, "width=96&height=96&method=crop", (96, 96)),
+        (&wide, "width=32&height=32&method=crop", (32, 32)),
+        (&wide, "width=320&height=240&method=scale", (320, 160)),
+        (&wide, "width=640&height=480", (640, 320)),
+        (&wide, "width=100&height=100&method=scale", (320, 160)),
+        (&tiny, "width=96&height=96&method=crop", (20, 20)),
+        (&tiny, "width=800&height=600&method=scale", (20, 20)),
+        (&tall, "width=96&height=96&method=crop", (80, 80)),
+    ];
+    for (id, query, (w, h)) in cases {
+        let (width, height, _, _) = decoded(thumbnail(&s, &server, id, query));
+        assert!(
+            width.abs_diff(w) <= 1 && height.abs_diff(h) <= 1,
+            "{query}: got {width}x{height}, expected {w}x{h}"
+        );
+    }
+    // Formats: JPEG stays JPEG; PNG keeps its alpha.
+    let (_, _, jpeg_type, _) = decoded(thumbnail(
+        &s,
+        &server,
+        &tall,
+        "width=32&height=32&method=crop",
+    ));
+    assert_eq!(jpeg_type, "image/jpeg");
+    // (a scaled thumbnail keeps the source's transparent top-left corner)
+    let (_, _, png_type, png) = decoded(thumbnail(
+        &s,
+        &server,
+        &wide,
+        "width=320&height=240&method=scale",
+    ));
+    assert_eq!(png_type, "image/png");
+    let alpha = image::load_from_memory(&png).unwrap().to_rgba8();
+    assert_eq!(
+        alpha.get_pixel(0, 0)[3],
+        0,
+        "the transparent corner stays transparent"
+    );
+    // HEAD answers like GET.
+    let head = s
+        .http
+        .head(s.url(&format!(
+            "/_matrix/client/v1/media/thumbnail/{server}/{wide}?width=320&height=240&method=scale"
+        )))
+        .bearer_auth(alice)
+        .send()
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(
+        head.headers()["content-length"].to_str().unwrap(),
+        png.len().to_string()
+    );
+
+    // Bad requests and hostile input.
+    assert_eq!(
+        matrix_error(thumbnail(&s, &server, &wide, "height=96")),
+        (400, "M_MISSING_PARAM".into())
+    );
+    assert_eq!(
+        matrix_error(thumbnail(&s, &server, &wide, "width=0&height=96")),
+        (400, "M_INVALID_PARAM".into())
+    );
+    assert_eq!(
+        matrix_error(thumbnail(
+            &s,
+            &server,
+            &wide,
+            "width=9&height=9&method=zoom"
+        )),
+        (400, "M_INVALID_PARAM".into())
+    );
+    let (_, text) = s.upload(alice, b"just words".to_vec(), "text/plain", None);
+    assert_eq!(
+        matrix_error(thumbnail(&s, &server, &text, "width=96&height=96")),
+        (400, "M_UNKNOWN".into())
+    );
+    let svg = br#"<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>"#.to_vec();
+    let (_, svg) = s.upload(alice, svg, "image/svg+xml", None);
+    assert_eq!(
+        matrix_error(thumbnail(&s, &server, &svg, "width=96&height=96")),
+        (400, "M_UNKNOWN".into())
+    );
+    // A PNG whose header claims 50000x50000 pixels: refused before decoding.
+    let mut bomb = picture(8, 8, ImageFormat::Png);
+    bomb[16..20].copy_from_slice(&50_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&50_000u32.to_be_bytes());
+    let crc = crc32(&bomb[12..29]);
+    bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+    let (_, bomb) = s.upload(alice, bomb, "image/png", None);
+    assert_eq!(
+        matrix_error(thumbnail(&s, &server, &bomb, "width=96&height=96")),
+        (413, "M_TOO_LARGE".into())
+    );
+    let missing = thumbnail(&s, &server, "NoSuchMedia123", "width=96&height=96");
+    assert_eq!(matrix_error(missing), (404, "M_NOT_FOUND".into()));
+    // Legacy paths are frozen like downloads.
+    let legacy = s.get(
+        &format!("/_matrix/media/v3/thumbnail/{server}/{wide}?width=96&height=96"),
+        None,
+    );
+    assert_eq!(legacy.status(), 404);
+}
+
+#[test]
+fn one_generation_for_many_requests_and_the_same_bytes_everywhere() {
+    let s = Stack::start(Options::default());
+    let alice = users().alice.clone();
+    let source = picture(1200, 900, ImageFormat::Jpeg);
+    let (server, id) = s.upload(&alice, source.clone(), "image/jpeg", None);
+    settle(&s);
+    let before = generations(&s);
+    // A size no configured one covers: made on demand, once.
+    let query = "width=1000&height=700&method=scale";
+    let bodies: Vec<Vec<u8>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..50)
+            .map(|_| scope.spawn(|| decoded(thumbnail(&s, &server, &id, query)).3))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        bodies.windows(2).all(|pair| pair[0] == pair[1]),
+        "identical bytes for all"
+    );
+    assert_eq!(
+        generations(&s) - before,
+        1.0,
+        "one generation for 50 requests"
+    );
+
+    // Another server, same input: the same bytes.
+    let other = Stack::start(Options::default());
+    let (other_server, other_id) = other.upload(&alice, source, "image/jpeg", None);
+    let again = decoded(thumbnail(&other, &other_server, &other_id, query)).3;
+    assert!(again == bodies[0], "byte-identical across servers");
+}
+
+/// CRC-32 (IEEE), as PNG chunks carry it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
