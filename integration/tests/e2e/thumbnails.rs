@@ -241,3 +241,74 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// 64 thumbnail requests for distinct large images at once: the pool never runs more jobs
+/// than it has workers, the rest queue or are refused with 429, and downloads go on.
+#[test]
+fn a_flood_of_thumbnails_stays_within_the_pool() {
+    let s = Stack::start(Options::default());
+    let alice = users().alice.clone();
+    let ids: Vec<(String, String)> = (0..64)
+        .map(|i| {
+            let img = picture(1600 + i, 1200, ImageFormat::Jpeg);
+            s.upload(&alice, img, "image/jpeg", None)
+        })
+        .collect();
+    let (server, plain) = s.upload(&alice, vec![7u8; 300_000], "application/octet-stream", None);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (s, done) = (&s, &done);
+    let (statuses, peak) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(move || {
+            let mut peak = 0.0f64;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if let Some(now) = s.repo.metric_value("media_repo_thumbnail_pool_in_flight") {
+                    peak = peak.max(now);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak
+        });
+        let requests: Vec<_> = ids
+            .iter()
+            .map(|(server, id)| {
+                scope.spawn(move || {
+                    let response = thumbnail(&s, server, id, "width=1000&height=700&method=scale");
+                    let status = response.status().as_u16();
+                    if status == 429 {
+                        assert!(response.headers().get("retry-after").is_some());
+                    }
+                    status
+                })
+            })
+            .collect();
+        // Downloads are not stuck behind the thumbnails.
+        let quick = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        for _ in 0..5 {
+            let response = quick
+                .get(s.url(&format!(
+                    "/_matrix/client/v1/media/download/{server}/{plain}"
+                )))
+                .bearer_auth(&alice)
+                .send()
+                .expect("a download completes within 5 s during the flood");
+            assert_eq!(response.status(), 200);
+        }
+        let statuses: Vec<u16> = requests.into_iter().map(|h| h.join().unwrap()).collect();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (statuses, watcher.join().unwrap())
+    });
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(statuses.iter().filter(|s| **s == 200).count() > 0);
+    assert!(
+        peak <= workers,
+        "pool in flight peaked at {peak} with {workers} workers"
+    );
+    assert!(peak >= 1.0, "the watcher saw the pool busy");
+}
