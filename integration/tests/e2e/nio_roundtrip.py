@@ -1,8 +1,9 @@
-"""A real Matrix client (matrix-nio) logs in, uploads a file and downloads it back.
+"""A real Matrix client (matrix-nio) logs in, uploads an image, downloads it back and gets
+its 32x32 crop thumbnail.
 
 Usage: nio_roundtrip.py BASE_URL USER PASSWORD FILE
 Prints one JSON line: the content URI, the sha256 of the bytes downloaded, their size and
-the content type and filename the server sent back.
+the content type and filename the server sent back, and the thumbnail's sha256 and type.
 """
 import asyncio
 import hashlib
@@ -10,7 +11,8 @@ import json
 import os
 import sys
 
-from nio import AsyncClient, DownloadResponse, LoginResponse, UploadResponse
+from nio import AsyncClient, DownloadResponse, LoginResponse, ThumbnailResponse, UploadResponse
+from nio.api import ResizingMethod
 
 
 async def main(base_url: str, user: str, password: str, path: str) -> None:
@@ -29,7 +31,13 @@ async def main(base_url: str, user: str, password: str, path: str) -> None:
         downloaded = await client.download(mxc=uploaded.content_uri)
         if not isinstance(downloaded, DownloadResponse):
             raise SystemExit(f"download failed: {downloaded}")
+        server_name, media_id = uploaded.content_uri[len("mxc://"):].split("/", 1)
+        thumb = await client.thumbnail(server_name, media_id, 32, 32, method=ResizingMethod.crop)
+        if not isinstance(thumb, ThumbnailResponse):
+            raise SystemExit(f"thumbnail failed: {thumb}")
         print(json.dumps({
+            "thumbnail_sha256": hashlib.sha256(thumb.body).hexdigest(),
+            "thumbnail_type": thumb.content_type,
             "content_uri": uploaded.content_uri,
             "sha256": hashlib.sha256(downloaded.body).hexdigest(),
             "size": len(downloaded.body),

@@ -17,7 +17,7 @@ fn matrix_nio_uploads_and_downloads_through_nginx() {
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("upload.bin");
-    let bytes = random_bytes(700_000);
+    let bytes = crate::thumbnails::picture(900, 700, image::ImageFormat::Png);
     std::fs::write(&file, &bytes).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/nio_roundtrip.py");
     let out = Command::new(synapse.python())
@@ -47,6 +47,24 @@ fn matrix_nio_uploads_and_downloads_through_nginx() {
         .as_str()
         .unwrap()
         .starts_with(&format!("mxc://{}/", synapse.server_name)));
+    // Its thumbnail is the one media-repo serves.
+    let (server, id) = result["content_uri"].as_str().unwrap()["mxc://".len()..]
+        .split_once('/')
+        .unwrap();
+    let ours = s
+        .get(
+            &format!(
+                "/_matrix/client/v1/media/thumbnail/{server}/{id}?width=32&height=32&method=crop"
+            ),
+            Some(&users().alice),
+        )
+        .bytes()
+        .unwrap();
+    assert_eq!(result["thumbnail_type"], "image/png");
+    assert_eq!(
+        result["thumbnail_sha256"],
+        hex::encode(Sha256::digest(&ours))
+    );
     // It really went through media-repo (Synapse has no media repo here).
     assert_eq!(s.media_rows(), 1);
 }
