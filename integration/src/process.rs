@@ -30,9 +30,21 @@ impl Proc {
             .try_clone()
             .with_context(|| format!("cloning handle of {}", log.display()))?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
+        // A program a test has just written (a stand-in script) can be "busy" for a moment
+        // when another test thread forked while the file was still open for writing: the
+        // child holds that descriptor until it execs. Retry briefly instead of failing.
+        const BUSY_RETRIES: usize = 20;
+        let mut attempt = 0;
+        let child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < BUSY_RETRIES => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other,
+            }
+        }
+        .with_context(|| format!("spawning {:?}", cmd.get_program()))?;
         Ok(Proc {
             pid: child.id(),
             child: Mutex::new(Some(child)),

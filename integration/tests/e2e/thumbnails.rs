@@ -199,6 +199,12 @@ fn one_generation_for_many_requests_and_the_same_bytes_everywhere() {
     let alice = users().alice.clone();
     let source = picture(1200, 900, ImageFormat::Jpeg);
     let (server, id) = s.upload(&alice, source.clone(), "image/jpeg", None);
+    // The five configured sizes are made in the background first.
+    s.repo
+        .wait_for("pre-generation", Duration::from_secs(60), || {
+            generations(&s) >= 5.0
+        })
+        .unwrap();
     settle(&s);
     let before = generations(&s);
     // A size no configured one covers: made on demand, once.
@@ -273,7 +279,7 @@ fn a_flood_of_thumbnails_stays_within_the_pool() {
             .iter()
             .map(|(server, id)| {
                 scope.spawn(move || {
-                    let response = thumbnail(&s, server, id, "width=1000&height=700&method=scale");
+                    let response = thumbnail(s, server, id, "width=1000&height=700&method=scale");
                     let status = response.status().as_u16();
                     if status == 429 {
                         assert!(response.headers().get("retry-after").is_some());

@@ -225,6 +225,28 @@ fn target(config: &Config, asked: Asked) -> (u32, u32) {
         ))
 }
 
+/// The smallest stored thumbnail of `asked`'s method covering it in both dimensions.
+async fn covering(
+    state: &web::Data<AppState>,
+    media: &MediaRecord,
+    asked: Asked,
+) -> MatrixResult<Option<ThumbnailRecord>> {
+    let stored = state
+        .db
+        .thumbnails_of(
+            &media.origin,
+            &media.media_id,
+            method_name(asked.method),
+            asked.animated,
+        )
+        .await
+        .map_err(|err| MatrixError::internal("reading thumbnails failed", &err))?;
+    Ok(stored
+        .into_iter()
+        .filter(|t| t.width >= asked.width && t.height >= asked.height)
+        .min_by_key(|t| u64::from(t.width) * u64::from(t.height)))
+}
+
 impl Thumbnailer {
     /// How many thumbnails are made at once.
     pub fn workers(&self) -> usize {
@@ -244,21 +266,7 @@ impl Thumbnailer {
                 "Thumbnails are turned off on this server",
             ));
         }
-        let stored = state
-            .db
-            .thumbnails_of(
-                &media.origin,
-                &media.media_id,
-                method_name(asked.method),
-                asked.animated,
-            )
-            .await
-            .map_err(|err| MatrixError::internal("reading thumbnails failed", &err))?;
-        let covering = stored
-            .into_iter()
-            .filter(|t| t.width >= asked.width && t.height >= asked.height)
-            .min_by_key(|t| u64::from(t.width) * u64::from(t.height));
-        if let Some(thumbnail) = covering {
+        if let Some(thumbnail) = covering(state, media, asked).await? {
             return Ok(thumbnail);
         }
         let (width, height) = target(&config, asked);
@@ -271,7 +279,13 @@ impl Thumbnailer {
         );
         let cell = self.in_progress.entry(key.clone()).or_default().clone();
         let result = cell
-            .get_or_init(|| self.generate(state, media, width, height, asked))
+            .get_or_init(|| async {
+                // A generation that finished between our look and taking the cell stored it.
+                match covering(state, media, asked).await? {
+                    Some(thumbnail) => Ok(thumbnail),
+                    None => self.generate(state, media, width, height, asked).await,
+                }
+            })
             .await
             .clone();
         self.in_progress
