@@ -20,9 +20,11 @@
 //! from hs3's client port, both plain HTTP on loopback, so neither path pays for a proxy.
 //!
 //! `--shared` measures something else, remote media fetched once for two repos that share
-//! the cache shards (`shared.rs`).
+//! the cache shards (`shared.rs`). `--thumbnails` measures thumbnails of fresh uploads
+//! against Synapse's own media repo (`thumbnails.rs`).
 
 mod shared;
+mod thumbnails;
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -72,6 +74,8 @@ struct Options {
     cache: String,
     /// `--shared`: the shared-fetch benchmark instead (`shared.rs`).
     shared: bool,
+    /// `--thumbnails`: the thumbnail benchmark instead (`thumbnails.rs`).
+    thumbnails: bool,
 }
 
 fn main() {
@@ -89,6 +93,9 @@ fn run() -> anyhow::Result<()> {
     use_release_media_repo()?;
     if options.shared {
         return shared::run(options.rounds);
+    }
+    if options.thumbnails {
+        return thumbnails::run(options.rounds);
     }
     let started_at = utc_now();
     let load_before = load_average();
@@ -155,6 +162,7 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
         rounds: DEFAULT_ROUNDS,
         cache: "memory".to_owned(),
         shared: false,
+        thumbnails: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -178,11 +186,15 @@ fn parse_args() -> anyhow::Result<Option<Options>> {
                 );
             }
             "--shared" => options.shared = true,
+            "--thumbnails" => options.thumbnails = true,
             "--help" | "-h" => {
                 println!(
                     "federation-bench [--rounds N (1-{MAX_ROUNDS}, default {DEFAULT_ROUNDS})] [--cache memory|none (A's cache.backend, default memory)]\n\
                      federation-bench --shared [--rounds N]: 20 concurrent first fetches across two repos \
                      sharing 3 Redis shards, against cache.backend none\n\
+                     federation-bench --thumbnails [--rounds N]: upload + first 96x96 crop and 800x600 \
+                     scale thumbnails of a 12 MP JPEG and a 4000x3000 PNG, and cached thumbnail req/s \
+                     (wrk), against Synapse's own media repo\n\
                      Uses $MEDIA_REPO_BIN, else media-repo next to this executable \
                      (cargo build --release -p mr-web --bin media-repo)."
                 );
