@@ -12,5 +12,6 @@ pub use error::{Error, Result};
 pub use geometry::{plan, Method, Plan, Rect};
 pub use probe::{probe, sniff, Format, Limits, SourceInfo};
 pub use render::{
-    thumbnail, Request, Thumbnail, JPEG_QUALITY, MAX_ANIMATED_FRAMES, MAX_ANIMATED_SOURCE_PIXELS,
+    shared_decodes, thumbnail, thumbnails, thumbnails_each, Request, Thumbnail, JPEG_QUALITY,
+    MAX_ANIMATED_FRAMES, MAX_ANIMATED_SOURCE_PIXELS,
 };

@@ -4,7 +4,9 @@ mod common;
 
 use common::*;
 use image::{DynamicImage, GenericImageView, ImageFormat};
-use mr_thumbnail::{probe, thumbnail, Error, Format, Method, Request, Thumbnail};
+use mr_thumbnail::{
+    probe, shared_decodes, thumbnail, thumbnails, Error, Format, Method, Request, Thumbnail,
+};
 
 #[global_allocator]
 static ALLOC: PeakAlloc = PeakAlloc;
@@ -258,6 +260,79 @@ fn same_input_same_bytes() {
             assert_eq!(a, b);
         }
     }
+}
+
+/// Synapse's default sizes, as media-repo pre-generates them.
+fn default_sizes() -> Vec<Request> {
+    vec![
+        request(32, 32, Method::Crop),
+        request(96, 96, Method::Crop),
+        request(320, 240, Method::Scale),
+        request(640, 480, Method::Scale),
+        request(800, 600, Method::Scale),
+    ]
+}
+
+#[test]
+fn batch_gives_the_bytes_of_single_thumbnails() {
+    let sources = [
+        // 32 crop at 1/8, 96 crop at 1/4, the scaled sizes at full size.
+        jpeg(&photo(1200, 900)),
+        with_exif(&jpeg(&photo(900, 600)), &exif_block(Some(6), false)),
+        encode(
+            &DynamicImage::ImageRgba8(half_transparent(500, 350)),
+            ImageFormat::Png,
+        ),
+        encode(&DynamicImage::ImageRgb8(photo(450, 300)), ImageFormat::WebP),
+        animated_gif(300, 200, 3),
+    ];
+    let mut requests = default_sizes();
+    requests.push(Request {
+        animated: true,
+        ..request(96, 96, Method::Crop)
+    });
+    for source in &sources {
+        let batch = thumbnails(source, &requests, &LIMITS).unwrap();
+        assert_eq!(batch.len(), requests.len());
+        for (made, req) in batch.iter().zip(&requests) {
+            assert_eq!(made, &thumbnail(source, req, &LIMITS).unwrap(), "{req:?}");
+        }
+        // Spread over workers group by group: the same bytes again.
+        for group in shared_decodes(source, &requests, &LIMITS).unwrap() {
+            let asked: Vec<Request> = group.iter().map(|&i| requests[i]).collect();
+            let made = thumbnails(source, &asked, &LIMITS).unwrap();
+            for (t, &i) in made.iter().zip(&group) {
+                assert_eq!(t, &batch[i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn shared_decodes_group_jpegs_by_idct_scale_largest_first() {
+    let requests = default_sizes();
+    // 4000×3000: 32 and 96 crop at 1/8, 320×240 at 1/4, 640×480 and 800×600 at 1/2.
+    let big = jpeg(&photo(4000, 3000));
+    assert_eq!(
+        shared_decodes(&big, &requests, &LIMITS).unwrap(),
+        vec![vec![3, 4], vec![2], vec![0, 1]]
+    );
+    // Any other still: one decode for every size.
+    let png = encode(&DynamicImage::ImageRgb8(photo(400, 300)), ImageFormat::Png);
+    assert_eq!(
+        shared_decodes(&png, &requests, &LIMITS).unwrap(),
+        vec![vec![0, 1, 2, 3, 4]]
+    );
+    // An animated request on an animated GIF decodes on its own.
+    let gif = animated_gif(120, 80, 3);
+    let animated = Request {
+        animated: true,
+        ..request(32, 32, Method::Crop)
+    };
+    assert_eq!(
+        shared_decodes(&gif, &[requests[0], animated, requests[1]], &LIMITS).unwrap(),
+        vec![vec![0, 2], vec![1]]
+    );
 }
 
 #[test]

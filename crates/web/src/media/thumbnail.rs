@@ -11,7 +11,7 @@
 //! Uploads of images get the configured sizes made in the background.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -20,7 +20,7 @@ use mr_config::{Config, ThumbnailMethod};
 use mr_storage::{content, MediaRecord, ThumbnailRecord};
 use prometheus::{register_int_counter, register_int_gauge, IntCounter, IntGauge};
 use serde::Deserialize;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore, SemaphorePermit};
 use tracing::{debug, info, warn};
 
 use super::download::{self, Api, Located};
@@ -61,12 +61,22 @@ static QUEUED: LazyLock<IntGauge> = LazyLock::new(|| {
 
 type Generated = Result<ThumbnailRecord, MatrixError>;
 
+/// A generation in progress as others see it: its result, once there is one. A closed
+/// channel without a result means the generation was given up (its request went away):
+/// a waiter then tries again.
+type Waiter = watch::Receiver<Option<Generated>>;
+
 /// The bounded pool and the generations in progress.
 pub struct Thumbnailer {
     workers: usize,
+    /// One per worker: every decode and resize holds one.
     permits: Semaphore,
+    /// Background (pre-generation) jobs hold one of these before a worker permit: they
+    /// never take every worker, so a client's request always finds one free of them.
+    background: Semaphore,
     queued: AtomicUsize,
-    in_progress: DashMap<String, Arc<OnceCell<Generated>>>,
+    /// Keyed by [`generation_key`]; one entry per thumbnail being made.
+    in_progress: DashMap<String, Waiter>,
 }
 
 impl Default for Thumbnailer {
@@ -78,9 +88,80 @@ impl Default for Thumbnailer {
         Thumbnailer {
             workers,
             permits: Semaphore::new(workers),
+            background: Semaphore::new(workers.saturating_sub(1).max(1)),
             queued: AtomicUsize::new(0),
             in_progress: DashMap::new(),
         }
+    }
+}
+
+/// Who waits for a job: a client (served first) or nobody yet (pre-generation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Priority {
+    Client,
+    Background,
+}
+
+/// The right to make one thumbnail: held by one task, whose result every request asking
+/// meanwhile receives. Dropped without [`Claim::publish`] (a failure, a cancelled
+/// request), its waiters find the channel closed and try again.
+struct Claim {
+    state: web::Data<AppState>,
+    key: String,
+    result: watch::Sender<Option<Generated>>,
+}
+
+impl Claim {
+    fn publish(self, result: &Generated) {
+        // No receiver left is fine: nobody was waiting.
+        let _ = self.result.send(Some(result.clone()));
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let ours = self.result.subscribe();
+        self.state
+            .thumbnails
+            .in_progress
+            .remove_if(&self.key, |_, current| current.same_channel(&ours));
+    }
+}
+
+/// A worker of the pool, held while a job decodes and resizes.
+struct Worker<'a> {
+    _background: Option<SemaphorePermit<'a>>,
+    _permit: SemaphorePermit<'a>,
+}
+
+impl Drop for Worker<'_> {
+    fn drop(&mut self) {
+        IN_FLIGHT.dec();
+    }
+}
+
+/// Either the claim on a generation, or the generation someone else holds.
+enum Turn {
+    Mine(Claim),
+    Theirs(Waiter),
+}
+
+/// The key one generation is made under: media, size made, method, animated.
+fn generation_key(media: &MediaRecord, width: u32, height: u32, asked: Asked) -> String {
+    format!(
+        "{}/{}/{width}x{height}/{}/{}",
+        media.origin,
+        media.media_id,
+        method_name(asked.method),
+        asked.animated
+    )
+}
+
+/// Waits for another task's generation: `None` when it was given up.
+async fn outcome(mut waiter: Waiter) -> Option<Generated> {
+    match waiter.wait_for(Option::is_some).await {
+        Ok(result) => result.clone(),
+        Err(_) => None,
     }
 }
 
@@ -270,27 +351,72 @@ impl Thumbnailer {
             return Ok(thumbnail);
         }
         let (width, height) = target(&config, asked);
-        let key = format!(
-            "{}/{}/{width}x{height}/{}/{}",
-            media.origin,
-            media.media_id,
-            method_name(asked.method),
-            asked.animated
-        );
-        let cell = self.in_progress.entry(key.clone()).or_default().clone();
-        let result = cell
-            .get_or_init(|| async {
-                // A generation that finished between our look and taking the cell stored it.
-                match covering(state, media, asked).await? {
-                    Some(thumbnail) => Ok(thumbnail),
-                    None => self.generate(state, media, width, height, asked).await,
+        let key = generation_key(media, width, height, asked);
+        loop {
+            match self.turn(state, &key) {
+                Turn::Mine(claim) => {
+                    // A generation that finished between our look and the claim stored it.
+                    let result = match covering(state, media, asked).await {
+                        Ok(Some(thumbnail)) => Ok(thumbnail),
+                        Ok(None) => self.generate(state, media, width, height, asked).await,
+                        Err(err) => Err(err),
+                    };
+                    claim.publish(&result);
+                    return result;
                 }
-            })
-            .await
-            .clone();
-        self.in_progress
-            .remove_if(&key, |_, current| Arc::ptr_eq(current, &cell));
-        result
+                Turn::Theirs(waiter) => {
+                    if let Some(result) = outcome(waiter).await {
+                        return result;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims the generation of `key`, or joins the one in progress.
+    fn turn(&self, state: &web::Data<AppState>, key: &str) -> Turn {
+        match self.in_progress.entry(key.to_owned()) {
+            dashmap::Entry::Occupied(entry) => Turn::Theirs(entry.get().clone()),
+            dashmap::Entry::Vacant(entry) => {
+                let (result, waiter) = watch::channel(None);
+                entry.insert(waiter);
+                Turn::Mine(Claim {
+                    state: state.clone(),
+                    key: key.to_owned(),
+                    result,
+                })
+            }
+        }
+    }
+
+    /// Waits for a worker, in a bounded queue (full: 429). Background jobs first take one
+    /// of the background permits, so they never hold every worker.
+    async fn worker(&self, priority: Priority) -> MatrixResult<Worker<'_>> {
+        if self.queued.load(Ordering::Acquire) >= MAX_QUEUED {
+            return Err(MatrixError::limit_exceeded(
+                "Too many thumbnails are being made; try again shortly",
+                RETRY_BUSY_SECS,
+            ));
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        QUEUED.inc();
+        let acquired = async {
+            let background = match priority {
+                Priority::Background => Some(self.background.acquire().await?),
+                Priority::Client => None,
+            };
+            Ok::<_, tokio::sync::AcquireError>((background, self.permits.acquire().await?))
+        }
+        .await;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        QUEUED.dec();
+        let (background, permit) =
+            acquired.map_err(|err| MatrixError::internal("thumbnail pool closed", &err))?;
+        IN_FLIGHT.inc();
+        Ok(Worker {
+            _background: background,
+            _permit: permit,
+        })
     }
 
     /// Makes and stores one thumbnail.
@@ -324,32 +450,12 @@ impl Thumbnailer {
                 limits.max_source_bytes
             )));
         }
-        if self.queued.load(Ordering::Acquire) >= MAX_QUEUED {
-            return Err(MatrixError::limit_exceeded(
-                "Too many thumbnails are being made; try again shortly",
-                RETRY_BUSY_SECS,
-            ));
-        }
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        QUEUED.inc();
-        let permit = self.permits.acquire().await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
-        QUEUED.dec();
-        let _permit = permit.map_err(|err| MatrixError::internal("thumbnail pool closed", &err))?;
+        let worker = self.worker(Priority::Client).await?;
         let path = state
             .datastore
             .path_of(&media.location)
             .map_err(|err| MatrixError::internal("locating media failed", &err))?;
-        let request = mr_thumbnail::Request {
-            width,
-            height,
-            method: match asked.method {
-                ThumbnailMethod::Crop => mr_thumbnail::Method::Crop,
-                ThumbnailMethod::Scale => mr_thumbnail::Method::Scale,
-            },
-            animated: asked.animated,
-        };
-        IN_FLIGHT.inc();
+        let request = render_request(width, height, asked);
         let made = tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
             mr_thumbnail::thumbnail(&bytes, &request, &limits).map_err(|e| match e {
@@ -358,7 +464,7 @@ impl Thumbnailer {
             })
         })
         .await;
-        IN_FLIGHT.dec();
+        drop(worker);
         let made = match made {
             Ok(Ok(made)) => made,
             Ok(Err(why)) if why.starts_with("too large: ") => return Err(too_large(why)),
@@ -445,32 +551,181 @@ impl Thumbnailer {
     }
 
     /// Makes the configured sizes of a freshly uploaded image in the background (the upload
-    /// answer is not delayed). Skipped for non-images; a full queue skips sizes (they are made
-    /// on first request instead).
+    /// answer is not delayed). Sizes that share a decode are made by one job, the job with
+    /// the largest decode first; jobs wait behind clients' requests (see
+    /// [`Thumbnailer::worker`]), a full queue skips them (made on first request instead),
+    /// and a size already stored or being made is left alone. Non-images are skipped.
     pub fn pregenerate(state: &web::Data<AppState>, media: MediaRecord) {
         let config = state.config();
         if !config.thumbnails.enabled || !media.content_type.starts_with("image/") {
             return;
         }
+        let sizes: Vec<Asked> = config
+            .thumbnails
+            .sizes
+            .iter()
+            .map(|size| Asked {
+                width: size.width,
+                height: size.height,
+                method: size.method,
+                animated: false,
+            })
+            .collect();
+        if sizes.is_empty() || media.size_bytes > config.thumbnails.max_source_bytes {
+            return;
+        }
+        let limits = mr_thumbnail::Limits {
+            max_source_bytes: config.thumbnails.max_source_bytes,
+            max_pixels: config.thumbnails.max_pixels,
+        };
         let state = state.clone();
         actix_web::rt::spawn(async move {
-            for size in &config.thumbnails.sizes {
-                let asked = Asked {
-                    width: size.width,
-                    height: size.height,
-                    method: size.method,
-                    animated: false,
-                };
-                match state.thumbnails.thumbnail_of(&state, &media, asked).await {
-                    Ok(_) => {}
-                    Err(err) if err.status == StatusCode::BAD_REQUEST => {
-                        debug!(reason = %err.message, "upload is not thumbnailable; no pre-generation");
-                        return;
-                    }
-                    Err(err) => warn!(reason = %err.message, "pre-generating a thumbnail failed"),
+            let groups = match Self::decode_groups(&state, &media, &sizes, limits).await {
+                Ok(groups) => groups,
+                Err(why) => {
+                    debug!(origin = %media.origin, media_id = %media.media_id, reason = %why, "upload is not thumbnailable; no pre-generation");
+                    return;
                 }
-            }
+            };
+            // Polled in order, so the jobs queue for workers largest decode first.
+            let jobs = groups.into_iter().map(|group| {
+                let sizes: Vec<Asked> = group.into_iter().map(|i| sizes[i]).collect();
+                state
+                    .thumbnails
+                    .pregenerate_group(&state, &media, sizes, limits)
+            });
+            futures_util::future::join_all(jobs).await;
             info!(origin = %media.origin, media_id = %media.media_id, "thumbnails pre-generated");
         });
+    }
+
+    /// Which of `sizes` share a decode ([`mr_thumbnail::shared_decodes`]); reads the file
+    /// on the blocking pool (only the header is parsed).
+    async fn decode_groups(
+        state: &web::Data<AppState>,
+        media: &MediaRecord,
+        sizes: &[Asked],
+        limits: mr_thumbnail::Limits,
+    ) -> Result<Vec<Vec<usize>>, String> {
+        let path = state
+            .datastore
+            .path_of(&media.location)
+            .map_err(|e| e.to_string())?;
+        let requests: Vec<mr_thumbnail::Request> = sizes
+            .iter()
+            .map(|a| render_request(a.width, a.height, *a))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+            mr_thumbnail::shared_decodes(&bytes, &requests, &limits).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// One pre-generation job: the sizes of `group` not stored nor being made yet, from one
+    /// decode, each stored and handed to its waiters as soon as it is made.
+    async fn pregenerate_group(
+        &self,
+        state: &web::Data<AppState>,
+        media: &MediaRecord,
+        group: Vec<Asked>,
+        limits: mr_thumbnail::Limits,
+    ) {
+        let worker = match self.worker(Priority::Background).await {
+            Ok(worker) => worker,
+            Err(err) => {
+                debug!(reason = %err.message, "thumbnail queue full; sizes left for first request");
+                return;
+            }
+        };
+        let mut claims = Vec::new();
+        for asked in group {
+            let stored = match state
+                .db
+                .thumbnails_of(
+                    &media.origin,
+                    &media.media_id,
+                    method_name(asked.method),
+                    asked.animated,
+                )
+                .await
+            {
+                Ok(stored) => stored,
+                Err(err) => {
+                    warn!(error = %err, "reading thumbnails failed; pre-generation skipped");
+                    return;
+                }
+            };
+            if stored
+                .iter()
+                .any(|t| t.width == asked.width && t.height == asked.height)
+            {
+                continue;
+            }
+            let key = generation_key(media, asked.width, asked.height, asked);
+            if let Turn::Mine(claim) = self.turn(state, &key) {
+                claims.push((asked, Some(claim)));
+            }
+        }
+        if claims.is_empty() {
+            return;
+        }
+        let path = match state.datastore.path_of(&media.location) {
+            Ok(path) => path,
+            Err(err) => {
+                warn!(error = %err, "locating media failed; pre-generation skipped");
+                return;
+            }
+        };
+        let requests: Vec<mr_thumbnail::Request> = claims
+            .iter()
+            .map(|(a, _)| render_request(a.width, a.height, *a))
+            .collect();
+        let (made_tx, mut made_rx) = mpsc::unbounded_channel();
+        let rendering = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+            mr_thumbnail::thumbnails_each(&bytes, &requests, &limits, |i, made| {
+                // The receiver outlives this task (it is awaited below).
+                let _ = made_tx.send((i, made));
+            })
+            .map_err(|e| e.to_string())
+        });
+        while let Some((i, made)) = made_rx.recv().await {
+            let Some((asked, claim)) = claims.get_mut(i) else {
+                continue;
+            };
+            GENERATIONS.inc();
+            let result = self
+                .store(state, media, asked.width, asked.height, *asked, made)
+                .await;
+            if let Err(err) = &result {
+                warn!(reason = %err.message, "storing a pre-generated thumbnail failed");
+            }
+            if let Some(claim) = claim.take() {
+                claim.publish(&result);
+            }
+        }
+        drop(worker);
+        match rendering.await {
+            Ok(Ok(())) => {}
+            // Claims not published are dropped: their waiters generate on their own and
+            // get the error that belongs to their request.
+            Ok(Err(why)) => debug!(reason = %why, "pre-generating thumbnails failed"),
+            Err(err) => warn!(error = %err, "thumbnail task failed"),
+        }
+    }
+}
+
+/// The render request for a size made for `asked`.
+fn render_request(width: u32, height: u32, asked: Asked) -> mr_thumbnail::Request {
+    mr_thumbnail::Request {
+        width,
+        height,
+        method: match asked.method {
+            ThumbnailMethod::Crop => mr_thumbnail::Method::Crop,
+            ThumbnailMethod::Scale => mr_thumbnail::Method::Scale,
+        },
+        animated: asked.animated,
     }
 }
