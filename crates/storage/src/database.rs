@@ -33,7 +33,7 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Metadata database handle; cheap to clone (it wraps a connection pool).
 #[derive(Clone)]
 pub struct Database {
-    backend: Backend,
+    pub(crate) backend: Backend,
     /// The SQLite file as it was at connect; `None` for Postgres and in-memory SQLite.
     sqlite_file: Option<Arc<FileIdentity>>,
 }
@@ -71,7 +71,7 @@ impl FileIdentity {
 }
 
 #[derive(Clone)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -86,6 +86,7 @@ macro_rules! with_pool {
         }
     };
 }
+pub(crate) use with_pool;
 
 /// Binds a media row's columns in `INSERT_MEDIA`'s order (one list for both call sites
 /// and both backends).
