@@ -10,6 +10,7 @@ pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod pending;
+pub mod purge;
 pub mod range;
 pub mod reload;
 pub mod routes;

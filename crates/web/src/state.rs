@@ -10,6 +10,7 @@ use mr_storage::{Database, FileDatastore};
 
 use crate::auth::Auth;
 use crate::logging::LogLevelHandle;
+use crate::media::access::AccessRecorder;
 use crate::media::remote::RemoteMedia;
 use crate::media::slots::UploadSlots;
 use crate::media::thumbnail::Thumbnailer;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub remote: RemoteMedia,
     /// The bounded thumbnail pool and generations in progress.
     pub thumbnails: Thumbnailer,
+    /// Media served since the last write of last-access times.
+    pub access: AccessRecorder,
     pub log_level: LogLevelHandle,
 }
 
@@ -59,6 +62,7 @@ impl AppState {
             upload_slots: UploadSlots::default(),
             remote,
             thumbnails: Thumbnailer::default(),
+            access: AccessRecorder::default(),
             log_level,
         }
     }

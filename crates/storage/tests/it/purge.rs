@@ -323,7 +323,7 @@ async fn sweep_removes_only_unreferenced_files(fx: &Fixture) {
     assert_eq!(report.files_checked, 4);
     assert_eq!(report.files_removed, 1);
     assert_eq!(report.bytes_removed, b"orphan".len() as u64);
-    assert_eq!(evicted, [orphan.sha256.clone()]);
+    assert_eq!(evicted, std::slice::from_ref(&orphan.sha256));
     assert!(!store.path_of(&orphan.location).unwrap().exists());
     for kept in [&by_media, &by_thumbnail, &claimed] {
         assert!(store.path_of(&kept.location).unwrap().exists());

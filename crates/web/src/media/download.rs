@@ -214,6 +214,7 @@ pub async fn locate(
             "Media not found (this media is only served on the authenticated endpoint)",
         ));
     }
+    state.access.note(&record.origin, &record.media_id);
     Ok(Located::Stored(record))
 }
 

@@ -1,5 +1,6 @@
 //! The Matrix content-repository endpoints: upload, async upload, download, config.
 
+pub mod access;
 pub mod body;
 pub mod download;
 pub mod remote;
