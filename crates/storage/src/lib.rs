@@ -4,6 +4,7 @@
 //! * [`Database`] — media rows and pending uploads.
 //! * [`FileDatastore`] / [`ObjectWriter`] — streaming, hashing, deduplicating object writes.
 //! * [`content`] — claims on stored bytes, and deleting only what nothing refers to.
+//! * [`quarantine`] — quarantined media, hashes and origins; protection.
 //! * [`ids`] — media id generation and the allow-lists for ids and server names.
 
 pub mod content;
@@ -12,6 +13,7 @@ mod datastore;
 pub mod error;
 pub mod ids;
 mod location;
+pub mod quarantine;
 mod records;
 mod writer;
 

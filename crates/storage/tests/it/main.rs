@@ -6,3 +6,4 @@ mod content;
 mod database;
 mod datastore;
 mod ids;
+mod quarantine;
