@@ -6,5 +6,5 @@ ALTER TABLE media ADD COLUMN last_access_ms BIGINT;
 
 -- Remote media not accessed since a time: the expression the selection compares.
 CREATE INDEX media_last_access_idx ON media ((COALESCE(last_access_ms, created_at_ms)));
--- A user's media. (A media's thumbnails are found by the thumbnails primary key.)
-CREATE INDEX media_user_idx ON media (user_id);
+-- A user's media: media_user_idx (0004). Quarantined media: a partial index, as few rows are.
+CREATE INDEX media_quarantined_idx ON media (quarantined_by) WHERE quarantined_by IS NOT NULL;

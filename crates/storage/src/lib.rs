@@ -5,6 +5,7 @@
 //! * [`FileDatastore`] / [`ObjectWriter`] — streaming, hashing, deduplicating object writes.
 //! * [`content`] — claims on stored bytes, and deleting only what nothing refers to.
 //! * [`purge`] — removing media rows in batches, last access, and the orphan-file sweep.
+//! * [`quarantine`] — quarantined media, hashes and origins; protection.
 //! * [`ids`] — media id generation and the allow-lists for ids and server names.
 
 pub mod content;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod ids;
 mod location;
 pub mod purge;
+pub mod quarantine;
 mod records;
 mod writer;
 

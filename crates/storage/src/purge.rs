@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use crate::content;
-use crate::database::{with_pool, Backend, Database};
+use crate::database::{media_columns, with_pool, Backend, Database};
 use crate::datastore::FileDatastore;
 use crate::error::{Error, Result};
 use crate::location;
@@ -93,8 +93,7 @@ macro_rules! bind_args {
     }};
 }
 
-const MEDIA_COLUMNS: &str = "origin, media_id, user_id, content_type, upload_name, size_bytes, \
-     sha256, datastore_id, location, created_at_ms";
+const MEDIA_COLUMNS: &str = media_columns!();
 
 const THUMBNAIL_COLUMNS: &str = "origin, media_id, width, height, method, animated, \
      content_type, out_width, out_height, size_bytes, sha256, datastore_id, location, \

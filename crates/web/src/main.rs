@@ -189,6 +189,13 @@ fn run_purge(config: &Config, command: PurgeCommand) -> anyhow::Result<()> {
                 report.bytes_removed,
                 report.files_still_in_use
             );
+            if report.cache_evictions_pending > 0 {
+                println!(
+                    "warning: {} cached objects could not be evicted from a Redis shard that is down; \
+                     a running server evicts them when it is back only if it purged them itself",
+                    report.cache_evictions_pending
+                );
+            }
         }
         let sweep = purger
             .sweep_orphans()

@@ -35,6 +35,9 @@ pub struct PurgeReport {
     pub bytes_removed: u64,
     /// Objects of removed rows kept because another row or an upload still uses them.
     pub files_still_in_use: u64,
+    /// Cache evictions a down shard has not taken yet: a server retries them when the shard
+    /// is back; a `purge` command that exits first cannot.
+    pub cache_evictions_pending: u64,
 }
 
 /// The database, datastore and cache a purge works on; cheap to clone.
@@ -117,7 +120,10 @@ impl Purger {
         })
         .await?;
         for sha256 in &evict {
-            self.cache.delete_blob(sha256).await;
+            let eviction = self.cache.delete_blob(sha256).await;
+            if eviction.shards_pending > 0 {
+                warn!(%sha256, "a cache shard is down: the swept object's cached copy is evicted when it is back (by a server)");
+            }
         }
         if report.files_removed > 0 {
             info!(
@@ -145,7 +151,10 @@ impl Purger {
             if content::remove_unreferenced(&self.db, &self.datastore, &content.location).await? {
                 report.files_removed += 1;
                 report.bytes_removed += content.size_bytes;
-                self.cache.delete_blob(&content.sha256).await;
+                let eviction = self.cache.delete_blob(&content.sha256).await;
+                if eviction.shards_pending > 0 {
+                    report.cache_evictions_pending += 1;
+                }
             } else {
                 report.files_still_in_use += 1;
             }

@@ -7,3 +7,4 @@ mod database;
 mod datastore;
 mod ids;
 mod purge;
+mod quarantine;

@@ -10,6 +10,7 @@ use crate::common::{on_both_backends, Fixture};
 
 on_both_backends!(
     each_scope_selects_only_its_media,
+    quarantined_scope_follows_the_mark,
     purging_twice_removes_nothing_the_second_time,
     thumbnail_rows_go_with_their_media,
     remote_purge_counts_last_access_and_creation,
@@ -46,6 +47,8 @@ fn media(origin: &str, id: &str, user: Option<&str>, object: &StoredObject) -> M
         datastore_id: "default".to_owned(),
         location: object.location.clone(),
         created_at_ms: 1_000,
+        quarantined_by: None,
+        safe_from_quarantine: false,
     }
 }
 
@@ -139,6 +142,32 @@ async fn each_scope_selects_only_its_media(fx: &Fixture) {
     assert_eq!(db.media_count().await.unwrap(), 1);
     // Rows only: the content is the caller's to remove.
     assert!(store.path_of(&object.location).unwrap().exists());
+}
+
+async fn quarantined_scope_follows_the_mark(fx: &Fixture) {
+    let (_dir, db, store) = setup(fx).await;
+    let object = store_object(&db, &store, b"abuse").await;
+    for id in ["bad", "lifted", "fine"] {
+        db.insert_media(&media("local.test", id, Some("@u:local.test"), &object))
+            .await
+            .unwrap();
+    }
+    for id in ["bad", "lifted"] {
+        db.quarantine_media("local.test", id, "@admin:local.test")
+            .await
+            .unwrap()
+            .expect("marked");
+    }
+    db.unquarantine_media("local.test", "lifted")
+        .await
+        .unwrap()
+        .expect("lifted");
+    assert_eq!(
+        ids(&purge_all(&db, &PurgeScope::Quarantined).await),
+        ["local.test/bad"]
+    );
+    assert!(purge_all(&db, &PurgeScope::Quarantined).await.is_empty());
+    assert_eq!(db.media_count().await.unwrap(), 2);
 }
 
 async fn purging_twice_removes_nothing_the_second_time(fx: &Fixture) {

@@ -560,6 +560,8 @@ async fn record_row(
         datastore_id: state.datastore.id().to_owned(),
         location: object.location.clone(),
         created_at_ms: now_ms(),
+        quarantined_by: None,
+        safe_from_quarantine: false,
     };
     let inserted = state.db.insert_media(&record).await;
     claim.release().await;

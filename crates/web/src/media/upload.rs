@@ -222,6 +222,8 @@ fn record(
         datastore_id: datastore_id.to_owned(),
         location: object.location.clone(),
         created_at_ms: now_ms(),
+        quarantined_by: None,
+        safe_from_quarantine: false,
     }
 }
 
