@@ -310,3 +310,131 @@ fn kill_9_during_a_purge_of_1000_media_leaves_no_row_without_its_file() {
     let aside = std::fs::read_dir(root.join("tmp")).unwrap().count();
     assert_eq!(aside, 0, "nothing left moved aside in the temp dir");
 }
+
+/// Remote media (hs2's, fetched by the repo of hs1) not downloaded since a time is purged;
+/// media downloaded after it stays, and so does local media however old. Last access is
+/// written in batches: here by the flush every stop (SIGTERM) makes.
+#[test]
+fn remote_media_is_purged_by_last_access() {
+    use integration::federated_repo::start_repo_for;
+    use integration::{wait_until, FederatingSynapse, TestCa};
+    use std::time::Duration;
+
+    let ca = TestCa::new().unwrap();
+    let (hs1, hs2) = std::thread::scope(|s| {
+        let one = s.spawn(|| FederatingSynapse::start(&ca));
+        let two = s.spawn(|| FederatingSynapse::start(&ca));
+        (one.join().unwrap().unwrap(), two.join().unwrap().unwrap())
+    });
+    let mut repo = start_repo_for(&hs1, &ca, "cache:\n  backend: none\n").unwrap();
+    let alice = hs1.user_token("alice").unwrap();
+    let bob = hs2.user_token("bob").unwrap();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let upload = |url: String, token: &str, bytes: &[u8]| -> String {
+        let body: serde_json::Value = http
+            .post(format!("{url}/_matrix/media/v3/upload"))
+            .bearer_auth(token)
+            .body(bytes.to_vec())
+            .send()
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .unwrap();
+        body["content_uri"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let (idle_bytes, used_bytes, local_bytes) = (
+        random_bytes(4_000),
+        random_bytes(4_000),
+        random_bytes(4_000),
+    );
+    let idle = upload(hs2.client_url(), &bob, &idle_bytes);
+    let used = upload(hs2.client_url(), &bob, &used_bytes);
+    let local = upload(repo.base_url(), &alice, &local_bytes);
+    let download = |repo: &integration::MediaRepo, server: &str, id: &str| -> Vec<u8> {
+        let response = http
+            .get(format!(
+                "{}/_matrix/client/v1/media/download/{server}/{id}",
+                repo.base_url()
+            ))
+            .bearer_auth(&alice)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200, "{server}/{id}");
+        response.bytes().unwrap().to_vec()
+    };
+    let stop = |repo: &integration::MediaRepo| {
+        repo.sigterm();
+        wait_until("media-repo to stop", Duration::from_secs(30), || {
+            !repo.is_alive()
+        })
+        .unwrap();
+    };
+    assert_eq!(download(&repo, &hs2.server_name, &idle), idle_bytes);
+    assert_eq!(download(&repo, &hs2.server_name, &used), used_bytes);
+    stop(&repo);
+    std::thread::sleep(Duration::from_millis(20));
+    let cutoff = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(20));
+    repo.restart().unwrap();
+    assert_eq!(download(&repo, &hs2.server_name, &used), used_bytes);
+    stop(&repo);
+
+    let output = repo
+        .command(&["purge", "remote", "--before-ts", &cutoff])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(number_after(&out, "purged "), 1, "{out}");
+    assert_eq!(number_after(&out, "deleted "), 1, "{out}");
+    let stored = |bytes: &[u8]| {
+        use sha2::{Digest, Sha256};
+        let sha = hex::encode(Sha256::digest(bytes));
+        repo.dir()
+            .join("media")
+            .join(&sha[..2])
+            .join(&sha[2..4])
+            .join(&sha)
+            .exists()
+    };
+    assert!(
+        !stored(&idle_bytes),
+        "not downloaded since the cutoff: purged"
+    );
+    assert!(stored(&used_bytes), "downloaded after the cutoff: kept");
+    assert!(
+        stored(&local_bytes),
+        "local media is never a remote purge's"
+    );
+    let again = repo
+        .command(&["purge", "remote", "--older-than-days", "0"])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    let again = String::from_utf8_lossy(&again.stdout).into_owned();
+    assert_eq!(number_after(&again, "purged "), 1, "{again}");
+    assert!(stored(&local_bytes));
+
+    // Purged remote media is fetched again on the next download.
+    repo.restart().unwrap();
+    assert_eq!(download(&repo, &hs2.server_name, &idle), idle_bytes);
+    assert_eq!(download(&repo, &hs1.server_name, &local), local_bytes);
+}
