@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod download;
+pub mod quarantine;
 pub mod remote;
 pub mod remote_shared;
 pub mod slots;
