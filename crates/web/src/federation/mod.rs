@@ -110,6 +110,7 @@ async fn our_media(
         .await
         .map_err(|err| MatrixError::internal("reading media metadata failed", &err))?
         .ok_or_else(|| MatrixError::not_found("Media not found"))?;
+    crate::media::quarantine::refuse_quarantined(&record)?;
     state.access.note(&record.origin, &record.media_id);
     Ok(record)
 }
