@@ -274,13 +274,22 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
 /// Registers `localpart` (unless it exists) on the homeserver whose client API is at
 /// `base_url`, with the shared registration secret every test Synapse is configured with.
 pub(crate) fn register_user(venv: &Path, base_url: &str, localpart: &str) -> anyhow::Result<()> {
+    register(venv, base_url, localpart, false)
+}
+
+/// [`register_user`] as a server admin (`register_new_matrix_user --admin`).
+pub(crate) fn register_admin(venv: &Path, base_url: &str, localpart: &str) -> anyhow::Result<()> {
+    register(venv, base_url, localpart, true)
+}
+
+fn register(venv: &Path, base_url: &str, localpart: &str, admin: bool) -> anyhow::Result<()> {
     let out = Command::new(venv.join("bin/register_new_matrix_user"))
         .args([
             "-u",
             localpart,
             "-p",
             USER_PASSWORD,
-            "--no-admin",
+            if admin { "--admin" } else { "--no-admin" },
             "-k",
             REGISTRATION_SECRET,
         ])

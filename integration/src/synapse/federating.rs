@@ -22,7 +22,9 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use tempfile::TempDir;
 
-use super::{password_login, python_venv, register_user, REGISTRATION_SECRET, START_TIMEOUT};
+use super::{
+    password_login, python_venv, register_admin, register_user, REGISTRATION_SECRET, START_TIMEOUT,
+};
 use crate::http;
 use crate::ports::free_port;
 use crate::process::{read_from, tail, LOG_TAIL_LINES};
@@ -249,6 +251,12 @@ impl FederatingSynapse {
     /// Registers `localpart` (if new) and logs in: returns a fresh access token.
     pub fn user_token(&self, localpart: &str) -> anyhow::Result<String> {
         register_user(&self.venv, &self.client_url(), localpart)?;
+        password_login(&self.client_url(), localpart)
+    }
+
+    /// Registers `localpart` (if new) as a server admin and logs in: a fresh access token.
+    pub fn admin_token(&self, localpart: &str) -> anyhow::Result<String> {
+        register_admin(&self.venv, &self.client_url(), localpart)?;
         password_login(&self.client_url(), localpart)
     }
 

@@ -438,3 +438,169 @@ fn remote_media_is_purged_by_last_access() {
     assert_eq!(download(&repo, &hs2.server_name, &idle), idle_bytes);
     assert_eq!(download(&repo, &hs1.server_name, &local), local_bytes);
 }
+
+/// The Synapse-shaped purge endpoints answer as Synapse (its media repo on) answers the same
+/// calls, and `/_media_repo/v1/admin/purge/...` purges quarantined media and sweeps.
+#[test]
+fn admin_purge_endpoints_answer_in_synapses_shape() {
+    use integration::federated_repo::start_repo_for;
+    use integration::{FederatingSynapse, TestCa};
+    use reqwest::Method;
+    use serde_json::{json, Value};
+    use std::time::Duration;
+
+    let ca = TestCa::new().unwrap();
+    let hs = FederatingSynapse::start(&ca).unwrap();
+    let repo = start_repo_for(&hs, &ca, "cache:\n  backend: none\n").unwrap();
+    let admin = hs.admin_token("admin").unwrap();
+    let alice = hs.user_token("alice").unwrap();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let synapse = hs.client_url();
+    let ours = repo.base_url();
+    let upload = |base: &str, token: &str| -> String {
+        let body: Value = http
+            .post(format!("{base}/_matrix/media/v3/upload"))
+            .bearer_auth(token)
+            .body(random_bytes(2_000))
+            .send()
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .unwrap();
+        body["content_uri"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    // (status, body) of a call on one server.
+    let call = |method: Method, base: &str, path: &str, token: Option<&str>| -> (u16, Value) {
+        let mut request = http.request(method, format!("{base}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().unwrap_or(Value::Null))
+    };
+    let errcode = |(status, body): (u16, Value)| (status, body["errcode"].clone());
+    let server = hs.server_name.clone();
+
+    // One media.
+    let (theirs, mine) = (upload(&synapse, &alice), upload(&ours, &alice));
+    let path = |id: &str| format!("/_synapse/admin/v1/media/{server}/{id}");
+    assert_eq!(
+        call(Method::DELETE, &synapse, &path(&theirs), Some(&admin)),
+        (200, json!({"deleted_media": [theirs], "total": 1}))
+    );
+    assert_eq!(
+        call(Method::DELETE, &ours, &path(&mine), Some(&admin)),
+        (200, json!({"deleted_media": [mine], "total": 1}))
+    );
+    for (p, token) in [
+        (path(&mine), Some(admin.as_str())),
+        (
+            "/_synapse/admin/v1/media/elsewhere.example/abc".to_owned(),
+            Some(&admin),
+        ),
+        (path("abc"), Some(&alice)),
+        (path("abc"), None),
+    ] {
+        let expected = errcode(call(Method::DELETE, &synapse, &p, token));
+        assert_eq!(
+            errcode(call(Method::DELETE, &ours, &p, token)),
+            expected,
+            "{p} {token:?}"
+        );
+        assert!(expected.0 >= 400, "{p}: {expected:?}");
+    }
+
+    // A user's media.
+    let mut theirs = vec![upload(&synapse, &alice), upload(&synapse, &alice)];
+    let mut mine = vec![upload(&ours, &alice), upload(&ours, &alice)];
+    let user_path = format!("/_synapse/admin/v1/users/@alice:{server}/media");
+    let sorted = |(status, mut body): (u16, Value)| {
+        if let Some(list) = body["deleted_media"].as_array_mut() {
+            list.sort_by_key(|v| v.as_str().unwrap_or_default().to_owned());
+        }
+        (status, body)
+    };
+    theirs.sort();
+    mine.sort();
+    assert_eq!(
+        sorted(call(Method::DELETE, &synapse, &user_path, Some(&admin))),
+        (200, json!({"deleted_media": theirs, "total": 2}))
+    );
+    assert_eq!(
+        sorted(call(Method::DELETE, &ours, &user_path, Some(&admin))),
+        (200, json!({"deleted_media": mine, "total": 2}))
+    );
+    assert_eq!(
+        call(Method::DELETE, &ours, &user_path, Some(&admin)),
+        (200, json!({"deleted_media": [], "total": 0})),
+        "nothing left"
+    );
+
+    // The remote media cache.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    for query in [
+        format!("?before_ts={now}"),
+        String::new(),
+        "?before_ts=1000".to_owned(),
+    ] {
+        let p = format!("/_synapse/admin/v1/purge_media_cache{query}");
+        let expected = call(Method::POST, &synapse, &p, Some(&admin));
+        let got = call(Method::POST, &ours, &p, Some(&admin));
+        if expected.0 == 200 {
+            assert_eq!(got, expected, "{p}");
+            assert_eq!(got.1, json!({"deleted": 0}));
+        } else {
+            assert_eq!(errcode(got), errcode(expected), "{p}");
+        }
+    }
+
+    // Ours: quarantined media, then the sweep.
+    let bad = upload(&ours, &alice);
+    let (status, _) = call(
+        Method::POST,
+        &ours,
+        &format!("/_synapse/admin/v1/media/quarantine/{server}/{bad}"),
+        Some(&admin),
+    );
+    assert_eq!(status, 200);
+    let (status, report) = call(
+        Method::POST,
+        &ours,
+        "/_media_repo/v1/admin/purge/quarantined",
+        Some(&admin),
+    );
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["media"], json!([format!("{server}/{bad}")]));
+    assert_eq!(report["files_removed"], 1);
+    let (status, report) = call(
+        Method::POST,
+        &ours,
+        "/_media_repo/v1/admin/purge/orphans",
+        Some(&admin),
+    );
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["files_removed"], 0);
+    assert_eq!(
+        errcode(call(
+            Method::POST,
+            &ours,
+            "/_media_repo/v1/admin/purge/quarantined",
+            Some(&alice)
+        )),
+        (403, json!("M_FORBIDDEN"))
+    );
+}

@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod own;
+pub mod purge;
 pub mod synapse;
 
 use actix_web::web;
@@ -106,6 +107,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         format!("{o}/unprotect/{{server}}/{{media_id}}"),
         web::post().to(own::unprotect),
     );
+    purge::configure(cfg);
 }
 
 /// The admin GET paths of the route table.
@@ -120,8 +122,7 @@ pub fn get_routes() -> Vec<(String, Read)> {
 /// path: a second one for the same path would never be reached).
 pub fn add_writes(read: Read, resource: actix_web::Resource) -> actix_web::Resource {
     match read {
-        // DELETE (purge a user's media) joins here.
-        Read::AdminUserMedia => resource,
+        Read::AdminUserMedia => resource.route(web::delete().to(purge::synapse_delete_user_media)),
         _ => resource,
     }
 }

@@ -93,7 +93,7 @@ async fn set_safe(
 }
 
 /// A non-negative integer query parameter, or Synapse's 400 `M_INVALID_PARAM`.
-fn non_negative(req: &HttpRequest, name: &str, default: u64) -> MatrixResult<u64> {
+pub(crate) fn non_negative(req: &HttpRequest, name: &str, default: u64) -> MatrixResult<u64> {
     match query_param(req, name) {
         None => Ok(default),
         Some(text) => text.parse::<u64>().map_err(|_| {
