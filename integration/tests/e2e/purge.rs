@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Output, Stdio};
 
-use crate::common::{random_bytes, users, Db, Options, Stack};
+use crate::common::{random_bytes, upload_to, users, Db, Options, Stack};
 
 /// No cache: a purged file cannot hide behind a cached copy.
 fn stack(db: Db) -> Stack {
@@ -316,16 +316,12 @@ fn kill_9_during_a_purge_of_1000_media_leaves_no_row_without_its_file() {
 /// written in batches: here by the flush every stop (SIGTERM) makes.
 #[test]
 fn remote_media_is_purged_by_last_access() {
-    use integration::federated_repo::start_repo_for;
-    use integration::{wait_until, FederatingSynapse, TestCa};
+    use integration::federated_repo::{start_repo_for, start_synapses};
+    use integration::{wait_until, TestCa};
     use std::time::Duration;
 
     let ca = TestCa::new().unwrap();
-    let (hs1, hs2) = std::thread::scope(|s| {
-        let one = s.spawn(|| FederatingSynapse::start(&ca));
-        let two = s.spawn(|| FederatingSynapse::start(&ca));
-        (one.join().unwrap().unwrap(), two.join().unwrap().unwrap())
-    });
+    let [hs1, hs2] = start_synapses(&ca).unwrap();
     let mut repo = start_repo_for(&hs1, &ca, "cache:\n  backend: none\n").unwrap();
     let alice = hs1.user_token("alice").unwrap();
     let bob = hs2.user_token("bob").unwrap();
@@ -333,25 +329,7 @@ fn remote_media_is_purged_by_last_access() {
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
-    let upload = |url: String, token: &str, bytes: &[u8]| -> String {
-        let body: serde_json::Value = http
-            .post(format!("{url}/_matrix/media/v3/upload"))
-            .bearer_auth(token)
-            .body(bytes.to_vec())
-            .send()
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .unwrap();
-        body["content_uri"]
-            .as_str()
-            .unwrap()
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .to_owned()
-    };
+    let upload = |url: String, token: &str, bytes: &[u8]| upload_to(&http, &url, token, bytes);
     let (idle_bytes, used_bytes, local_bytes) = (
         random_bytes(4_000),
         random_bytes(4_000),
@@ -460,25 +438,7 @@ fn admin_purge_endpoints_answer_in_synapses_shape() {
         .unwrap();
     let synapse = hs.client_url();
     let ours = repo.base_url();
-    let upload = |base: &str, token: &str| -> String {
-        let body: Value = http
-            .post(format!("{base}/_matrix/media/v3/upload"))
-            .bearer_auth(token)
-            .body(random_bytes(2_000))
-            .send()
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .unwrap();
-        body["content_uri"]
-            .as_str()
-            .unwrap()
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .to_owned()
-    };
+    let upload = |base: &str, token: &str| upload_to(&http, base, token, &random_bytes(2_000));
     // (status, body) of a call on one server.
     let call = |method: Method, base: &str, path: &str, token: Option<&str>| -> (u16, Value) {
         let mut request = http.request(method, format!("{base}{path}"));

@@ -61,6 +61,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource(&format!("{o}/purge/orphans")).route(web::post().to(purge_orphans)));
 }
 
+fn media_scope(media: MediaRef) -> PurgeScope {
+    PurgeScope::Media {
+        origin: media.origin,
+        media_id: media.media_id,
+    }
+}
+
 fn purger(state: &AppState) -> Purger {
     Purger::new(
         state.db.clone(),
@@ -119,14 +126,7 @@ pub async fn synapse_delete_media(
     if exists.is_none() {
         return Err(MatrixError::not_found("Unknown media"));
     }
-    let report = run(
-        &state,
-        &PurgeScope::Media {
-            origin: media.origin,
-            media_id: media.media_id,
-        },
-    )
-    .await?;
+    let report = run(&state, &media_scope(media)).await?;
     let ids = media_ids(&report);
     Ok(HttpResponse::Ok().json(json!({ "total": ids.len(), "deleted_media": ids })))
 }
@@ -149,14 +149,11 @@ pub async fn synapse_delete_user_media(
         .map_err(db_error)?;
     let mut deleted = Vec::new();
     for media in page {
-        let report = run(
-            &state,
-            &PurgeScope::Media {
-                origin: media.origin,
-                media_id: media.media_id,
-            },
-        )
-        .await?;
+        let scope = PurgeScope::Media {
+            origin: media.origin,
+            media_id: media.media_id,
+        };
+        let report = run(&state, &scope).await?;
         deleted.extend(media_ids(&report).into_iter().map(str::to_owned));
     }
     Ok(HttpResponse::Ok().json(json!({ "total": deleted.len(), "deleted_media": deleted })))
@@ -223,11 +220,7 @@ pub async fn purge_media(
 ) -> MatrixResult<HttpResponse> {
     require_admin(&req, &state).await?;
     let (server, media_id) = path.into_inner();
-    let media = MediaRef::parse(&server, &media_id)?;
-    let scope = PurgeScope::Media {
-        origin: media.origin,
-        media_id: media.media_id,
-    };
+    let scope = media_scope(MediaRef::parse(&server, &media_id)?);
     Ok(HttpResponse::Ok().json(run(&state, &scope).await?))
 }
 
