@@ -114,6 +114,11 @@ const UNMARK_BY_MARKER: &str = concat!(
 );
 
 const HASH_QUARANTINED: &str = "SELECT COUNT(*) FROM quarantined_hashes WHERE sha256 = $1";
+/// Bytes under a hash quarantine, or held by any quarantined media (as Synapse, which
+/// quarantines a new upload of bytes some quarantined media holds).
+const CONTENT_QUARANTINED: &str = "SELECT \
+     (SELECT COUNT(*) FROM quarantined_hashes WHERE sha256 = $1) \
+     + (SELECT COUNT(*) FROM media WHERE sha256 = $1 AND quarantined_by IS NOT NULL)";
 const ORIGIN_QUARANTINED: &str = "SELECT COUNT(*) FROM quarantined_origins WHERE origin = $1";
 
 /// Marks a just-written row if its origin or content hash is under a standing quarantine
@@ -273,6 +278,12 @@ impl Database {
     /// Whether new copies of these bytes are refused.
     pub async fn is_hash_quarantined(&self, sha256: &str) -> Result<bool> {
         self.exists(HASH_QUARANTINED, sha256).await
+    }
+
+    /// Whether new uploads of these bytes are refused: their hash is quarantined, or some
+    /// quarantined media holds them (an index lookup on `media.sha256`).
+    pub async fn is_content_quarantined(&self, sha256: &str) -> Result<bool> {
+        self.exists(CONTENT_QUARANTINED, sha256).await
     }
 
     /// Whether this server's media is refused.

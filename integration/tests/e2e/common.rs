@@ -205,7 +205,7 @@ impl Stack {
 }
 
 /// Row count through Python's sqlite3 (the venv's Python; no sqlite3 CLI needed).
-fn sqlite_count(db: &Path, sql: &str) -> String {
+pub fn sqlite_count(db: &Path, sql: &str) -> String {
     let python = Synapse::shared().python();
     let out = std::process::Command::new(python)
         .args(["-c", "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])"])

@@ -11,6 +11,7 @@ mod hardening;
 mod hardening_ops;
 mod media_api;
 mod purge;
+mod quarantine;
 mod real_deployment;
 mod reload;
 mod shared_fetch;

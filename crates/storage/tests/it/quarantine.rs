@@ -141,9 +141,18 @@ async fn hash_quarantine_marks_copies_and_new_rows(fx: &Fixture) {
         .unwrap();
 
     assert!(!db.is_hash_quarantined(&sha).await.unwrap());
+    assert!(!db.is_content_quarantined(&sha).await.unwrap());
+    // One quarantined media makes its bytes refused too; lifting it accepts them again.
+    db.quarantine_media("example.org", "other", ADMIN)
+        .await
+        .unwrap();
+    assert!(db.is_content_quarantined(&"ef".repeat(32)).await.unwrap());
+    db.unquarantine_media("example.org", "other").await.unwrap();
+    assert!(!db.is_content_quarantined(&"ef".repeat(32)).await.unwrap());
     let marked = db.quarantine_hash(&sha, ADMIN, 1).await.unwrap();
     assert_eq!(marked.len(), 2);
     assert!(db.is_hash_quarantined(&sha).await.unwrap());
+    assert!(db.is_content_quarantined(&sha).await.unwrap());
     let marker = format!("hash:{sha}");
     assert_eq!(
         quarantined_by(&db, "remote.test", "x2").await,

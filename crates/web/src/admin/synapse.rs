@@ -163,8 +163,8 @@ fn synapse_media(m: &MediaRecord) -> Value {
         "upload_name": m.upload_name,
         "created_ts": m.created_at_ms,
         "url_cache": null,
-        // No separate access time is kept here: the upload is the last access we know.
-        "last_access_ts": m.created_at_ms,
+        // Synapse answers null until a media is downloaded; no access time is kept here.
+        "last_access_ts": null,
         "quarantined_by": m.quarantined_by,
         "safe_from_quarantine": m.safe_from_quarantine,
         "user_id": m.user_id,

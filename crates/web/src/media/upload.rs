@@ -108,7 +108,7 @@ async fn store_body(
     })?;
     let quarantined = state
         .db
-        .is_hash_quarantined(&staged.object().sha256)
+        .is_content_quarantined(&staged.object().sha256)
         .await
         .map_err(|err| MatrixError::internal("reading the quarantine failed", &err))?;
     if quarantined {
