@@ -91,16 +91,6 @@ impl Purger {
                 .await?;
             progress(&report);
         }
-        // Thumbnails generated while their media was being purged.
-        let stray = self.db.purge_thumbnails_without_media().await?;
-        if !stray.is_empty() {
-            report.thumbnails_removed += stray.len() as u64;
-            let rows = RemovedRows {
-                media: Vec::new(),
-                thumbnails: stray,
-            };
-            self.remove_content(contents_of(&rows), &mut report).await?;
-        }
         info!(
             media = report.media.len(),
             thumbnails = report.thumbnails_removed,
@@ -111,9 +101,28 @@ impl Purger {
         Ok(report)
     }
 
-    /// Deletes every object in the datastore that no row or upload claim refers to (what a
-    /// purge killed between its rows and its files leaves), and evicts their cache copies.
+    /// Removes thumbnail rows whose media is gone (generated while their media was being
+    /// purged; never served, as a thumbnail is looked up through its media) with their
+    /// content, then deletes every object in the datastore that no row or upload claim
+    /// refers to (what a purge killed between its rows and its files leaves), and evicts
+    /// their cache copies. Both scan whole tables or the whole datastore: the `purge`
+    /// command runs this once at its end, the admin API only when asked.
     pub async fn sweep_orphans(&self) -> mr_storage::Result<SweepReport> {
+        let stray = self.db.purge_thumbnails_without_media().await?;
+        if !stray.is_empty() {
+            let rows = RemovedRows {
+                media: Vec::new(),
+                thumbnails: stray,
+            };
+            let mut removed = PurgeReport::default();
+            self.remove_content(contents_of(&rows), &mut removed)
+                .await?;
+            info!(
+                thumbnails = rows.thumbnails.len(),
+                files = removed.files_removed,
+                "thumbnail rows of purged media removed"
+            );
+        }
         let mut evict = Vec::new();
         let report = sweep_orphans(&self.db, &self.datastore, |sha256| {
             evict.push(sha256.to_owned())
