@@ -393,6 +393,8 @@ async fn postgres_tables_live_in_the_search_path_schema() {
             "content_claims",
             "media",
             "pending_uploads",
+            "quarantined_hashes",
+            "quarantined_origins",
             "thumbnails"
         ]
     );
