@@ -45,24 +45,35 @@ pub fn trusting(ca: &TestCa) -> String {
 }
 
 /// hs1, hs2 and hs3: three [`FederatingSynapse`]s with default settings trusting `ca`,
-/// started in parallel. All three are joined before an error is returned, so none outlives
-/// a failed start unowned.
+/// started in parallel (see [`start_synapses`]).
 pub fn start_three_synapses(
     ca: &TestCa,
 ) -> anyhow::Result<(FederatingSynapse, FederatingSynapse, FederatingSynapse)> {
+    let [hs1, hs2, hs3] = start_synapses(ca)?;
+    Ok((hs1, hs2, hs3))
+}
+
+/// `N` [`FederatingSynapse`]s with default settings trusting `ca`, started in parallel. All
+/// are joined before an error is returned, so none outlives a failed start unowned.
+pub fn start_synapses<const N: usize>(ca: &TestCa) -> anyhow::Result<[FederatingSynapse; N]> {
     std::thread::scope(|s| {
-        let start = || s.spawn(|| FederatingSynapse::start(ca));
-        let (hs1, hs2, hs3) = (start(), start(), start());
-        let join = |h: std::thread::ScopedJoinHandle<'_, anyhow::Result<FederatingSynapse>>| {
-            h.join()
-                .map_err(|_| anyhow::anyhow!("a Synapse start panicked"))?
-        };
-        let (hs1, hs2, hs3) = (join(hs1), join(hs2), join(hs3));
-        Ok((
-            hs1.context("starting hs1")?,
-            hs2.context("starting hs2")?,
-            hs3.context("starting hs3")?,
-        ))
+        let starts: Vec<_> = (0..N)
+            .map(|_| s.spawn(|| FederatingSynapse::start(ca)))
+            .collect();
+        let results: Vec<anyhow::Result<FederatingSynapse>> = starts
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("a Synapse start panicked"))?
+            })
+            .collect();
+        let mut started = Vec::with_capacity(N);
+        for (i, result) in results.into_iter().enumerate() {
+            started.push(result.with_context(|| format!("starting hs{}", i + 1))?);
+        }
+        started
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("started a different number of Synapses"))
     })
 }
 

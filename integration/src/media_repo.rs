@@ -202,6 +202,18 @@ impl MediaRepo {
         self.proc.pid()
     }
 
+    /// An operator command (e.g. `["purge", "orphans"]`) of the same binary on this repo's
+    /// `config.yaml`, run in its dir: what an operator runs beside the server.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.current_dir(&self.dir)
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .env("RUST_BACKTRACE", "1");
+        cmd
+    }
+
     pub fn is_alive(&self) -> bool {
         self.proc.is_alive()
     }

@@ -21,9 +21,12 @@ use crate::watched::Watched;
 /// How long nginx may take to listen; it starts in milliseconds, so this means it failed.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Paths media-repo serves: the legacy and authenticated client media APIs and federation
-/// media. The regex is nginx's location syntax.
-const MEDIA_LOCATION: &str = "~ ^/_matrix/(media|client/v1/media|federation/v1/media)/";
+/// Paths media-repo serves: the legacy and authenticated client media APIs, federation
+/// media, the Synapse admin media endpoints (`/_synapse/admin/v1/media/...`, a user's
+/// media, `purge_media_cache`; the rest of `/_synapse/admin` stays with the homeserver) and
+/// its own admin API. The regex is nginx's location syntax.
+const MEDIA_LOCATION: &str = "~ ^/(_matrix/(media|client/v1/media|federation/v1/media)/\
+     |_synapse/admin/v1/(media/|users?/[^/]+/media(/|$)|purge_media_cache)|_media_repo/v1/admin/)";
 
 const ACCESS_LOG: &str = "access.log";
 const ERROR_LOG: &str = "error.log";

@@ -250,7 +250,13 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
 
     /// Registers `localpart` (if new) and logs in: returns a fresh access token.
     pub fn user_token(&self, localpart: &str) -> anyhow::Result<String> {
-        register_user(&self.venv, &self.base_url(), localpart)?;
+        register_user(&self.venv, &self.base_url(), localpart, Role::User)?;
+        self.login(localpart)
+    }
+
+    /// Registers `localpart` (if new) as a server admin and logs in: a fresh access token.
+    pub fn admin_token(&self, localpart: &str) -> anyhow::Result<String> {
+        register_user(&self.venv, &self.base_url(), localpart, Role::Admin)?;
         self.login(localpart)
     }
 
@@ -271,16 +277,33 @@ rc_message: {{per_second: 1000, burst_count: 1000}}
     }
 }
 
+/// Whether a registered user is a server admin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    User,
+    Admin,
+}
+
 /// Registers `localpart` (unless it exists) on the homeserver whose client API is at
 /// `base_url`, with the shared registration secret every test Synapse is configured with.
-pub(crate) fn register_user(venv: &Path, base_url: &str, localpart: &str) -> anyhow::Result<()> {
+/// (A localpart registered before keeps the role it was registered with.)
+pub(crate) fn register_user(
+    venv: &Path,
+    base_url: &str,
+    localpart: &str,
+    role: Role,
+) -> anyhow::Result<()> {
+    let admin_flag = match role {
+        Role::User => "--no-admin",
+        Role::Admin => "--admin",
+    };
     let out = Command::new(venv.join("bin/register_new_matrix_user"))
         .args([
             "-u",
             localpart,
             "-p",
             USER_PASSWORD,
-            "--no-admin",
+            admin_flag,
             "-k",
             REGISTRATION_SECRET,
         ])

@@ -155,10 +155,10 @@ async fn fill<R: AsyncRead + Unpin>(
     Ok(())
 }
 
-/// Deletes a blob everywhere. Without a header we cannot know the chunk count, so we also
-/// delete every chunk a blob within today's limits could have: quarantined media must not
-/// linger in the cache because its header was evicted first.
-pub(crate) async fn delete_blob(kv: &Kv, limits: Limits, sha256: &str) {
+/// Every key a blob may occupy, for deleting it everywhere. Without a header we cannot know
+/// the chunk count, so this also lists every chunk a blob within today's limits could have:
+/// quarantined media must not linger in the cache because its header was evicted first.
+pub(crate) async fn blob_keys(kv: &Kv, limits: Limits, sha256: &str) -> Vec<String> {
     let header_key = blob_header_key(sha256);
     let from_header = kv
         .get(&header_key)
@@ -170,7 +170,7 @@ pub(crate) async fn delete_blob(kv: &Kv, limits: Limits, sha256: &str) {
     let mut keys = Vec::with_capacity(usize::try_from(count).unwrap_or(0) + 1);
     keys.push(header_key);
     keys.extend((0..count).map(|i| blob_chunk_key(sha256, i)));
-    kv.del_everywhere(keys).await;
+    keys
 }
 
 /// Opens a blob for reading `range` (inclusive, absolute offsets; None = all of it).

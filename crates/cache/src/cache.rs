@@ -16,6 +16,7 @@ use tokio::io::AsyncRead;
 
 use crate::blob::{self, BlobReader};
 use crate::error::Result;
+use crate::evictions::{self, Eviction, PendingEvictions};
 use crate::keys::is_valid_sha256;
 use crate::kv::{Kv, SetNx};
 use crate::lease::Lease;
@@ -43,6 +44,18 @@ struct Inner {
     ring: Option<Addr<RingActor>>,
     /// Swapped on reload; a std lock because it is only held to copy the value out.
     limits: RwLock<Limits>,
+    /// Evictions a down shard still has to get.
+    pending: Arc<PendingEvictions>,
+    /// Retries `pending` (redis backend); aborted when the cache goes.
+    retry_loop: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.retry_loop.take() {
+            task.abort();
+        }
+    }
 }
 
 /// What `status()` answers (e.g. for an admin endpoint).
@@ -74,11 +87,20 @@ impl Cache {
             }
         };
         tracing::info!(backend = backend_name(kv.as_ref()), "cache started");
+        let pending = Arc::new(PendingEvictions::default());
+        let retry_loop = match &kv {
+            Some(Kv::Redis(redis)) => {
+                Some(evictions::start_retry_loop(pending.clone(), redis.clone()))
+            }
+            _ => None,
+        };
         Cache {
             inner: Arc::new(Inner {
                 kv,
                 ring,
                 limits: RwLock::new(limits_of(cfg)),
+                pending,
+                retry_loop,
             }),
         }
     }
@@ -208,15 +230,50 @@ impl Cache {
         Ok(stored)
     }
 
-    /// Removes a blob from the cache, on every shard (e.g. when media is quarantined).
-    pub async fn delete_blob(&self, sha256: &str) {
+    /// Removes a blob from the cache, on every shard (e.g. when media is quarantined); see
+    /// [`Cache::evict_everywhere`].
+    pub async fn delete_blob(&self, sha256: &str) -> Eviction {
         let Some(kv) = self.inner.kv.as_ref() else {
-            return;
+            return Eviction::default();
         };
-        if is_valid_sha256(sha256) {
-            blob::delete_blob(kv, self.limits(), sha256).await;
-            metrics::request(kv.backend(), "blob_delete", "stored");
+        if !is_valid_sha256(sha256) {
+            return Eviction::default();
         }
+        let keys = blob::blob_keys(kv, self.limits(), sha256).await;
+        self.evict_everywhere(keys).await
+    }
+
+    /// Deletes `keys` from every shard of the ring (a copy may sit on any shard after a
+    /// reshard, not only on the key's owner) or from the memory cache. A shard that cannot
+    /// be asked now gets the keys again once it is up (`evictions.rs`).
+    pub async fn evict_everywhere(&self, keys: Vec<String>) -> Eviction {
+        let Some(kv) = self.inner.kv.as_ref() else {
+            return Eviction::default();
+        };
+        let (failed, shards_done) = kv.del_everywhere(keys.clone()).await;
+        let shards_pending = failed.len();
+        for shard in failed {
+            tracing::info!(shard = %shard, keys = keys.len(), "shard down during an eviction; deleting again when it is up");
+            self.inner.pending.remember(shard, &keys);
+        }
+        metrics::request(
+            kv.backend(),
+            "evict",
+            if shards_pending == 0 {
+                "stored"
+            } else {
+                "skipped"
+            },
+        );
+        Eviction {
+            shards_done,
+            shards_pending,
+        }
+    }
+
+    /// Keys of evictions still waiting for a shard to come back.
+    pub fn pending_evictions(&self) -> usize {
+        self.inner.pending.len()
     }
 
     /// A small record (e.g. under [`crate::remote_record_key`]); None is a miss.
@@ -360,6 +417,7 @@ fn futures_are_send(cache: Cache, reader: &mut BlobReader, lease: Lease) {
     is_send_future(cache.open_blob("", None));
     is_send_future(cache.put_blob("", 0, &b""[..]));
     is_send_future(cache.delete_blob(""));
+    is_send_future(cache.evict_everywhere(Vec::new()));
     is_send_future(cache.get_record(""));
     is_send_future(cache.put_record("", Bytes::new()));
     is_send_future(cache.try_lease("", Duration::ZERO));

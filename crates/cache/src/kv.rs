@@ -5,6 +5,7 @@
 //! `media_repo_cache_backend_errors_total`. Dispatch is an enum rather than a trait object so
 //! the async methods need no boxing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -80,10 +81,14 @@ impl Kv {
         }
     }
 
-    /// Deletes `keys` from every place they could live.
-    pub(crate) async fn del_everywhere(&self, keys: Vec<String>) {
+    /// Deletes `keys` from every place they could live; returns the shards that could not
+    /// be asked (always none for the memory backend) and how many places took it.
+    pub(crate) async fn del_everywhere(&self, keys: Vec<String>) -> (Vec<Arc<str>>, usize) {
         match self {
-            Kv::Memory(m) => m.del(keys).await,
+            Kv::Memory(m) => {
+                m.del(keys).await;
+                (Vec::new(), 1)
+            }
             Kv::Redis(r) => r.del_everywhere(keys).await,
         }
     }

@@ -11,6 +11,7 @@
 mod blob;
 mod cache;
 mod error;
+mod evictions;
 mod header;
 mod keys;
 mod kv;
@@ -23,6 +24,7 @@ mod shards;
 pub use blob::{BlobRead, BlobReader};
 pub use cache::{Cache, CacheStatus, MIN_LEASE_TTL, STATUS_TIMEOUT};
 pub use error::{CacheError, Result};
+pub use evictions::{Eviction, EVICTION_RETRY_EVERY, MAX_PENDING_EVICTION_KEYS};
 pub use keys::{
     blob_chunk_key, blob_header_key, is_valid_sha256, lease_key, remote_record_key, KEY_PREFIX,
 };

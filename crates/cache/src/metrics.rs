@@ -47,6 +47,18 @@ pub(crate) static MEMORY_USED: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge
 });
 
+/// `media_repo_cache_pending_evictions`: keys an eviction could not delete on a shard that
+/// was down, deleted when it is up again (`evictions.rs`).
+pub(crate) static PENDING_EVICTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    let gauge = IntGauge::new(
+        "media_repo_cache_pending_evictions",
+        "Evicted keys waiting for a down shard to come back",
+    )
+    .expect("static metric definition is valid");
+    register(Box::new(gauge.clone()));
+    gauge
+});
+
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let vec = IntCounterVec::new(Opts::new(name, help), labels)
         .expect("static metric definition is valid");

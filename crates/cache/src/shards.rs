@@ -150,11 +150,26 @@ impl RingKv {
         join_all(calls).await.into_iter().any(|r| r == Some(true))
     }
 
-    pub(crate) async fn del_everywhere(&self, keys: Vec<String>) {
+    /// Sends `DEL keys` to every shard of the routing snapshot; returns the names of the
+    /// shards that did not take it (down, hung, gone) and how many did.
+    pub(crate) async fn del_everywhere(&self, keys: Vec<String>) -> (Vec<Arc<str>>, usize) {
         let shards = self.ring.shards();
         let calls = shards
             .iter()
             .map(|shard| self.call(shard, Del { keys: keys.clone() }, "del"));
-        join_all(calls).await;
+        let answers = join_all(calls).await;
+        let failed: Vec<Arc<str>> = shards
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answer)| answer.is_none())
+            .map(|(shard, _)| shard.name.clone())
+            .collect();
+        let done = answers.len() - failed.len();
+        (failed, done)
+    }
+
+    /// Sends `DEL keys` to one shard; whether it took it.
+    pub(crate) async fn del_on(&self, shard: &ShardHandle, keys: Vec<String>) -> bool {
+        self.call(shard, Del { keys }, "del").await.is_some()
     }
 }

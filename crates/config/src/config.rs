@@ -28,6 +28,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The homeservers served. Default: one, `localhost:8008` at `http://127.0.0.1:8008`.
     pub homeservers: Vec<HomeserverConfig>,
+    /// Matrix user ids allowed to use the admin API, besides users their homeserver reports
+    /// as admins. Each must be a user of a configured homeserver. Default: none.
+    pub admins: Vec<String>,
     /// The metadata database.
     pub database: DatabaseConfig,
     /// Where media bytes are stored. Default: one `file` datastore `default` at
@@ -55,6 +58,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             metrics: MetricsConfig::default(),
             homeservers: default_homeservers(),
+            admins: Vec::new(),
             database: DatabaseConfig::default(),
             datastores: default_datastores(),
             uploads: UploadsConfig::default(),

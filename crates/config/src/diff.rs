@@ -40,6 +40,8 @@ pub struct ConfigDiff {
     pub thumbnails_changed: bool,
     /// Any `auth.*` key changed.
     pub auth_changed: bool,
+    /// `admins` changed (read per request: applies at once).
+    pub admins_changed: bool,
     /// `logging.level` changed.
     pub logging_changed: bool,
     /// Changes a reload cannot apply, e.g. `server.bind (127.0.0.1:8000 -> 0.0.0.0:8000)`;
@@ -132,6 +134,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         downloads_changed: old.downloads != new.downloads,
         thumbnails_changed: old.thumbnails != new.thumbnails,
         auth_changed: old.auth != new.auth,
+        admins_changed: old.admins != new.admins,
         logging_changed: old.logging != new.logging,
         restart_required,
     }

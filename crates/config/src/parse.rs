@@ -27,6 +27,8 @@ struct ConfigDocument {
     #[serde(default = "default_homeservers")]
     homeservers: Vec<HomeserverConfig>,
     #[serde(default)]
+    admins: Vec<String>,
+    #[serde(default)]
     database: DatabaseConfig,
     #[serde(default = "default_datastores")]
     datastores: Vec<DatastoreConfig>,
@@ -66,6 +68,7 @@ pub(crate) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         server: doc.server,
         metrics: doc.metrics,
         homeservers: doc.homeservers,
+        admins: doc.admins,
         database: doc.database,
         datastores: doc.datastores,
         uploads: doc.uploads,

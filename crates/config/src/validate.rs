@@ -25,6 +25,7 @@ pub(crate) fn problems(config: &Config) -> Vec<String> {
     let mut p = Problems::default();
     check_listeners(config, &mut p);
     check_homeservers(config, &mut p);
+    check_admins(config, &mut p);
     check_storage(config, &mut p);
     check_media(config, &mut p);
     check_cache(config, &mut p);
@@ -92,6 +93,41 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
 
 fn parse_socket_addr(text: &str) -> Option<SocketAddr> {
     text.trim().parse().ok()
+}
+
+/// `admins`: full Matrix user ids (`@localpart:server`) of configured homeservers, so a
+/// typo is reported instead of silently granting nobody (or someone else) admin rights.
+fn check_admins(config: &Config, p: &mut Problems) {
+    for (i, admin) in config.admins.iter().enumerate() {
+        let key = format!("admins[{i}] `{admin}`");
+        let Some((localpart, server)) = admin
+            .strip_prefix('@')
+            .and_then(|rest| rest.split_once(':'))
+        else {
+            p.add(format!(
+                "{key} is not a Matrix user id (expected @localpart:server, e.g. @admin:example.org)"
+            ));
+            continue;
+        };
+        if localpart.is_empty()
+            || !localpart
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._=-/+".contains(&b))
+        {
+            p.add(format!(
+                "{key}: the localpart may only hold a-z, 0-9 and ._=-/+"
+            ));
+        }
+        if !config
+            .homeservers
+            .iter()
+            .any(|hs| hs.name.eq_ignore_ascii_case(server))
+        {
+            p.add(format!(
+                "{key} is not a user of a configured homeserver (homeservers[].name)"
+            ));
+        }
+    }
 }
 
 fn check_homeservers(config: &Config, p: &mut Problems) {

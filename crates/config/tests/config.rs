@@ -1085,3 +1085,59 @@ fn sample_go_style_example_is_valid() {
         ]
     );
 }
+
+const ONE_HOMESERVER: &str =
+    "homeservers:\n  - { name: example.org, client_api_url: \"http://127.0.0.1:8008\" }\n";
+
+#[test]
+fn admins_default_to_none_and_parse_as_user_ids() {
+    assert!(Config::default().admins.is_empty());
+    let config = parse(&format!(
+        "{ONE_HOMESERVER}admins: [\"@admin:example.org\", \"@ops.team-1:EXAMPLE.org\"]\n"
+    ));
+    assert_eq!(
+        config.admins,
+        ["@admin:example.org", "@ops.team-1:EXAMPLE.org"]
+    );
+}
+
+#[test]
+fn admins_must_be_user_ids_of_configured_homeservers() {
+    let msg = invalid(&format!(
+        "{ONE_HOMESERVER}admins: [\"admin:example.org\"]\n"
+    ));
+    assert!(
+        msg.contains("admins[0] `admin:example.org` is not a Matrix user id"),
+        "{msg}"
+    );
+    let msg = invalid(&format!("{ONE_HOMESERVER}admins: [\"@admin\"]\n"));
+    assert!(
+        msg.contains("admins[0] `@admin` is not a Matrix user id"),
+        "{msg}"
+    );
+    let msg = invalid(&format!(
+        "{ONE_HOMESERVER}admins: [\"@Admin:example.org\"]\n"
+    ));
+    assert!(msg.contains("the localpart may only hold"), "{msg}");
+    let msg = invalid(&format!(
+        "{ONE_HOMESERVER}admins: [\"@admin:example.org\", \"@admin:other.org\"]\n"
+    ));
+    assert!(
+        msg.contains("admins[1] `@admin:other.org` is not a user of a configured homeserver"),
+        "{msg}"
+    );
+    assert!(!msg.contains("admins[0]"), "{msg}");
+    let (path, _) = parse_error(&format!("{ONE_HOMESERVER}admins: \"@admin:example.org\"\n"));
+    assert_eq!(path, "admins");
+}
+
+#[test]
+fn admins_change_is_a_reload_not_a_restart() {
+    let old = parse(ONE_HOMESERVER);
+    let new = parse(&format!(
+        "{ONE_HOMESERVER}admins: [\"@admin:example.org\"]\n"
+    ));
+    let d = diff(&old, &new);
+    assert!(d.admins_changed);
+    assert!(d.restart_required.is_empty());
+}

@@ -33,7 +33,7 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Metadata database handle; cheap to clone (it wraps a connection pool).
 #[derive(Clone)]
 pub struct Database {
-    backend: Backend,
+    pub(crate) backend: Backend,
     /// The SQLite file as it was at connect; `None` for Postgres and in-memory SQLite.
     sqlite_file: Option<Arc<FileIdentity>>,
 }
@@ -71,7 +71,7 @@ impl FileIdentity {
 }
 
 #[derive(Clone)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -86,8 +86,9 @@ macro_rules! with_pool {
         }
     };
 }
+pub(crate) use with_pool;
 
-/// Binds a media row's columns in `INSERT_MEDIA`'s order (one list for both call sites
+/// Binds a media row's columns in `media_columns!`'s order (one list for both call sites
 /// and both backends).
 macro_rules! bind_media {
     ($query:expr, $m:expr, $size:expr) => {
@@ -102,16 +103,32 @@ macro_rules! bind_media {
             .bind(&$m.datastore_id)
             .bind(&$m.location)
             .bind($m.created_at_ms)
+            .bind(&$m.quarantined_by)
+            .bind(i64::from($m.safe_from_quarantine))
     };
 }
 
-const INSERT_MEDIA: &str = "INSERT INTO media (origin, media_id, user_id, content_type, \
-     upload_name, size_bytes, sha256, datastore_id, location, created_at_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+/// Every column of a media row, in `MediaRow`'s order: one list for every query that reads
+/// whole rows (here and in `quarantine.rs`).
+macro_rules! media_columns {
+    () => {
+        "origin, media_id, user_id, content_type, upload_name, size_bytes, sha256, \
+         datastore_id, location, created_at_ms, quarantined_by, safe_from_quarantine"
+    };
+}
+pub(crate) use media_columns;
 
-const SELECT_MEDIA: &str = "SELECT origin, media_id, user_id, content_type, upload_name, \
-     size_bytes, sha256, datastore_id, location, created_at_ms \
-     FROM media WHERE origin = $1 AND media_id = $2";
+const INSERT_MEDIA: &str = concat!(
+    "INSERT INTO media (",
+    media_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+);
+
+const SELECT_MEDIA: &str = concat!(
+    "SELECT ",
+    media_columns!(),
+    " FROM media WHERE origin = $1 AND media_id = $2"
+);
 
 /// Refuses an id that is already a finished media item, so `/create` can never hand out
 /// an id that would then be un-uploadable.

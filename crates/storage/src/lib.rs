@@ -4,6 +4,8 @@
 //! * [`Database`] — media rows and pending uploads.
 //! * [`FileDatastore`] / [`ObjectWriter`] — streaming, hashing, deduplicating object writes.
 //! * [`content`] — claims on stored bytes, and deleting only what nothing refers to.
+//! * [`purge`] — removing media rows in batches, last access, and the orphan-file sweep.
+//! * [`quarantine`] — quarantined media, hashes and origins; protection.
 //! * [`ids`] — media id generation and the allow-lists for ids and server names.
 
 pub mod content;
@@ -12,6 +14,8 @@ mod datastore;
 pub mod error;
 pub mod ids;
 mod location;
+pub mod purge;
+pub mod quarantine;
 mod records;
 mod writer;
 
@@ -19,6 +23,7 @@ pub use database::{Database, ACQUIRE_TIMEOUT};
 pub use datastore::FileDatastore;
 pub use error::{Error, Result};
 pub use ids::{is_valid_media_id, is_valid_server_name, random_media_id};
+pub use purge::{PurgeScope, RemovedRows, SweepReport};
 pub use records::{MediaRecord, PendingUpload, ThumbnailRecord};
 pub use writer::{
     blocking_writes_running, ObjectWriter, StagedObject, StoredObject, MAX_BLOCKING_WRITES,

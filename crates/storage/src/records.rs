@@ -22,6 +22,11 @@ pub struct MediaRecord {
     /// Location inside that datastore (generated, e.g. `ab/cd/<sha256>`).
     pub location: String,
     pub created_at_ms: i64,
+    /// `None`: served. Otherwise who or what quarantined it (an admin's user id,
+    /// `hash:<sha256>` or `origin:<server>`, see migration 0004); such media answers 404.
+    pub quarantined_by: Option<String>,
+    /// Protected: no kind of quarantine marks it (Synapse's `safe_from_quarantine`).
+    pub safe_from_quarantine: bool,
 }
 
 /// A media id handed out by `/create` whose bytes have not arrived yet.
@@ -47,6 +52,8 @@ pub(crate) struct MediaRow {
     datastore_id: String,
     location: String,
     created_at_ms: i64,
+    quarantined_by: Option<String>,
+    safe_from_quarantine: i64,
 }
 
 impl TryFrom<MediaRow> for MediaRecord {
@@ -68,6 +75,8 @@ impl TryFrom<MediaRow> for MediaRecord {
             datastore_id: row.datastore_id,
             location: row.location,
             created_at_ms: row.created_at_ms,
+            quarantined_by: row.quarantined_by,
+            safe_from_quarantine: row.safe_from_quarantine != 0,
         })
     }
 }

@@ -72,7 +72,7 @@ fn accepted_cache(config: &Config) -> Option<moka::future::Cache<(String, String
     })
 }
 
-fn http_client(config: &Config) -> reqwest::Client {
+pub(crate) fn http_client(config: &Config) -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_millis(config.auth.homeserver_timeout_ms))
         .connect_timeout(Duration::from_millis(config.auth.homeserver_timeout_ms))
@@ -231,7 +231,7 @@ fn belongs_to(user_id: &str, server_name: &str) -> bool {
 }
 
 /// The access token of a request, from the header or the query string.
-fn access_token(req: &HttpRequest) -> MatrixResult<String> {
+pub(crate) fn access_token(req: &HttpRequest) -> MatrixResult<String> {
     let token = if let Some(value) = req.headers().get(header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| MatrixError::unknown_token())?;
         match value.split_once(' ') {

@@ -1,6 +1,7 @@
 //! The media-repo web layer: actix-web handlers for the Matrix media API, the server
 //! startup, config reload and metrics. The only crate that knows HTTP.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod federation;
@@ -10,6 +11,7 @@ pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod pending;
+pub mod purge;
 pub mod range;
 pub mod reload;
 pub mod routes;

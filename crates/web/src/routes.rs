@@ -1,8 +1,8 @@
 //! The route table: every path the media repo answers, on which listener, and Matrix
 //! errors for the rest.
 //!
-//! Two listeners, two tables. The public one serves the media API, `/healthz` and
-//! `/readyz`; the operators' one (`metrics.bind`) is the only home of the operator
+//! Two listeners, two tables. The public one serves the media API, the admin API
+//! (`admin/`, Matrix admins only), `/healthz` and `/readyz`; the operators' one (`metrics.bind`) is the only home of the operator
 //! endpoints (`/metrics`, `/_media_repo/v1/cache`), which the public listener answers like
 //! any unknown path. Every read is listed in [`get_routes`] and registered from there for
 //! both GET and HEAD, so no GET route can exist without its HEAD.
@@ -38,6 +38,8 @@ pub enum Read {
     FederationDownload,
     /// `/_matrix/federation/v1/media/thumbnail/{media_id}`: X-Matrix signed.
     FederationThumbnail,
+    /// `/_synapse/admin/v1/users/{user_id}/media`: admins only.
+    AdminUserMedia,
     Metrics,
     CacheStatus,
 }
@@ -68,7 +70,7 @@ where
     [web::get().to(handler.clone()), web::head().to(handler)]
 }
 
-fn resource(path: &str) -> actix_web::Resource {
+pub(crate) fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(wrong_method))
 }
 
@@ -113,6 +115,7 @@ pub fn get_routes(listener: Listener) -> Vec<(String, Read)> {
                         .map(|path| (path, Read::LegacyDownload)),
                 );
             }
+            routes.extend(crate::admin::get_routes());
             routes
         }
         Listener::Operators => vec![
@@ -142,10 +145,11 @@ fn read_resource(path: &str, read: Read) -> actix_web::Resource {
         Read::AuthenticatedThumbnail => get_and_head(media::thumbnail::authenticated),
         Read::LegacyThumbnail => get_and_head(media::thumbnail::legacy),
         Read::FederationThumbnail => get_and_head(crate::federation::media_thumbnail),
+        Read::AdminUserMedia => get_and_head(crate::admin::synapse::user_media),
         Read::Metrics => get_and_head(metrics::render),
         Read::CacheStatus => get_and_head(health::cache_status),
     };
-    resource(path).route(get).route(head)
+    crate::admin::add_writes(read, resource(path).route(get).route(head))
 }
 
 fn register_reads(cfg: &mut web::ServiceConfig, listener: Listener) {
@@ -166,6 +170,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
     }
     cfg.service(resource("/_matrix/media/v1/create").route(web::post().to(upload::create)));
+    crate::admin::configure(cfg);
     cfg.default_service(web::to(unknown_path));
 }
 

@@ -64,6 +64,14 @@ pub async fn run(
 
     actix_web::rt::spawn(crate::reload::watch_sighup(hangups, state.clone()));
     actix_web::rt::spawn(housekeeping(state.clone()));
+    let access_state = state.clone();
+    actix_web::rt::spawn(async move {
+        access_state
+            .access
+            .flush_periodically(access_state.db.clone())
+            .await
+    });
+    let final_flush_state = state.clone();
     // Only now: until the listeners run there is nothing to drain, and a stop signal
     // during startup keeps its default action (end the process).
     let stops = StopSignals::register()?;
@@ -123,6 +131,14 @@ pub async fn run(
             operators.context("operators' listener")?;
         }
         None => main_server.await.context("main listener")?,
+    }
+    // Accesses noted since the last periodic flush.
+    if let Err(err) = final_flush_state
+        .access
+        .flush(&final_flush_state.db, crate::media::now_ms())
+        .await
+    {
+        warn!(error = %err, "recording last access at shutdown failed");
     }
     info!("media-repo stopped");
     Ok(())

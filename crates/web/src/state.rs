@@ -8,8 +8,10 @@ use mr_cache::Cache;
 use mr_config::Config;
 use mr_storage::{Database, FileDatastore};
 
+use crate::admin::AdminAuth;
 use crate::auth::Auth;
 use crate::logging::LogLevelHandle;
+use crate::media::access::AccessRecorder;
 use crate::media::remote::RemoteMedia;
 use crate::media::slots::UploadSlots;
 use crate::media::thumbnail::Thumbnailer;
@@ -27,6 +29,8 @@ pub struct AppState {
     pub datastore: FileDatastore,
     pub cache: Cache,
     pub auth: Auth,
+    /// The homeserver-side admin check of the admin API, with its remembered answers.
+    pub admin: AdminAuth,
     pub pending: PendingUploads,
     /// Uploads in progress, for the per-user and overall caps.
     pub upload_slots: UploadSlots,
@@ -34,6 +38,8 @@ pub struct AppState {
     pub remote: RemoteMedia,
     /// The bounded thumbnail pool and generations in progress.
     pub thumbnails: Thumbnailer,
+    /// Media served since the last write of last-access times.
+    pub access: AccessRecorder,
     pub log_level: LogLevelHandle,
 }
 
@@ -47,6 +53,7 @@ impl AppState {
         log_level: LogLevelHandle,
     ) -> Self {
         let auth = Auth::new(&config);
+        let admin = AdminAuth::new(&config);
         let remote = RemoteMedia::new(&config);
         AppState {
             config: ArcSwap::from_pointee(config),
@@ -55,10 +62,12 @@ impl AppState {
             datastore,
             cache,
             auth,
+            admin,
             pending: PendingUploads::default(),
             upload_slots: UploadSlots::default(),
             remote,
             thumbnails: Thumbnailer::default(),
+            access: AccessRecorder::default(),
             log_level,
         }
     }

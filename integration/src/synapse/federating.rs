@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use tempfile::TempDir;
 
-use super::{password_login, python_venv, register_user, REGISTRATION_SECRET, START_TIMEOUT};
+use super::{password_login, python_venv, register_user, Role, REGISTRATION_SECRET, START_TIMEOUT};
 use crate::http;
 use crate::ports::free_port;
 use crate::process::{read_from, tail, LOG_TAIL_LINES};
@@ -248,7 +248,13 @@ impl FederatingSynapse {
 
     /// Registers `localpart` (if new) and logs in: returns a fresh access token.
     pub fn user_token(&self, localpart: &str) -> anyhow::Result<String> {
-        register_user(&self.venv, &self.client_url(), localpart)?;
+        register_user(&self.venv, &self.client_url(), localpart, Role::User)?;
+        password_login(&self.client_url(), localpart)
+    }
+
+    /// Registers `localpart` (if new) as a server admin and logs in: a fresh access token.
+    pub fn admin_token(&self, localpart: &str) -> anyhow::Result<String> {
+        register_user(&self.venv, &self.client_url(), localpart, Role::Admin)?;
         password_login(&self.client_url(), localpart)
     }
 

@@ -205,7 +205,7 @@ impl Stack {
 }
 
 /// Row count through Python's sqlite3 (the venv's Python; no sqlite3 CLI needed).
-fn sqlite_count(db: &Path, sql: &str) -> String {
+pub fn sqlite_count(db: &Path, sql: &str) -> String {
     let python = Synapse::shared().python();
     let out = std::process::Command::new(python)
         .args(["-c", "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])"])
@@ -257,6 +257,23 @@ pub fn urlencode(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// `POST {base_url}/_matrix/media/v3/upload` of `bytes` as `token` on any server (a
+/// media-repo or a Synapse with its own media repo); panics unless 200; returns the media id.
+pub fn upload_to(http: &Client, base_url: &str, token: &str, bytes: &[u8]) -> String {
+    let body: serde_json::Value = http
+        .post(format!("{base_url}/_matrix/media/v3/upload"))
+        .bearer_auth(token)
+        .body(bytes.to_vec())
+        .send()
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .unwrap();
+    let uri = body["content_uri"].as_str().expect("content_uri");
+    uri.rsplit('/').next().unwrap().to_owned()
 }
 
 pub fn random_bytes(len: usize) -> Vec<u8> {

@@ -10,6 +10,8 @@ mod federation;
 mod hardening;
 mod hardening_ops;
 mod media_api;
+mod purge;
+mod quarantine;
 mod real_deployment;
 mod reload;
 mod shared_fetch;

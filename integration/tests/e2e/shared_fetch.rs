@@ -51,24 +51,7 @@ impl Shared {
     }
 
     fn upload_on_hs2(&self, bytes: &[u8]) -> String {
-        let body: serde_json::Value = self
-            .http
-            .post(format!("{}/_matrix/media/v3/upload", self.hs2.client_url()))
-            .bearer_auth(&self.bob)
-            .body(bytes.to_vec())
-            .send()
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .unwrap();
-        body["content_uri"]
-            .as_str()
-            .unwrap()
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .to_owned()
+        crate::common::upload_to(&self.http, &self.hs2.client_url(), &self.bob, bytes)
     }
 
     fn fetches_at_hs2(&self, id: &str) -> usize {

@@ -32,6 +32,8 @@ fn row(media_id: &str, object: &mr_storage::StoredObject) -> MediaRecord {
         datastore_id: "default".to_owned(),
         location: object.location.clone(),
         created_at_ms: 1,
+        quarantined_by: None,
+        safe_from_quarantine: false,
     }
 }
 

@@ -30,6 +30,8 @@ fn media(origin: &str, media_id: &str) -> MediaRecord {
         datastore_id: "default".to_owned(),
         location: format!("ab/ab/{}", "ab".repeat(32)),
         created_at_ms: 1_700_000_000_123,
+        quarantined_by: None,
+        safe_from_quarantine: false,
     }
 }
 
@@ -391,6 +393,8 @@ async fn postgres_tables_live_in_the_search_path_schema() {
             "content_claims",
             "media",
             "pending_uploads",
+            "quarantined_hashes",
+            "quarantined_origins",
             "thumbnails"
         ]
     );

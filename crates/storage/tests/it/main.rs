@@ -6,3 +6,5 @@ mod content;
 mod database;
 mod datastore;
 mod ids;
+mod purge;
+mod quarantine;

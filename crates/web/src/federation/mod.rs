@@ -104,12 +104,15 @@ async fn our_media(
 ) -> MatrixResult<mr_storage::MediaRecord> {
     let destination = authenticate(req, state).await?;
     let media = MediaRef::parse(&destination, media_id)?;
-    state
+    let record = state
         .db
         .get_media(&media.origin, &media.media_id)
         .await
         .map_err(|err| MatrixError::internal("reading media metadata failed", &err))?
-        .ok_or_else(|| MatrixError::not_found("Media not found"))
+        .ok_or_else(|| MatrixError::not_found("Media not found"))?;
+    crate::media::quarantine::refuse_quarantined(&record)?;
+    state.access.note(&record.origin, &record.media_id);
+    Ok(record)
 }
 
 /// `{}` and the bytes of `record`, streamed from the cache or the datastore.

@@ -33,6 +33,24 @@ static DOWNLOAD_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// Blobs whose cache fill is running, so concurrent misses start one fill, not many.
 static FILLS_IN_FLIGHT: LazyLock<DashSet<String>> = LazyLock::new(DashSet::new);
 
+/// How long after an eviction a finished fill of the same blob deletes it again: a
+/// download that read its row just before a quarantine may start a fill just after the
+/// eviction. Far longer than the moment between a download's row read and its cache miss.
+pub const REFILL_GUARD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Blobs evicted within [`REFILL_GUARD`] (quarantine): a fill of one of them is undone.
+static RECENTLY_EVICTED: LazyLock<moka::sync::Cache<String, ()>> = LazyLock::new(|| {
+    moka::sync::Cache::builder()
+        .max_capacity(1_000_000)
+        .time_to_live(REFILL_GUARD)
+        .build()
+});
+
+/// Marks a blob as just evicted, so a fill that races the eviction is undone.
+pub fn guard_against_refill(sha256: &str) {
+    RECENTLY_EVICTED.insert(sha256.to_owned(), ());
+}
+
 type FileStream = ReaderStream<tokio::io::Take<tokio::fs::File>>;
 
 enum Source {
@@ -215,6 +233,10 @@ pub fn fill_cache_in_background(
     actix_web::rt::spawn(async move {
         match state.datastore.open(&location).await {
             Ok(file) => match state.cache.put_blob(&sha256, size, file).await {
+                Ok(true) if RECENTLY_EVICTED.contains_key(&sha256) => {
+                    state.cache.delete_blob(&sha256).await;
+                    debug!(%sha256, "cache fill raced an eviction; evicted again");
+                }
                 Ok(stored) => debug!(%sha256, stored, "cache fill finished"),
                 Err(err) => debug!(%sha256, error = %err, "cache fill failed"),
             },

@@ -209,11 +209,14 @@ pub async fn locate(
         }
         other => other?,
     };
+    // From the row in hand, before any cache lookup: costs nothing.
+    super::quarantine::refuse_quarantined(&record)?;
     if api == Api::Legacy && is_frozen(&config, &record) {
         return Err(MatrixError::not_found(
             "Media not found (this media is only served on the authenticated endpoint)",
         ));
     }
+    state.access.note(&record.origin, &record.media_id);
     Ok(Located::Stored(record))
 }
 

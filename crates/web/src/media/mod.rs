@@ -1,7 +1,9 @@
 //! The Matrix content-repository endpoints: upload, async upload, download, config.
 
+pub mod access;
 pub mod body;
 pub mod download;
+pub mod quarantine;
 pub mod remote;
 pub mod remote_shared;
 pub mod slots;

@@ -215,6 +215,14 @@ impl RemoteMedia {
         if let Some(running) = self.in_flight.get(&mxc) {
             return Ok(running.clone());
         }
+        let quarantined = state
+            .db
+            .is_origin_quarantined(&media.origin)
+            .await
+            .map_err(|err| MatrixError::internal("reading the origin quarantine failed", &err))?;
+        if quarantined {
+            return Err(MatrixError::not_found("Media not found"));
+        }
         if let Some(failure) = self.remembered_failure(&self.media_failures, &mxc) {
             return Err(failure);
         }
@@ -560,11 +568,30 @@ async fn record_row(
         datastore_id: state.datastore.id().to_owned(),
         location: object.location.clone(),
         created_at_ms: now_ms(),
+        quarantined_by: None,
+        safe_from_quarantine: false,
     };
     let inserted = state.db.insert_media(&record).await;
     claim.release().await;
     match inserted {
-        Ok(()) => Ok(record),
+        Ok(()) => {
+            // The origin or these bytes may have been quarantined while they arrived.
+            let standing = state
+                .db
+                .apply_standing_quarantine(&media.origin, &media.media_id)
+                .await
+                .map_err(|err| MatrixError::internal("reading the quarantine failed", &err))?;
+            if let Some(marker) = standing {
+                info!(mxc = %media.mxc(), %marker, "fetched remote media is quarantined");
+                let quarantined = MediaRecord {
+                    quarantined_by: Some(marker),
+                    ..record
+                };
+                super::quarantine::evict(state, std::slice::from_ref(&quarantined)).await;
+                return Err(MatrixError::not_found("Media not found").into());
+            }
+            Ok(record)
+        }
         // Another process sharing the database fetched it first: serve theirs.
         Err(mr_storage::Error::AlreadyExists { .. }) => {
             let _ =

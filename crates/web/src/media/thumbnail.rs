@@ -287,6 +287,8 @@ pub fn as_media(thumbnail: &ThumbnailRecord) -> MediaRecord {
         datastore_id: thumbnail.datastore_id.clone(),
         location: thumbnail.location.clone(),
         created_at_ms: thumbnail.created_at_ms,
+        quarantined_by: None,
+        safe_from_quarantine: false,
     }
 }
 

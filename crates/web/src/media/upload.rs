@@ -106,6 +106,17 @@ async fn store_body(
         mr_storage::Error::TooLarge { .. } => too_large(max_bytes),
         other => MatrixError::internal("finishing an upload failed", &other),
     })?;
+    let quarantined = state
+        .db
+        .is_content_quarantined(&staged.object().sha256)
+        .await
+        .map_err(|err| MatrixError::internal("reading the quarantine failed", &err))?;
+    if quarantined {
+        // Dropping the staged object removes its temp file: nothing is kept.
+        info!(sha256 = %staged.object().sha256, "upload of quarantined content refused");
+        drop(staged);
+        return Err(quarantined_content());
+    }
     let stored = content::commit_claimed(&state.db, &state.datastore, staged, now_ms())
         .await
         .map_err(|err| MatrixError::internal("storing an upload failed", &err))?;
@@ -153,6 +164,48 @@ fn idle_timeout_error(idle_timeout: Duration) -> MatrixError {
             idle_timeout.as_secs()
         ),
     )
+}
+
+fn quarantined_content() -> MatrixError {
+    MatrixError::forbidden(
+        "This content has been quarantined by the server admins and cannot be uploaded",
+    )
+}
+
+/// After the row is written: if these bytes were quarantined while they arrived (the check
+/// before storing them passed), the row and, unless shared, the bytes go again and the
+/// upload is refused like one that arrived later. (`mr_storage::quarantine` explains why
+/// this second look closes the race.)
+async fn refuse_if_quarantined_meanwhile(
+    state: &AppState,
+    media: &MediaRef,
+    object: &StoredObject,
+) -> MatrixResult<()> {
+    let db_err =
+        |err: mr_storage::Error| MatrixError::internal("reading the quarantine failed", &err);
+    let standing = state
+        .db
+        .apply_standing_quarantine(&media.origin, &media.media_id)
+        .await
+        .map_err(db_err)?;
+    match standing {
+        Some(marker) if marker.starts_with(mr_storage::quarantine::HASH_MARKER) => {
+            info!(mxc = %media.mxc(), "content quarantined during its upload; refused");
+            state
+                .db
+                .withdraw_quarantined_media(&media.origin, &media.media_id)
+                .await
+                .map_err(db_err)?;
+            if let Err(err) =
+                content::remove_unreferenced(&state.db, &state.datastore, &object.location).await
+            {
+                warn!(error = %err, location = %object.location, "could not remove an unreferenced object");
+            }
+            Err(quarantined_content())
+        }
+        // An origin quarantine of our own server: the media stays, quarantined.
+        _ => Ok(()),
+    }
 }
 
 /// Writes the row of a stored upload, then releases the upload's claim. If the row could
@@ -222,6 +275,8 @@ fn record(
         datastore_id: datastore_id.to_owned(),
         location: object.location.clone(),
         created_at_ms: now_ms(),
+        quarantined_by: None,
+        safe_from_quarantine: false,
     }
 }
 
@@ -306,6 +361,7 @@ pub async fn upload(
     record_stored(&state, &object, claim, state.db.insert_media(&row))
         .await
         .map_err(|err| MatrixError::internal("recording an upload failed", &err))?;
+    refuse_if_quarantined_meanwhile(&state, &media, &object).await?;
     info!(mxc = %media.mxc(), size = object.size, user = %user.user_id, "media uploaded");
     warm_cache(&state, &object);
     super::thumbnail::Thumbnailer::pregenerate(&state, row);
@@ -417,6 +473,7 @@ pub async fn upload_to(
         };
     }
     state.pending.announce(&media.origin, &media.media_id);
+    refuse_if_quarantined_meanwhile(&state, &media, &object).await?;
     info!(mxc = %media.mxc(), size = object.size, "async upload completed");
     warm_cache(&state, &object);
     super::thumbnail::Thumbnailer::pregenerate(&state, row);

@@ -1,0 +1,174 @@
+//! The Synapse admin media endpoints, with Synapse's request and response shapes
+//! (synapse/rest/admin/media.py): admin tools call these unchanged.
+//!
+//! Like Synapse, quarantine and protection answer `{}` whether or not the media exists, and
+//! protected media is never quarantined (by id or by user).
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use mr_storage::quarantine::MediaOrder;
+use mr_storage::MediaRecord;
+use serde_json::{json, Value};
+
+use super::{db_error, local_user, require_admin};
+use crate::error::{MatrixError, MatrixResult};
+use crate::media::{query_param, MediaRef};
+use crate::state::AppState;
+
+/// `limit` when none is given (Synapse's default).
+const DEFAULT_LIMIT: u64 = 100;
+
+/// `POST /_synapse/admin/v1/media/quarantine/{server}/{media_id}` → `{}`.
+pub async fn quarantine_media(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
+    let admin = require_admin(&req, &state).await?;
+    let (server, media_id) = path.into_inner();
+    let media = MediaRef::parse(&server, &media_id)?;
+    super::own::quarantine_one(&state, &media, &admin.user_id).await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+/// `POST /_synapse/admin/v1/media/unquarantine/{server}/{media_id}` → `{}`.
+pub async fn unquarantine_media(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
+    require_admin(&req, &state).await?;
+    let (server, media_id) = path.into_inner();
+    let media = MediaRef::parse(&server, &media_id)?;
+    state
+        .db
+        .unquarantine_media(&media.origin, &media.media_id)
+        .await
+        .map_err(db_error)?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+/// `POST /_synapse/admin/v1/user/{user_id}/media/quarantine` → `{"num_quarantined": n}`.
+pub async fn quarantine_user_media(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
+    let admin = require_admin(&req, &state).await?;
+    let n = super::own::quarantine_user_media(&state, &path.into_inner(), &admin.user_id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "num_quarantined": n })))
+}
+
+/// `POST /_synapse/admin/v1/media/protect/{media_id}` (media of the admin's homeserver) → `{}`.
+pub async fn protect(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
+    set_safe(req, path, state, true).await
+}
+
+/// `POST /_synapse/admin/v1/media/unprotect/{media_id}` → `{}`.
+pub async fn unprotect(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
+    set_safe(req, path, state, false).await
+}
+
+async fn set_safe(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+    safe: bool,
+) -> MatrixResult<HttpResponse> {
+    let admin = require_admin(&req, &state).await?;
+    let media = MediaRef::parse(&admin.homeserver, &path.into_inner())?;
+    state
+        .db
+        .set_safe_from_quarantine(&media.origin, &media.media_id, safe)
+        .await
+        .map_err(db_error)?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+/// A non-negative integer query parameter, or Synapse's 400 `M_INVALID_PARAM`.
+pub(crate) fn non_negative(req: &HttpRequest, name: &str, default: u64) -> MatrixResult<u64> {
+    match query_param(req, name) {
+        None => Ok(default),
+        Some(text) => text.parse::<u64>().map_err(|_| {
+            MatrixError::bad_param(format!(
+                "Query parameter {name:?} must be a non-negative integer"
+            ))
+        }),
+    }
+}
+
+/// `GET /_synapse/admin/v1/users/{user_id}/media`: `{"media": [...], "total": n}` plus
+/// `next_token` when more follow; `from`, `limit`, `order_by`, `dir` as in Synapse (no
+/// `order_by` and no `dir`: newest first).
+pub async fn user_media(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
+    require_admin(&req, &state).await?;
+    let user_id = local_user(&state, &path.into_inner())?;
+    let from = non_negative(&req, "from", 0)?;
+    let limit = non_negative(&req, "limit", DEFAULT_LIMIT)?;
+    let order_by = query_param(&req, "order_by");
+    let dir = query_param(&req, "dir");
+    let (order, descending) = if order_by.is_none() && dir.is_none() {
+        (MediaOrder::CreatedTs, true)
+    } else {
+        let order = match order_by.as_deref() {
+            None => MediaOrder::CreatedTs,
+            Some(name) => MediaOrder::parse(name).ok_or_else(|| {
+                MatrixError::bad_param(format!("Unknown value for order_by: {name:?}"))
+            })?,
+        };
+        let descending = match dir.as_deref() {
+            None | Some("f") => false,
+            Some("b") => true,
+            Some(other) => {
+                return Err(MatrixError::bad_param(format!(
+                    "Unknown value for dir: {other:?} (f or b)"
+                )))
+            }
+        };
+        (order, descending)
+    };
+    let (page, total) = state
+        .db
+        .user_media_page(&user_id, from, limit, order, descending)
+        .await
+        .map_err(db_error)?;
+    let returned = page.len() as u64;
+    let mut body = json!({
+        "media": page.iter().map(synapse_media).collect::<Vec<Value>>(),
+        "total": total,
+    });
+    if from.saturating_add(limit) < total {
+        body["next_token"] = json!(from + returned);
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// One media as Synapse's `LocalMedia` attributes.
+fn synapse_media(m: &MediaRecord) -> Value {
+    json!({
+        "media_id": m.media_id,
+        "media_type": m.content_type,
+        "media_length": m.size_bytes,
+        "upload_name": m.upload_name,
+        "created_ts": m.created_at_ms,
+        "url_cache": null,
+        // Synapse answers null until a media is downloaded; no access time is kept here.
+        "last_access_ts": null,
+        "quarantined_by": m.quarantined_by,
+        "safe_from_quarantine": m.safe_from_quarantine,
+        "user_id": m.user_id,
+        "authenticated": true,
+        "sha256": m.sha256,
+    })
+}
