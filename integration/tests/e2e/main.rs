@@ -12,5 +12,6 @@ mod hardening_ops;
 mod media_api;
 mod real_deployment;
 mod reload;
+mod reshard;
 mod shared_fetch;
 mod thumbnails;
