@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use mr_cache::{blob_chunk_key, blob_header_key, lease_key, remote_record_key, Cache};
-use mr_config::{CacheConfig, ShardConfig};
+use mr_config::CacheConfig;
 use mr_ring::hashing;
 
 /// The metrics these tests compare are process-wide: one test at a time.
@@ -21,9 +21,13 @@ const BLOBS: u64 = 60;
 /// How long background moves may take to land.
 const MOVE_WITHIN: Duration = Duration::from_secs(10);
 
+/// Every third blob spans three chunks; the others fit inline.
+fn is_chunked(n: u64) -> bool {
+    n.is_multiple_of(3)
+}
+
 fn blob_data(n: u64) -> Vec<u8> {
-    // Every third blob spans three chunks; the others fit inline.
-    let len = if n % 3 == 0 {
+    let len = if is_chunked(n) {
         3 * CHUNK as usize - 100
     } else {
         1_000 + n as usize
@@ -32,16 +36,9 @@ fn blob_data(n: u64) -> Vec<u8> {
 }
 
 fn config_of(shards: &[(&str, &RedisServer)], drain_secs: u64) -> CacheConfig {
-    let mut cfg = base_config();
-    cfg.backend = mr_config::CacheBackend::Redis;
+    let urls: Vec<(&str, String)> = shards.iter().map(|(n, s)| (*n, s.url())).collect();
+    let mut cfg = redis_config_on(&urls);
     cfg.redis.reshard_drain_secs = drain_secs;
-    cfg.redis.shards = shards
-        .iter()
-        .map(|(name, server)| ShardConfig {
-            name: (*name).to_owned(),
-            addr: server.url(),
-        })
-        .collect();
     cfg
 }
 
@@ -89,10 +86,29 @@ fn moves(result: &str) -> f64 {
 /// Every key of blob `n` (header and, for a chunked one, its chunks).
 fn blob_keys(n: u64) -> Vec<String> {
     let sha = sha(n);
-    let chunks = if n % 3 == 0 { 3 } else { 0 };
+    let chunks = if is_chunked(n) { 3 } else { 0 };
     std::iter::once(blob_header_key(&sha))
         .chain((0..chunks).map(|i| blob_chunk_key(&sha, i)))
         .collect()
+}
+
+/// Three fresh servers, for shards a, b and c (the tests decide which are listed when).
+fn three_servers() -> (RedisServer, RedisServer, RedisServer) {
+    (
+        RedisServer::start().unwrap(),
+        RedisServer::start().unwrap(),
+        RedisServer::start().unwrap(),
+    )
+}
+
+/// A cache on `shards` (all up) holding the test blobs.
+async fn cache_with_blobs(shards: &[(&str, &RedisServer)]) -> Cache {
+    let cache = Cache::start(&config_of(shards, 3600));
+    all_up(&cache, shards.len()).await;
+    for n in 0..BLOBS {
+        assert!(put(&cache, &sha(n), &blob_data(n)).await);
+    }
+    cache
 }
 
 async fn read_back(cache: &Cache, n: u64) -> Option<Vec<u8>> {
@@ -105,16 +121,8 @@ async fn read_back(cache: &Cache, n: u64) -> Option<Vec<u8>> {
 #[actix_rt::test]
 async fn an_added_shard_misses_are_served_by_the_previous_owner_and_moved() {
     let _serial = SERIAL.lock().await;
-    let (a, b, c) = (
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-    );
-    let cache = Cache::start(&config_of(&[("a", &a), ("b", &b)], 3600));
-    all_up(&cache, 2).await;
-    for n in 0..BLOBS {
-        assert!(put(&cache, &sha(n), &blob_data(n)).await);
-    }
+    let (a, b, c) = three_servers();
+    let cache = cache_with_blobs(&[("a", &a), ("b", &b)]).await;
 
     cache.apply_config(&config_of(&[("a", &a), ("b", &b), ("c", &c)], 3600));
     all_up(&cache, 3).await;
@@ -162,17 +170,8 @@ async fn an_added_shard_misses_are_served_by_the_previous_owner_and_moved() {
 #[actix_rt::test]
 async fn a_removed_shard_is_read_while_it_drains_and_deletes_reach_it() {
     let _serial = SERIAL.lock().await;
-    let (a, b, c) = (
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-    );
-    let all = [("a", &a), ("b", &b), ("c", &c)];
-    let cache = Cache::start(&config_of(&all, 3600));
-    all_up(&cache, 3).await;
-    for n in 0..BLOBS {
-        assert!(put(&cache, &sha(n), &blob_data(n)).await);
-    }
+    let (a, b, c) = three_servers();
+    let cache = cache_with_blobs(&[("a", &a), ("b", &b), ("c", &c)]).await;
     let of_c: Vec<u64> = (0..BLOBS)
         .filter(|&n| owner(&["a", "b", "c"], &blob_header_key(&sha(n))) == "c")
         .collect();
@@ -215,16 +214,8 @@ async fn a_removed_shard_is_read_while_it_drains_and_deletes_reach_it() {
 #[actix_rt::test]
 async fn a_down_previous_owner_is_skipped_without_a_message() {
     let _serial = SERIAL.lock().await;
-    let (mut a, b, c) = (
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-    );
-    let cache = Cache::start(&config_of(&[("a", &a), ("b", &b)], 3600));
-    all_up(&cache, 2).await;
-    for n in 0..BLOBS {
-        assert!(put(&cache, &sha(n), &blob_data(n)).await);
-    }
+    let (mut a, b, c) = three_servers();
+    let cache = cache_with_blobs(&[("a", &a), ("b", &b)]).await;
     cache.apply_config(&config_of(&[("a", &a), ("b", &b), ("c", &c)], 3600));
     all_up(&cache, 3).await;
     a.kill9();
@@ -266,11 +257,7 @@ async fn a_down_previous_owner_is_skipped_without_a_message() {
 #[actix_rt::test]
 async fn records_and_leases_follow_their_previous_owner() {
     let _serial = SERIAL.lock().await;
-    let (a, b, c) = (
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-    );
+    let (a, b, c) = three_servers();
     let cache = Cache::start(&config_of(&[("a", &a), ("b", &b)], 3600));
     all_up(&cache, 2).await;
     // A media id whose record and lease move to c.

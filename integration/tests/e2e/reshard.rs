@@ -137,6 +137,40 @@ fn start(shards: &[(&str, &RedisServer)]) -> Stack {
     s
 }
 
+/// The first pass after a reshard: no failure, identical bytes, a hit ratio of at least 0.99
+/// of the pass `before`, and exactly `moved` blobs served by their previous owner (`owner`:
+/// listed | removed).
+fn pass_after_reshard(s: &Stack, files: &[File], before: &Pass, owner: &str, moved: usize) {
+    let fallback_before = previous_owner(&s.repo, owner, "hit");
+    let after = pass(s, files, |_| {});
+    eprintln!("reshard ({owner}): before {before:?}, after {after:?}, {moved} blobs moved");
+    assert_eq!(after.failures, 0, "identical bytes, no failed request");
+    assert!(
+        after.hit_ratio() >= 0.99 * before.hit_ratio(),
+        "hit ratio {} after the reshard, {} before ({after:?})",
+        after.hit_ratio(),
+        before.hit_ratio()
+    );
+    assert_eq!(
+        previous_owner(&s.repo, owner, "hit") - fallback_before,
+        moved as f64,
+        "every blob that moved was served by its previous owner ({owner})"
+    );
+}
+
+/// Four fresh servers, for shards a to d (the tests decide which are listed when).
+fn servers() -> [RedisServer; 4] {
+    std::array::from_fn(|_| RedisServer::start().unwrap())
+}
+
+/// A media repo on these shards with the test files uploaded and all cached; the last pass.
+fn cached(shards: &[(&str, &RedisServer)]) -> (Stack, Vec<File>, Pass) {
+    let s = start(shards);
+    let files = upload_files(&s);
+    let warm = warm(&s, &files);
+    (s, files, warm)
+}
+
 /// Writes the config with these shards and sends SIGHUP; waits until it is applied.
 fn reshard(s: &Stack, shards: &[(&str, &RedisServer)], generation: f64) {
     s.repo
@@ -208,16 +242,9 @@ fn wait_moved(s: &Stack, files: &[File], shards: &[(&str, &RedisServer)]) {
 
 #[test]
 fn adding_a_shard_keeps_the_hits() {
-    let (a, b, c, d) = (
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-    );
+    let [a, b, c, d] = servers();
     let three = [("a", &a), ("b", &b), ("c", &c)];
-    let s = start(&three);
-    let files = upload_files(&s);
-    let before = warm(&s, &files);
+    let (s, files, before) = cached(&three);
 
     let four = [("a", &a), ("b", &b), ("c", &c), ("d", &d)];
     reshard(&s, &four, 2.0);
@@ -225,21 +252,7 @@ fn adding_a_shard_keeps_the_hits() {
         .iter()
         .filter(|f| owner(&["a", "b", "c", "d"], &f.header_key) == "d")
         .count();
-    let fallback_before = previous_owner(&s.repo, "listed", "hit");
-    let after = pass(&s, &files, |_| {});
-    eprintln!("adding d: before {before:?}, after {after:?}, {moved} blobs moved to d");
-    assert_eq!(after.failures, 0, "identical bytes, no failed request");
-    assert!(
-        after.hit_ratio() >= 0.99 * before.hit_ratio(),
-        "hit ratio {} after adding d, {} before ({after:?})",
-        after.hit_ratio(),
-        before.hit_ratio()
-    );
-    assert_eq!(
-        previous_owner(&s.repo, "listed", "hit") - fallback_before,
-        moved as f64,
-        "every blob that moved to d was served by its previous owner"
-    );
+    pass_after_reshard(&s, &files, &before, "listed", moved);
 
     wait_moved(&s, &files, &four);
     let on_d = headers_on(&d);
@@ -260,16 +273,9 @@ fn adding_a_shard_keeps_the_hits() {
 
 #[test]
 fn removing_a_shard_keeps_the_hits_while_it_drains() {
-    let (a, b, c, d) = (
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-    );
+    let [a, b, c, d] = servers();
     let four = [("a", &a), ("b", &b), ("c", &c), ("d", &d)];
-    let s = start(&four);
-    let files = upload_files(&s);
-    let before = warm(&s, &files);
+    let (s, files, before) = cached(&four);
     let of_d = files
         .iter()
         .filter(|f| owner(&["a", "b", "c", "d"], &f.header_key) == "d")
@@ -288,21 +294,7 @@ fn removing_a_shard_keeps_the_hits_while_it_drains() {
         .collect();
     assert_eq!(draining, ["d"], "{status}");
 
-    let fallback_before = previous_owner(&s.repo, "removed", "hit");
-    let after = pass(&s, &files, |_| {});
-    eprintln!("removing d: before {before:?}, after {after:?}, {of_d} blobs were on d");
-    assert_eq!(after.failures, 0, "identical bytes, no failed request");
-    assert!(
-        after.hit_ratio() >= 0.99 * before.hit_ratio(),
-        "hit ratio {} after removing d, {} before ({after:?})",
-        after.hit_ratio(),
-        before.hit_ratio()
-    );
-    assert_eq!(
-        previous_owner(&s.repo, "removed", "hit") - fallback_before,
-        of_d as f64,
-        "every blob of d was served by the draining d"
-    );
+    pass_after_reshard(&s, &files, &before, "removed", of_d);
     wait_moved(&s, &files, &three);
     assert_eq!(
         headers_on(&a) + headers_on(&b) + headers_on(&c),
@@ -313,17 +305,9 @@ fn removing_a_shard_keeps_the_hits_while_it_drains() {
 
 #[test]
 fn a_previous_owner_killed_mid_pass_costs_misses_not_requests() {
-    let (a, b, c, d) = (
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-        RedisServer::start().unwrap(),
-    );
-    let mut a = a;
+    let [mut a, b, c, d] = servers();
     let three = [("a", &a), ("b", &b), ("c", &c)];
-    let s = start(&three);
-    let files = upload_files(&s);
-    warm(&s, &files);
+    let (s, files, _) = cached(&three);
 
     let four = [("a", &a), ("b", &b), ("c", &c), ("d", &d)];
     reshard(&s, &four, 2.0);
