@@ -25,6 +25,7 @@ use crate::keys::{blob_chunk_key, blob_header_key};
 use crate::kv::Kv;
 use crate::limits::Limits;
 use crate::metrics;
+use crate::reshard;
 
 /// Writes a blob of `size` bytes read from `reader`. `Ok(false)`: not cached (too big, or
 /// the backend refused a write — the cache is best effort). At most two chunks are held at
@@ -175,13 +176,36 @@ pub(crate) async fn blob_keys(kv: &Kv, limits: Limits, sha256: &str) -> Vec<Stri
 
 /// Opens a blob for reading `range` (inclusive, absolute offsets; None = all of it).
 /// None when the header is missing or damaged (for an inline blob: its bytes too), or the
-/// range does not fit the blob.
+/// range does not fit the blob. A header missing on the blob's shard is looked for on its
+/// previous owner after a reshard (`reshard.rs`): found there, the blob is read from it and
+/// moved to its current shard in the background.
 pub(crate) async fn open_blob(
     kv: &Kv,
+    limits: Limits,
     sha256: &str,
     range: Option<(u64, u64)>,
 ) -> Option<BlobReader> {
-    let stored = StoredBlob::decode(&kv.get(&blob_header_key(sha256)).await?)?;
+    let header_key = blob_header_key(sha256);
+    let (stored, source) = match kv.get(&header_key).await {
+        Some(raw) => (StoredBlob::decode(&raw)?, kv.clone()),
+        None => {
+            let found = reshard::read_previous(kv, &header_key, "blob_open").await?;
+            let Some(stored) = StoredBlob::decode(&found.value) else {
+                found.count("blob_open", "miss");
+                return None;
+            };
+            found.count("blob_open", "hit");
+            reshard::spawn_move_blob(
+                kv,
+                found.source.clone(),
+                limits,
+                sha256,
+                found.value,
+                &stored,
+            );
+            (stored, found.source)
+        }
+    };
     let total_size = match &stored {
         StoredBlob::Chunked(header) => header.total_size,
         StoredBlob::Inline(bytes) => bytes.len() as u64,
@@ -193,7 +217,7 @@ pub(crate) async fn open_blob(
     };
     Some(BlobReader {
         total_size,
-        kv: kv.clone(),
+        kv: source,
         sha256: sha256.to_owned(),
         source: match stored {
             StoredBlob::Chunked(header) => Source::Chunks(Arc::new(header)),

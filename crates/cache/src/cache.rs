@@ -23,6 +23,7 @@ use crate::lease::Lease;
 use crate::limits::{Limits, MAX_RECORD_BYTES};
 use crate::memory::MemoryKv;
 use crate::metrics;
+use crate::reshard;
 use crate::shards::RingKv;
 
 /// Shortest lease we take, whatever the caller asks for.
@@ -168,13 +169,16 @@ impl Cache {
                         .ring()
                         .shards()
                         .into_iter()
-                        .map(|s| ShardStatus {
+                        .map(|s| (s, false))
+                        .chain(redis.ring().draining().into_iter().map(|s| (s, true)))
+                        .map(|(s, draining)| ShardStatus {
                             name: s.name.to_string(),
                             addr: String::new(),
                             up: s.health.is_up(),
                             last_error: s.health.last_error(),
                             write_error: s.health.write_error(),
                             format_mismatch: s.health.format_mismatch(),
+                            draining,
                         })
                         .collect(),
                 };
@@ -196,7 +200,7 @@ impl Cache {
     pub async fn open_blob(&self, sha256: &str, range: Option<(u64, u64)>) -> Option<BlobReader> {
         let kv = self.inner.kv.as_ref()?;
         let reader = if is_valid_sha256(sha256) {
-            blob::open_blob(kv, sha256, range).await
+            blob::open_blob(kv, self.limits(), sha256, range).await
         } else {
             None
         };
@@ -276,10 +280,20 @@ impl Cache {
         self.inner.pending.len()
     }
 
-    /// A small record (e.g. under [`crate::remote_record_key`]); None is a miss.
+    /// A small record (e.g. under [`crate::remote_record_key`]); None is a miss. After a
+    /// reshard a record missing on its shard is read from its previous owner and copied.
     pub async fn get_record(&self, key: &str) -> Option<Bytes> {
         let kv = self.inner.kv.as_ref()?;
-        let value = kv.get(key).await;
+        let value = match kv.get(key).await {
+            Some(value) => Some(value),
+            None => reshard::read_previous(kv, key, "record_get")
+                .await
+                .map(|found| {
+                    found.count("record_get", "hit");
+                    reshard::spawn_copy_record(kv, key, found.value.clone(), self.limits().ttl);
+                    found.value
+                }),
+        };
         metrics::request(
             kv.backend(),
             "record_get",
@@ -313,6 +327,10 @@ impl Cache {
         // Redis rejects a zero PX; a zero lease would be meaningless anyway.
         let ttl = ttl.max(MIN_LEASE_TTL);
         let outcome = kv.set_nx(lease.key.clone(), lease.token.clone(), ttl).await;
+        let outcome = match outcome {
+            SetNx::Stored => self.lease_previous_owner(kv, &lease, ttl).await,
+            other => other,
+        };
         let (result, lease) = match outcome {
             SetNx::Stored => ("stored", Some(lease)),
             SetNx::Held => ("hit", None),
@@ -328,24 +346,47 @@ impl Cache {
         lease
     }
 
+    /// After a reshard, a lease stored on its current shard is also taken on the key's
+    /// previous owner (see `reshard.rs`): `Held` there means someone else holds it, so ours
+    /// is given back; `Unavailable` means nobody can tell, so it is not exclusive.
+    async fn lease_previous_owner(&self, kv: &Kv, lease: &Lease, ttl: Duration) -> SetNx {
+        match reshard::lease_previous(kv, &lease.key, &lease.token, ttl).await {
+            None | Some(SetNx::Stored) => SetNx::Stored,
+            Some(SetNx::Held) => {
+                kv.del_if_eq(lease.key.clone(), lease.token.clone()).await;
+                SetNx::Held
+            }
+            Some(SetNx::Unavailable) => SetNx::Unavailable,
+        }
+    }
+
     /// Extends a lease we hold to `ttl` from now; false if it is no longer ours (it expired
-    /// and someone else may hold it) or the cache could not be asked. A read and a write,
+    /// and someone else may hold it) or the cache could not be asked. After a reshard it is
+    /// renewed on the key's previous owner too (see `reshard.rs`). A read and a write,
     /// not one atomic step: in the moment between them an expired lease taken by another
     /// holder could be overwritten, which costs at most one duplicate fetch.
     pub async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> bool {
         let Some(kv) = self.inner.kv.as_ref() else {
             return false;
         };
-        if !lease.exclusive || kv.get(&lease.key).await.as_ref() != Some(&lease.token) {
+        if !lease.exclusive {
             return false;
         }
-        let renewed = kv
-            .set(
-                lease.key.clone(),
-                lease.token.clone(),
-                Some(ttl.max(MIN_LEASE_TTL)),
-            )
-            .await;
+        let ttl = ttl.max(MIN_LEASE_TTL);
+        let renewed = if kv.get(&lease.key).await.as_ref() == Some(&lease.token) {
+            let renewed = kv
+                .set(lease.key.clone(), lease.token.clone(), Some(ttl))
+                .await;
+            if renewed {
+                reshard::renew_previous(kv, &lease.key, &lease.token, ttl).await;
+            }
+            renewed
+        } else {
+            // Taken before a reshard moved its key: it lives on the previous owner. Renewed
+            // there, and put on the new owner too so repos on the new list see it.
+            reshard::renew_previous(kv, &lease.key, &lease.token, ttl).await
+                && kv.set_nx(lease.key.clone(), lease.token.clone(), ttl).await != SetNx::Held
+        };
         metrics::request(
             kv.backend(),
             "lease_renew",

@@ -4,7 +4,8 @@
 //! actors reached through the ring; this crate never talks to Redis itself). Blobs are
 //! stored in verified chunks so a read can stop cleanly where the cache lost data (small
 //! blobs inline in their header, one key), records describe remote media, and leases keep
-//! two repos from fetching the same remote file.
+//! two repos from fetching the same remote file. After the shard list changes, a miss on a
+//! key's new shard reads its previous owner and moves what it finds (`reshard`).
 //!
 //! Invariant: no call here fails because the cache failed — backend trouble is a miss.
 
@@ -19,6 +20,7 @@ mod lease;
 mod limits;
 mod memory;
 mod metrics;
+mod reshard;
 mod shards;
 
 pub use blob::{BlobRead, BlobReader};
@@ -32,4 +34,5 @@ pub use lease::Lease;
 pub use limits::{INLINE_MAX_BYTES, MAX_CHUNK_BYTES, MAX_RECORD_BYTES, MIN_CHUNK_BYTES};
 /// A shard as [`Cache::status`] reports it (the ring's own type).
 pub use mr_ring::ShardStatus;
+pub use reshard::MAX_MOVES_IN_FLIGHT;
 pub use shards::MAILBOX_GRACE;

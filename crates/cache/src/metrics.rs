@@ -36,6 +36,31 @@ pub(crate) static BACKEND_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// `media_repo_cache_previous_owner_requests_total{op, owner, result}`: reads and leases
+/// sent to (or skipped on) a key's previous owner after a reshard (`reshard.rs`). `op`:
+/// blob_open | record_get | lease | lease_renew; `owner`: listed (still in the shard list) |
+/// removed (draining); `result`: hit (served from the previous owner) | miss | down (skipped
+/// without a round trip) | stored | held | unavailable | skipped (leases).
+pub(crate) static PREVIOUS_OWNER: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "media_repo_cache_previous_owner_requests_total",
+        "Cache lookups on a key's previous owner after the shard list changed",
+        &["op", "owner", "result"],
+    )
+});
+
+/// `media_repo_cache_moves_total{kind, result}`: copies of what a previous owner served to
+/// the key's current owner. `kind`: blob | record; `result`: moved | lost (the source lost
+/// or damaged a chunk) | refused (the new owner did not take a write) | deleted (the blob
+/// was deleted meanwhile; the copy was removed) | busy (already moving, or no slot free).
+pub(crate) static MOVES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "media_repo_cache_moves_total",
+        "Blobs and records moved to their new shard after a reshard",
+        &["kind", "result"],
+    )
+});
+
 /// `media_repo_cache_memory_used_bytes`: weighted size (key + value bytes) of the memory backend.
 pub(crate) static MEMORY_USED: LazyLock<IntGauge> = LazyLock::new(|| {
     let gauge = IntGauge::new(
@@ -86,4 +111,12 @@ pub(crate) fn backend_error(backend: &'static str, op: &'static str, reason: &'s
 
 pub(crate) fn bytes_served(backend: &'static str, n: usize) {
     BYTES_SERVED.with_label_values(&[backend]).inc_by(n as u64);
+}
+
+pub(crate) fn previous_owner(op: &'static str, owner: &'static str, result: &'static str) {
+    PREVIOUS_OWNER.with_label_values(&[op, owner, result]).inc();
+}
+
+pub(crate) fn moved(kind: &'static str, result: &'static str) {
+    MOVES.with_label_values(&[kind, result]).inc();
 }

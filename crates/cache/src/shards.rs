@@ -7,8 +7,11 @@
 //! paused (it refused one: OOM, READONLY) is skipped here, before any message, by reading the
 //! shard's shared health; the shard actor lets the one probe through once the pause is over.
 //! A shard holding another key-format version is not up, so routing skips it like a down one.
-//! Deletes and lease releases go to every shard, because routing may have moved while the
-//! shard holding the key was down.
+//! Deletes and lease releases go to every shard, draining ones included, because routing may
+//! have moved while the shard holding the key was down or the shard list changed.
+//!
+//! A copy made with [`RingKv::pinned_to`] reads every key from one shard instead of routing
+//! it: a blob found on its previous owner after a reshard is read there to the end.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,7 +20,7 @@ use std::time::Duration;
 use actix::{Handler, Message};
 use bytes::Bytes;
 use futures_util::future::join_all;
-use mr_ring::{RingHandle, ShardHandle};
+use mr_ring::{PreviousOwner, RingHandle, ShardHandle};
 use mr_shard_actor::messages::{Del, DelIfEq, Get, Set, SetNx};
 use mr_shard_actor::{ShardActor, ShardError};
 
@@ -35,6 +38,8 @@ pub(crate) struct RingKv {
     ring: RingHandle,
     /// Milliseconds we wait for a shard's answer; changes on reload, read per call.
     wait_ms: Arc<AtomicU64>,
+    /// When set, `get` reads from this shard rather than from the key's route.
+    pinned: Option<ShardHandle>,
 }
 
 impl RingKv {
@@ -42,6 +47,7 @@ impl RingKv {
         let kv = RingKv {
             ring,
             wait_ms: Arc::new(AtomicU64::new(0)),
+            pinned: None,
         };
         kv.set_response_timeout(response_timeout);
         kv
@@ -57,6 +63,62 @@ impl RingKv {
 
     pub(crate) fn ring(&self) -> &RingHandle {
         &self.ring
+    }
+
+    /// A copy whose reads all go to `shard` (writes still follow the routes).
+    pub(crate) fn pinned_to(&self, shard: ShardHandle) -> RingKv {
+        RingKv {
+            pinned: Some(shard),
+            ..self.clone()
+        }
+    }
+
+    /// The shard that held `key` before the last change of the shard list, when the key
+    /// now routes elsewhere and that change is still being drained (see `reshard.rs`).
+    pub(crate) fn previous_owner(&self, key: &str) -> Option<PreviousOwner> {
+        let current = self.ring.route(key);
+        self.ring
+            .previous_owner(key, current.as_ref().map(|shard| &*shard.name))
+    }
+
+    /// `GET key` on `shard`, whatever the routes say.
+    pub(crate) async fn get_on(&self, shard: &ShardHandle, key: &str) -> Option<Bytes> {
+        let msg = Get {
+            key: key.to_owned(),
+        };
+        self.call(shard, msg, "get").await.flatten()
+    }
+
+    /// `SET key value NX PX ttl` on `shard`, whatever the routes say.
+    pub(crate) async fn set_nx_on(
+        &self,
+        shard: &ShardHandle,
+        key: String,
+        value: Bytes,
+        ttl: Duration,
+    ) -> SetNxOutcome {
+        match self.call(shard, SetNx { key, value, ttl }, "set_nx").await {
+            Some(true) => SetNxOutcome::Stored,
+            Some(false) => SetNxOutcome::Held,
+            None => SetNxOutcome::Unavailable,
+        }
+    }
+
+    /// `SET key value PX ttl` on `shard`, whatever the routes say; true when stored.
+    pub(crate) async fn set_on(
+        &self,
+        shard: &ShardHandle,
+        key: String,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> bool {
+        if shard.health.writes_paused() {
+            metrics::backend_error(BACKEND, "set", "write_paused");
+            return false;
+        }
+        self.call(shard, Set { key, value, ttl }, "set")
+            .await
+            .is_some()
     }
 
     fn route(&self, key: &str, op: &'static str) -> Option<ShardHandle> {
@@ -95,16 +157,13 @@ impl RingKv {
     }
 
     pub(crate) async fn get(&self, key: &str) -> Option<Bytes> {
-        let shard = self.route(key, "get")?;
-        self.call(
-            &shard,
-            Get {
-                key: key.to_owned(),
-            },
-            "get",
-        )
-        .await
-        .flatten()
+        match &self.pinned {
+            Some(shard) => self.get_on(shard, key).await,
+            None => {
+                let shard = self.route(key, "get")?;
+                self.get_on(&shard, key).await
+            }
+        }
     }
 
     /// The shard `key` belongs to, if it takes writes now; a write to a shard whose writes
@@ -131,15 +190,11 @@ impl RingKv {
         let Some(shard) = self.route_write(&key, "set_nx") else {
             return SetNxOutcome::Unavailable;
         };
-        match self.call(&shard, SetNx { key, value, ttl }, "set_nx").await {
-            Some(true) => SetNxOutcome::Stored,
-            Some(false) => SetNxOutcome::Held,
-            None => SetNxOutcome::Unavailable,
-        }
+        self.set_nx_on(&shard, key, value, ttl).await
     }
 
     pub(crate) async fn del_if_eq(&self, key: String, value: Bytes) -> bool {
-        let shards = self.ring.shards();
+        let shards = self.ring.all_shards();
         let calls = shards.iter().map(|shard| {
             let msg = DelIfEq {
                 key: key.clone(),
@@ -150,10 +205,11 @@ impl RingKv {
         join_all(calls).await.into_iter().any(|r| r == Some(true))
     }
 
-    /// Sends `DEL keys` to every shard of the routing snapshot; returns the names of the
-    /// shards that did not take it (down, hung, gone) and how many did.
+    /// Sends `DEL keys` to every shard of the routing snapshot, draining ones included;
+    /// returns the names of the shards that did not take it (down, hung, gone) and how
+    /// many did.
     pub(crate) async fn del_everywhere(&self, keys: Vec<String>) -> (Vec<Arc<str>>, usize) {
-        let shards = self.ring.shards();
+        let shards = self.ring.all_shards();
         let calls = shards
             .iter()
             .map(|shard| self.call(shard, Del { keys: keys.clone() }, "del"));

@@ -125,6 +125,13 @@ pub struct RedisConfig {
     /// ones. Default 2.
     #[serde(default = "default_connections_per_shard")]
     pub connections_per_shard: usize,
+    /// Seconds after a change of the shard list during which a miss on a key's new shard
+    /// reads the shard that owned it before the change (serving from it and copying the
+    /// blob over), and a removed shard stays connected (draining) so its keys can still be
+    /// read. 0 turns this off: keys that moved miss, removed shards are dropped at once.
+    /// At most 86400 (a day). Default 3600.
+    #[serde(default = "default_reshard_drain_secs")]
+    pub reshard_drain_secs: u64,
 }
 
 fn default_database_number() -> i64 {
@@ -151,6 +158,10 @@ fn default_connections_per_shard() -> usize {
     2
 }
 
+fn default_reshard_drain_secs() -> u64 {
+    3600
+}
+
 impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
@@ -161,6 +172,7 @@ impl Default for RedisConfig {
             health_interval_ms: default_health_interval_ms(),
             down_after_failures: default_down_after_failures(),
             connections_per_shard: default_connections_per_shard(),
+            reshard_drain_secs: default_reshard_drain_secs(),
         }
     }
 }

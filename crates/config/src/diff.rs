@@ -26,7 +26,7 @@ pub struct ShardDiff {
 pub struct ConfigDiff {
     /// `Some` when shards were added, removed or re-addressed.
     pub shards: Option<ShardDiff>,
-    /// Redis timeouts, health checks, connections or database number changed.
+    /// Redis timeouts, health checks, connections, database number or reshard drain changed.
     pub redis_settings_changed: bool,
     /// `cache.max_object_bytes`, `chunk_bytes`, `ttl_secs` or `memory.max_bytes` changed.
     pub cache_limits_changed: bool,
@@ -124,7 +124,8 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             || or.response_timeout_ms != nr.response_timeout_ms
             || or.health_interval_ms != nr.health_interval_ms
             || or.down_after_failures != nr.down_after_failures
-            || or.connections_per_shard != nr.connections_per_shard,
+            || or.connections_per_shard != nr.connections_per_shard
+            || or.reshard_drain_secs != nr.reshard_drain_secs,
         cache_limits_changed: oc.max_object_bytes != nc.max_object_bytes
             || oc.chunk_bytes != nc.chunk_bytes
             || oc.ttl_secs != nc.ttl_secs

@@ -39,3 +39,4 @@ pub use mr_federation::Cidr;
 pub use server::{LoggingConfig, MetricsConfig, ServerConfig};
 pub use shard_addr::redact_url;
 pub use storage::{DatabaseConfig, DatastoreConfig, DatastoreKind};
+pub use validate::MAX_RESHARD_DRAIN_SECS;

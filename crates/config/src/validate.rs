@@ -17,6 +17,11 @@ const MAX_DNS_NAME_LEN: usize = 255;
 /// hour is a typo, not a drain.
 const MAX_SHUTDOWN_TIMEOUT_SECS: u64 = 3600;
 
+/// Upper bound on `cache.redis.reshard_drain_secs`: a removed shard kept connected, and a
+/// second lookup on misses of moved keys, for more than a day is a typo, not a drain (keys
+/// nobody read for a day are not worth the round trips).
+pub const MAX_RESHARD_DRAIN_SECS: u64 = 86_400;
+
 /// Levels accepted in `logging.level`.
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
@@ -381,6 +386,12 @@ fn check_cache(config: &Config, p: &mut Problems) {
         "cache.redis.connections_per_shard",
         u64::try_from(redis.connections_per_shard).unwrap_or(u64::MAX),
     );
+    if redis.reshard_drain_secs > MAX_RESHARD_DRAIN_SECS {
+        p.add(format!(
+            "cache.redis.reshard_drain_secs ({}) is larger than {MAX_RESHARD_DRAIN_SECS} (one day)",
+            redis.reshard_drain_secs
+        ));
+    }
 
     let mut seen = HashSet::new();
     for (i, shard) in redis.shards.iter().enumerate() {

@@ -116,6 +116,7 @@ fn defaults_match_the_agreed_values() {
     assert_eq!(r.health_interval_ms, 250);
     assert_eq!(r.down_after_failures, 2);
     assert_eq!(r.connections_per_shard, 2);
+    assert_eq!(r.reshard_drain_secs, 3600);
     assert_eq!(c.logging.level, "info");
     c.validate().unwrap();
 }
@@ -456,6 +457,17 @@ fn zero_limits_are_rejected() {
             "{msg}"
         );
     }
+    let msg = invalid("cache:\n  redis:\n    reshard_drain_secs: 86401\n");
+    assert!(
+        msg.contains("cache.redis.reshard_drain_secs (86401) is larger than 86400"),
+        "{msg}"
+    );
+    let c = parse("cache:\n  redis:\n    reshard_drain_secs: 0\n");
+    assert_eq!(
+        c.cache.redis.reshard_drain_secs, 0,
+        "0 turns the fallback off"
+    );
+    c.validate().unwrap();
     let msg = invalid("cache:\n  memory:\n    max_bytes: 0\n");
     assert!(
         msg.contains("cache.memory.max_bytes must be greater than 0"),
@@ -824,6 +836,10 @@ fn settings_changes_are_flagged_per_part() {
 
     let mut new = base.clone();
     new.cache.redis.database_number = 1;
+    assert!(diff(&base, &new).redis_settings_changed);
+
+    let mut new = base.clone();
+    new.cache.redis.reshard_drain_secs = 60;
     assert!(diff(&base, &new).redis_settings_changed);
 
     for change in [

@@ -1,9 +1,15 @@
 //! The ring actor: owns one shard actor per configured shard, each on its own arbiter thread,
 //! replaces any that died, applies new shard lists, and publishes the routing snapshot.
+//!
+//! When a change of the list adds or removes names, the list before it is kept for
+//! `cache.redis.reshard_drain_secs` (the "drain") and published with the snapshot, and the
+//! removed shards keep running meanwhile (their metrics with them: they still serve reads).
+//! One generation only: a second change during a drain starts a new drain from the list
+//! that was current, and shards removed by the first change are then dropped.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use arc_swap::ArcSwap;
@@ -11,7 +17,7 @@ use mr_config::{RedisConfig, ShardConfig};
 use mr_shard_actor::{ShardActor, ShardHealth, ShardSettings};
 
 use crate::messages::{ApplyRedisConfig, ShardStatus, Status};
-use crate::snapshot::{RingHandle, ShardHandle, Snapshot};
+use crate::snapshot::{PreviousRing, RingHandle, ShardHandle, Snapshot};
 
 /// How often the ring looks for shard actors whose mailbox closed (a panic kills an actor
 /// for good: actix's `Supervisor` only restarts after `ctx.stop()`).
@@ -65,10 +71,24 @@ fn spawn_actor(settings: &ShardSettings, health: &Arc<ShardHealth>) -> (Arbiter,
     (arbiter, addr)
 }
 
+/// The shard list before the last change of names, while it is drained.
+struct Previous {
+    /// Every name of that list.
+    names: Vec<String>,
+    /// The shards it had that the current list removed, still running.
+    draining: BTreeMap<String, RunningShard>,
+    until: Instant,
+    /// Tells the timer that ends this drain from one a later change replaced it with.
+    generation: u64,
+}
+
 /// Owner of the shard actors. Start it with [`RingActor::start`].
 pub struct RingActor {
     redis: RedisConfig,
     shards: BTreeMap<String, RunningShard>,
+    previous: Option<Previous>,
+    /// Counts drains started, see [`Previous::generation`].
+    drains: u64,
     snapshot: Arc<ArcSwap<Snapshot>>,
 }
 
@@ -80,6 +100,8 @@ impl RingActor {
         let mut ring = RingActor {
             redis: redis.clone(),
             shards: BTreeMap::new(),
+            previous: None,
+            drains: 0,
             snapshot: snapshot.clone(),
         };
         for shard in &redis.shards {
@@ -97,21 +119,40 @@ impl RingActor {
         }
     }
 
-    /// Publishes the current shard set for the routers.
+    /// Publishes the current shard set, and the previous one while it drains, for the
+    /// routers. Previous names resolve to today's actors, so a respawn is seen there too.
     fn publish(&self) {
         let shards = self
             .shards
             .values()
             .map(|shard| shard.handle.clone())
             .collect();
-        self.snapshot.store(Arc::new(Snapshot { shards }));
+        let previous = self.previous.as_ref().map(|previous| PreviousRing {
+            shards: previous
+                .names
+                .iter()
+                .filter_map(|name| match self.shards.get(name) {
+                    Some(running) => Some((running.handle.clone(), false)),
+                    None => previous
+                        .draining
+                        .get(name)
+                        .map(|running| (running.handle.clone(), true)),
+                })
+                .collect(),
+            until: previous.until,
+        });
+        self.snapshot.store(Arc::new(Snapshot { shards, previous }));
     }
 
-    /// Replaces every shard actor whose mailbox closed, keeping its health flag so routing
-    /// does not flap while the new actor connects.
+    /// Replaces every shard actor whose mailbox closed (draining ones included), keeping
+    /// its health flag so routing does not flap while the new actor connects.
     fn respawn_dead(&mut self) {
+        let draining = self
+            .previous
+            .iter_mut()
+            .flat_map(|p| p.draining.values_mut());
         let mut respawned = false;
-        for shard in self.shards.values_mut() {
+        for shard in self.shards.values_mut().chain(draining) {
             if shard.handle.addr.connected() {
                 continue;
             }
@@ -127,32 +168,88 @@ impl RingActor {
         }
     }
 
+    /// Stops a removed shard and forgets its metrics (now, and once more a moment later in
+    /// case its stopping thread wrote a last figure), unless a shard of that name is
+    /// configured again by then.
+    fn retire(&self, ctx: &mut Context<Self>, name: String, shard: RunningShard) {
+        shard.stop();
+        if self.shards.contains_key(&name) {
+            return;
+        }
+        mr_shard_actor::forget_shard_metrics(&name);
+        ctx.run_later(FORGET_METRICS_AGAIN_AFTER, move |ring, _| {
+            if !ring.shards.contains_key(&name) {
+                mr_shard_actor::forget_shard_metrics(&name);
+            }
+        });
+    }
+
+    /// Ends the drain of `generation` if it is still the current one.
+    fn end_drain(&mut self, ctx: &mut Context<Self>, generation: u64) {
+        if self.previous.as_ref().map(|p| p.generation) != Some(generation) {
+            return;
+        }
+        self.end_previous(ctx);
+        tracing::info!("reshard drain over: the previous shard list is no longer read");
+        self.publish();
+    }
+
+    /// Drops the previous list and stops its draining shards (the caller publishes).
+    fn end_previous(&mut self, ctx: &mut Context<Self>) {
+        if let Some(previous) = self.previous.take() {
+            for (name, shard) in previous.draining {
+                tracing::info!(shard = %name, "draining redis shard stopped");
+                self.retire(ctx, name, shard);
+            }
+        }
+    }
+
     fn apply(&mut self, ctx: &mut Context<Self>, redis: RedisConfig) {
         self.redis = redis;
+        let drain = Duration::from_secs(self.redis.reshard_drain_secs);
         let wanted: BTreeMap<String, ShardConfig> = self
             .redis
             .shards
             .iter()
             .map(|shard| (shard.name.clone(), shard.clone()))
             .collect();
+        let names_changed = !self.shards.keys().eq(wanted.keys());
 
+        if names_changed || drain.is_zero() {
+            // The drain in progress (if any) describes a list that is no longer the one
+            // before the current: the new change starts its own, or drains are off.
+            self.end_previous(ctx);
+        }
         let removed: Vec<String> = self
             .shards
             .keys()
             .filter(|name| !wanted.contains_key(*name))
             .cloned()
             .collect();
-        for name in removed {
-            if let Some(shard) = self.shards.remove(&name) {
-                tracing::info!(shard = %name, "redis shard removed");
-                shard.stop();
-            }
-            mr_shard_actor::forget_shard_metrics(&name);
-            ctx.run_later(FORGET_METRICS_AGAIN_AFTER, move |ring, _| {
-                if !ring.shards.contains_key(&name) {
-                    mr_shard_actor::forget_shard_metrics(&name);
+        if names_changed && !drain.is_zero() {
+            self.drains += 1;
+            let generation = self.drains;
+            let mut previous = Previous {
+                names: self.shards.keys().cloned().collect(),
+                draining: BTreeMap::new(),
+                until: Instant::now() + drain,
+                generation,
+            };
+            for name in removed {
+                if let Some(shard) = self.shards.remove(&name) {
+                    tracing::info!(shard = %name, drain_secs = drain.as_secs(), "redis shard removed; draining");
+                    previous.draining.insert(name, shard);
                 }
-            });
+            }
+            self.previous = Some(previous);
+            ctx.run_later(drain, move |ring, ctx| ring.end_drain(ctx, generation));
+        } else {
+            for name in removed {
+                if let Some(shard) = self.shards.remove(&name) {
+                    tracing::info!(shard = %name, "redis shard removed");
+                    self.retire(ctx, name, shard);
+                }
+            }
         }
 
         for (name, config) in wanted {
@@ -181,7 +278,8 @@ impl Actor for RingActor {
 
     /// The ring owns the shard threads: nothing of a stopped ring keeps running.
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        for (_, shard) in std::mem::take(&mut self.shards) {
+        let draining = self.previous.take().map(|p| p.draining).unwrap_or_default();
+        for (_, shard) in std::mem::take(&mut self.shards).into_iter().chain(draining) {
             shard.stop();
         }
         self.publish();
@@ -200,16 +298,19 @@ impl Handler<Status> for RingActor {
     type Result = MessageResult<Status>;
 
     fn handle(&mut self, _msg: Status, _ctx: &mut Self::Context) -> Self::Result {
+        let configured = self.shards.values().map(|shard| (shard, false));
+        let draining = self.previous.iter().flat_map(|p| p.draining.values());
         MessageResult(
-            self.shards
-                .values()
-                .map(|shard| ShardStatus {
+            configured
+                .chain(draining.map(|shard| (shard, true)))
+                .map(|(shard, draining)| ShardStatus {
                     name: shard.settings.name.clone(),
                     addr: shard.config.redacted_addr(),
                     up: shard.handle.is_up(),
                     last_error: shard.handle.health.last_error(),
                     write_error: shard.handle.health.write_error(),
                     format_mismatch: shard.handle.health.format_mismatch(),
+                    draining,
                 })
                 .collect(),
         )

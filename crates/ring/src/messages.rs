@@ -32,4 +32,7 @@ pub struct ShardStatus {
     /// `found X, expected Y` while the shard is not used because its key-format marker names
     /// another version (a media repo of another major version uses it); `None` otherwise.
     pub format_mismatch: Option<String>,
+    /// Removed from the shard list, and kept connected only while the keys it holds are
+    /// read and moved to their new shards (`cache.redis.reshard_drain_secs`).
+    pub draining: bool,
 }

@@ -13,6 +13,7 @@ use integration::RedisServer;
 use mr_config::{RedisConfig, ShardConfig};
 use mr_ring::{hashing, ApplyRedisConfig, RingActor, RingHandle, Status};
 use mr_shard_actor::{Get, Set};
+use std::time::Instant;
 
 /// The fault-detection bound the cache promises.
 const DETECT: Duration = Duration::from_secs(2);
@@ -206,7 +207,7 @@ async fn apply_redis_config_adds_removes_and_moves_shards() {
     assert!(after["c"] > 60, "{after:?}");
     assert!(after["a"] <= before["a"] && after["b"] <= before["b"]);
 
-    // Remove a: its keys go elsewhere, its status is gone.
+    // Remove a: its keys go elsewhere; it is listed as draining (the default drain).
     ring_addr
         .send(ApplyRedisConfig(redis_config(&[("b", &b), ("c", &c)])))
         .await
@@ -216,8 +217,11 @@ async fn apply_redis_config_adds_removes_and_moves_shards() {
     assert!(!spread(&ring).contains_key("a"));
     let status = ring_addr.send(Status).await.unwrap();
     assert_eq!(
-        status.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
-        ["b", "c"]
+        status
+            .iter()
+            .map(|s| (s.name.as_str(), s.draining))
+            .collect::<Vec<_>>(),
+        [("b", false), ("c", false), ("a", true)]
     );
 
     // Move b to server d (same name, new address): restarted, and now writes land on d.
@@ -271,4 +275,138 @@ async fn status_redacts_passwords() {
     assert!(!status[0].addr.contains("hunter2"), "{}", status[0].addr);
     assert!(!status[0].up);
     assert!(ring.route("k").is_none(), "a down shard is never routed to");
+}
+
+fn with_drain(mut config: RedisConfig, secs: u64) -> RedisConfig {
+    config.reshard_drain_secs = secs;
+    config
+}
+
+/// Every key's previous owner, as the ring answers it given the current route.
+fn previous_owners(ring: &RingHandle) -> BTreeMap<String, (String, bool)> {
+    keys()
+        .filter_map(|key| {
+            let current = ring.route(&key).map(|s| s.name.to_string());
+            let previous = ring.previous_owner(&key, current.as_deref())?;
+            Some((key, (previous.shard.name.to_string(), previous.removed)))
+        })
+        .collect()
+}
+
+#[actix_rt::test]
+async fn previous_owners_are_routed_while_a_change_drains() {
+    let a = RedisServer::start().unwrap();
+    let b = RedisServer::start().unwrap();
+    let c = RedisServer::start().unwrap();
+    let d = RedisServer::start().unwrap();
+    const DRAIN_SECS: u64 = 2;
+    let abc = [("a", &a), ("b", &b), ("c", &c)];
+    let (ring_addr, ring) = RingActor::start(&with_drain(redis_config(&abc), DRAIN_SECS));
+    wait_all_up(&ring, 3).await;
+    assert!(
+        previous_owners(&ring).is_empty(),
+        "no change, no previous owner"
+    );
+
+    // Add d: exactly the keys that moved to d have a previous owner, the one the old list
+    // picks, still listed.
+    let abcd = [("a", &a), ("b", &b), ("c", &c), ("d", &d)];
+    ring_addr
+        .send(ApplyRedisConfig(with_drain(
+            redis_config(&abcd),
+            DRAIN_SECS,
+        )))
+        .await
+        .unwrap();
+    let drain_started = Instant::now();
+    wait_all_up(&ring, 4).await;
+    let previous = previous_owners(&ring);
+    let mut moved = 0;
+    for key in keys() {
+        let old = hashing::pick(["a", "b", "c"].into_iter(), &key).unwrap();
+        let new = hashing::pick(["a", "b", "c", "d"].into_iter(), &key).unwrap();
+        if old == new {
+            assert!(!previous.contains_key(&key), "{key} did not move");
+        } else {
+            assert_eq!(new, "d", "a key only moves to the new shard");
+            assert_eq!(previous[&key], (old.to_owned(), false), "{key}");
+            moved += 1;
+        }
+    }
+    assert_eq!(previous.len(), moved);
+    assert!(moved > 40, "about a quarter of 300 keys moved: {moved}");
+    assert!(ring.draining().is_empty(), "nothing was removed");
+
+    // Before that drain ends, remove c: a new drain from a, b, c, d. c's keys have c as their
+    // previous owner, removed but still connected (and up: no round trip is skipped).
+    ring_addr
+        .send(ApplyRedisConfig(with_drain(
+            redis_config(&[("a", &a), ("b", &b), ("d", &d)]),
+            DRAIN_SECS,
+        )))
+        .await
+        .unwrap();
+    let second_drain = Instant::now();
+    let previous = previous_owners(&ring);
+    let of_c: Vec<_> = keys()
+        .filter(|k| hashing::pick(["a", "b", "c", "d"].into_iter(), k) == Some("c"))
+        .collect();
+    assert!(!of_c.is_empty());
+    assert_eq!(previous.len(), of_c.len(), "only c's keys moved");
+    for key in &of_c {
+        assert_eq!(previous[key], ("c".to_owned(), true));
+    }
+    let draining = ring.draining();
+    assert_eq!(draining.len(), 1);
+    assert_eq!(&*draining[0].name, "c");
+    assert!(
+        draining[0].is_up(),
+        "a draining shard keeps its health checks"
+    );
+    assert_eq!(ring.all_shards().len(), 4);
+    let status = ring_addr.send(Status).await.unwrap();
+    assert!(status.iter().any(|s| s.name == "c" && s.draining && s.up));
+
+    // The first drain's timer must not end the second drain.
+    let first_end = drain_started + Duration::from_secs(DRAIN_SECS);
+    tokio::time::sleep(
+        first_end.saturating_duration_since(Instant::now()) + Duration::from_millis(300),
+    )
+    .await;
+    if second_drain.elapsed() < Duration::from_secs(DRAIN_SECS) {
+        assert_eq!(
+            previous_owners(&ring).len(),
+            of_c.len(),
+            "second drain cut short"
+        );
+    }
+
+    // When the drain is over: no previous owner, c stopped and gone from the status.
+    wait_until(Duration::from_secs(DRAIN_SECS + 2), || {
+        ring.draining().is_empty() && previous_owners(&ring).is_empty()
+    })
+    .await
+    .expect("the drain never ended");
+    let status = ring_addr.send(Status).await.unwrap();
+    assert_eq!(
+        status.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "d"]
+    );
+}
+
+#[actix_rt::test]
+async fn a_zero_drain_drops_removed_shards_at_once() {
+    let a = RedisServer::start().unwrap();
+    let b = RedisServer::start().unwrap();
+    let (ring_addr, ring) = RingActor::start(&with_drain(redis_config(&[("a", &a), ("b", &b)]), 0));
+    wait_all_up(&ring, 2).await;
+    ring_addr
+        .send(ApplyRedisConfig(with_drain(redis_config(&[("b", &b)]), 0)))
+        .await
+        .unwrap();
+    assert!(ring.draining().is_empty());
+    assert!(previous_owners(&ring).is_empty());
+    let status = ring_addr.send(Status).await.unwrap();
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].name, "b");
 }

@@ -18,11 +18,22 @@ use crate::common::{config_yaml, random_bytes, users, Options, Stack, DEFAULT_MA
 const MID_DOWNLOAD_FILE_BYTES: usize = 40 * 1024 * 1024;
 
 /// Small chunks, so a file spans many of them.
-const CHUNK_BYTES: usize = 262_144;
+pub const CHUNK_BYTES: usize = 262_144;
+
+/// How long these tests keep a removed shard draining: short, so its metrics are seen to
+/// vanish once it is dropped.
+const DRAIN_SECS: u64 = 1;
 
 fn redis_cache_yaml(shards: &[(&str, &RedisServer)]) -> String {
-    let mut yaml =
-        format!("cache:\n  backend: redis\n  chunk_bytes: {CHUNK_BYTES}\n  redis:\n    shards:\n");
+    redis_cache_yaml_draining(shards, DRAIN_SECS)
+}
+
+/// `cache:` on these shards, with `reshard_drain_secs: drain_secs`.
+pub fn redis_cache_yaml_draining(shards: &[(&str, &RedisServer)], drain_secs: u64) -> String {
+    let mut yaml = format!(
+        "cache:\n  backend: redis\n  chunk_bytes: {CHUNK_BYTES}\n  redis:\n    \
+         reshard_drain_secs: {drain_secs}\n    shards:\n"
+    );
     for (name, server) in shards {
         yaml.push_str(&format!(
             "      - name: {name}\n        addr: \"{}\"\n",
@@ -32,7 +43,7 @@ fn redis_cache_yaml(shards: &[(&str, &RedisServer)]) -> String {
     yaml
 }
 
-fn cache_hits(repo: &MediaRepo) -> f64 {
+pub fn cache_hits(repo: &MediaRepo) -> f64 {
     repo.metric_value(
         "media_repo_cache_requests_total{backend=\"redis\",op=\"blob_open\",result=\"hit\"}",
     )
@@ -55,7 +66,7 @@ fn shard_holding<'a>(shards: &'a mut [RedisServer], sha256: &str) -> &'a mut Red
         .unwrap_or_else(|| panic!("no shard holds {key}"))
 }
 
-fn all_up(repo: &MediaRepo, names: &[&str]) -> bool {
+pub fn all_up(repo: &MediaRepo, names: &[&str]) -> bool {
     names.iter().all(|n| {
         repo.metric_value(&format!("media_repo_cache_shard_up{{shard=\"{n}\"}}")) == Some(1.0)
     })

@@ -14,5 +14,6 @@ mod purge;
 mod quarantine;
 mod real_deployment;
 mod reload;
+mod reshard;
 mod shared_fetch;
 mod thumbnails;

@@ -10,7 +10,7 @@ fn config_with_shards(shards: &[(&str, &RedisServer)]) -> String {
          homeservers:\n  - name: \"localhost\"\n    client_api_url: \"http://127.0.0.1:9\"\n\
          database:\n  url: \"sqlite://{dir}/media.db\"\n\
          datastores:\n  - id: default\n    kind: file\n    path: \"{dir}/media\"\n\
-         cache:\n  backend: redis\n  redis:\n    shards:\n",
+         cache:\n  backend: redis\n  redis:\n    reshard_drain_secs: 1\n    shards:\n",
     );
     for (name, server) in shards {
         yaml.push_str(&format!(
@@ -68,7 +68,8 @@ fn sighup_adds_a_shard_and_a_broken_config_is_refused() {
     let health = reqwest::blocking::get(format!("{}/healthz", repo.base_url())).unwrap();
     assert_eq!(health.status(), 200);
 
-    // Removing a shard forgets it (its metrics vanish: they tell the truth).
+    // Removing a shard drains it for reshard_drain_secs (1 s here), then forgets it (its
+    // metrics vanish: they tell the truth).
     repo.write_config(&config_with_shards(&[("b", &b)]))
         .unwrap();
     repo.sighup();

@@ -217,6 +217,11 @@ pub async fn put(cache: &Cache, sha: &str, data: &[u8]) -> bool {
 /// A Redis-backed cache on the given `(name, url)` shards, started without waiting for any
 /// of them to come up (for shards that never do).
 pub fn redis_cache_on(shards: &[(&str, String)]) -> Cache {
+    Cache::start(&redis_config_on(shards))
+}
+
+/// The test config with the Redis backend on the given `(name, url)` shards.
+pub fn redis_config_on(shards: &[(&str, String)]) -> CacheConfig {
     let mut cfg = base_config();
     cfg.backend = CacheBackend::Redis;
     cfg.redis.shards = shards
@@ -226,7 +231,7 @@ pub fn redis_cache_on(shards: &[(&str, String)]) -> Cache {
             addr: url.clone(),
         })
         .collect();
-    Cache::start(&cfg)
+    cfg
 }
 
 /// The sum of the samples of metric `family` whose labels include all of `labels`.

@@ -74,7 +74,10 @@ pub struct Thumbnailer {
     /// Background (pre-generation) jobs hold one of these before a worker permit: they
     /// never take every worker, so a client's request always finds one free of them.
     background: Semaphore,
+    /// Clients' jobs waiting for a worker (at most [`MAX_QUEUED`]).
     queued: AtomicUsize,
+    /// Pre-generation jobs waiting (at most [`MAX_QUEUED`]; beyond, sizes wait for a request).
+    background_queued: AtomicUsize,
     /// Keyed by [`generation_key`]; one entry per thumbnail being made.
     in_progress: DashMap<String, Waiter>,
 }
@@ -90,6 +93,7 @@ impl Default for Thumbnailer {
             permits: Semaphore::new(workers),
             background: Semaphore::new(workers.saturating_sub(1).max(1)),
             queued: AtomicUsize::new(0),
+            background_queued: AtomicUsize::new(0),
             in_progress: DashMap::new(),
         }
     }
@@ -394,13 +398,19 @@ impl Thumbnailer {
     /// Waits for a worker, in a bounded queue (full: 429). Background jobs first take one
     /// of the background permits, so they never hold every worker.
     async fn worker(&self, priority: Priority) -> MatrixResult<Worker<'_>> {
-        if self.queued.load(Ordering::Acquire) >= MAX_QUEUED {
+        // Clients and background jobs queue apart: pre-generation after a burst of
+        // uploads must not fill the queue clients are refused by.
+        let queue = match priority {
+            Priority::Client => &self.queued,
+            Priority::Background => &self.background_queued,
+        };
+        if queue.load(Ordering::Acquire) >= MAX_QUEUED {
             return Err(MatrixError::limit_exceeded(
                 "Too many thumbnails are being made; try again shortly",
                 RETRY_BUSY_SECS,
             ));
         }
-        self.queued.fetch_add(1, Ordering::AcqRel);
+        queue.fetch_add(1, Ordering::AcqRel);
         QUEUED.inc();
         let acquired = async {
             let background = match priority {
@@ -410,7 +420,7 @@ impl Thumbnailer {
             Ok::<_, tokio::sync::AcquireError>((background, self.permits.acquire().await?))
         }
         .await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
+        queue.fetch_sub(1, Ordering::AcqRel);
         QUEUED.dec();
         let (background, permit) =
             acquired.map_err(|err| MatrixError::internal("thumbnail pool closed", &err))?;
