@@ -95,7 +95,7 @@ pub fn thumbnail(bytes: &[u8], request: &Request, limits: &Limits) -> Result<Thu
 /// Errors: as [`thumbnail`]; one failure fails all (they share the source).
 pub fn thumbnails(bytes: &[u8], requests: &[Request], limits: &Limits) -> Result<Vec<Thumbnail>> {
     let mut out: Vec<Option<Thumbnail>> = vec![None; requests.len()];
-    thumbnails_each(bytes, requests, limits, |i, made| out[i] = Some(made))?;
+    thumbnails_each(bytes, requests, limits, |_| false, |i, made| out[i] = Some(made))?;
     out.into_iter()
         .map(|t| t.ok_or_else(|| Error::Encode("a requested thumbnail was not made".into())))
         .collect()
@@ -103,11 +103,15 @@ pub fn thumbnails(bytes: &[u8], requests: &[Request], limits: &Limits) -> Result
 
 /// As [`thumbnails`], handing each thumbnail to `each` (with its index in `requests`) as
 /// soon as it is made, so a caller can store and serve the first sizes while the others
-/// are still being made. Requests sharing a decode come out in their order in `requests`.
+/// are still being made. Before each thumbnail it asks `waited_for(i)` of the requests
+/// left: one that someone waits for now is made next (a JPEG decode whose sizes someone
+/// waits for comes first too); otherwise they come in their order in `requests`. The order
+/// never changes the bytes.
 pub fn thumbnails_each(
     bytes: &[u8],
     requests: &[Request],
     limits: &Limits,
+    waited_for: impl Fn(usize) -> bool,
     mut each: impl FnMut(usize, Thumbnail),
 ) -> Result<()> {
     if requests.iter().any(|r| r.width == 0 || r.height == 0) {
@@ -126,17 +130,20 @@ pub fn thumbnails_each(
         match info.format {
             Format::Jpeg => {
                 let source = JpegSource::read(bytes, limits)?;
-                for group in source.groups(requests, &still) {
+                let mut groups = source.groups(requests, &still);
+                while let Some(group) = take_next(&mut groups, |g| g.iter().any(|&i| waited_for(i))) {
                     let eighths = source.eighths(&requests[group[0]]);
                     let pixels = source.decode(bytes, limits, eighths)?;
-                    for i in group {
+                    let mut left = group;
+                    while let Some(i) = take_next(&mut left, |&i| waited_for(i)) {
                         each(i, source.render(&pixels, &requests[i])?);
                     }
                 }
             }
             Format::Png | Format::Gif | Format::WebP => {
                 let pixels = Pixels::from_dynamic(decode_still(bytes, info.format, limits)?);
-                for &i in &still {
+                let mut left = still;
+                while let Some(i) = take_next(&mut left, |&i| waited_for(i)) {
                     let plan = plan_for(&pixels, &requests[i]);
                     each(i, encode_png(&resize(&pixels, &plan, FULL_SIZE)?)?);
                 }
@@ -144,6 +151,15 @@ pub fn thumbnails_each(
         }
     }
     Ok(())
+}
+
+/// Removes and returns the first item of `left` that is `urgent`, else the first item.
+fn take_next<T>(left: &mut Vec<T>, urgent: impl Fn(&T) -> bool) -> Option<T> {
+    if left.is_empty() {
+        return None;
+    }
+    let at = left.iter().position(urgent).unwrap_or(0);
+    Some(left.remove(at))
 }
 
 /// Which of `requests` share one decode of `bytes`, as groups of indices into `requests`:

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use image::{DynamicImage, GenericImageView, ImageFormat};
 use mr_thumbnail::{
-    probe, shared_decodes, thumbnail, thumbnails, Error, Format, Method, Request, Thumbnail,
+    probe, shared_decodes, thumbnail, thumbnails, thumbnails_each, Error, Format, Method, Request, Thumbnail,
 };
 
 #[global_allocator]
@@ -305,6 +305,37 @@ fn batch_gives_the_bytes_of_single_thumbnails() {
                 assert_eq!(t, &batch[i]);
             }
         }
+    }
+}
+
+#[test]
+fn sizes_someone_waits_for_come_first_with_the_same_bytes() {
+    let requests = default_sizes();
+    let last = requests.len() - 1;
+    let sources = [
+        jpeg(&photo(1200, 900)),
+        encode(
+            &DynamicImage::ImageRgba8(half_transparent(500, 350)),
+            ImageFormat::Png,
+        ),
+    ];
+    for source in &sources {
+        let batch = thumbnails(source, &requests, &LIMITS).unwrap();
+        let mut order = Vec::new();
+        thumbnails_each(
+            source,
+            &requests,
+            &LIMITS,
+            |i| i == last,
+            |i, made| {
+                assert_eq!(made, batch[i], "{:?}", requests[i]);
+                order.push(i);
+            },
+        )
+        .unwrap();
+        assert_eq!(order[0], last, "the size waited for is made first");
+        order.sort_unstable();
+        assert_eq!(order, (0..requests.len()).collect::<Vec<_>>());
     }
 }
 

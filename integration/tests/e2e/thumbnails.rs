@@ -264,7 +264,16 @@ fn a_flood_of_thumbnails_stays_within_the_pool() {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
     let done = std::sync::atomic::AtomicBool::new(false);
     let (s, done) = (&s, &done);
+    /// Stops the watcher however the scope ends: a failed request must fail the test, not
+    /// leave the scope waiting forever for a watcher that was never told to stop.
+    struct StopWatcher<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for StopWatcher<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
     let (statuses, peak) = std::thread::scope(|scope| {
+        let stop_watcher = StopWatcher(done);
         let watcher = scope.spawn(move || {
             let mut peak = 0.0f64;
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
@@ -304,7 +313,7 @@ fn a_flood_of_thumbnails_stays_within_the_pool() {
             assert_eq!(response.status(), 200);
         }
         let statuses: Vec<u16> = requests.into_iter().map(|h| h.join().unwrap()).collect();
-        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(stop_watcher);
         (statuses, watcher.join().unwrap())
     });
     assert!(

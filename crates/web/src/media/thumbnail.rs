@@ -11,7 +11,7 @@
 //! Uploads of images get the configured sizes made in the background.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -112,10 +112,17 @@ enum Priority {
 struct Claim {
     state: web::Data<AppState>,
     key: String,
-    result: watch::Sender<Option<Generated>>,
+    /// Shared with a pre-generation's render thread, which asks it whether anyone waits.
+    result: Arc<watch::Sender<Option<Generated>>>,
 }
 
 impl Claim {
+    /// Whether a request waits for this generation now (the map of generations in
+    /// progress holds one receiver; each waiting request holds another).
+    fn waited_for(result: &watch::Sender<Option<Generated>>) -> bool {
+        result.receiver_count() > 1
+    }
+
     fn publish(self, result: &Generated) {
         // No receiver left is fine: nobody was waiting.
         let _ = self.result.send(Some(result.clone()));
@@ -389,7 +396,7 @@ impl Thumbnailer {
                 Turn::Mine(Claim {
                     state: state.clone(),
                     key: key.to_owned(),
-                    result,
+                    result: Arc::new(result),
                 })
             }
         }
@@ -694,10 +701,21 @@ impl Thumbnailer {
             .iter()
             .map(|(a, _)| render_request(a.width, a.height, *a))
             .collect();
+        let results: Vec<_> = claims
+            .iter()
+            .map(|(_, claim)| claim.as_ref().map(|c| c.result.clone()))
+            .collect();
         let (made_tx, mut made_rx) = mpsc::unbounded_channel();
         let rendering = tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
-            mr_thumbnail::thumbnails_each(&bytes, &requests, &limits, |i, made| {
+            // A size a client asks for meanwhile is made next: its request waits on it.
+            let waited_for = |i: usize| {
+                results
+                    .get(i)
+                    .and_then(Option::as_deref)
+                    .is_some_and(Claim::waited_for)
+            };
+            mr_thumbnail::thumbnails_each(&bytes, &requests, &limits, waited_for, |i, made| {
                 // The receiver outlives this task (it is awaited below).
                 let _ = made_tx.send((i, made));
             })
