@@ -87,7 +87,10 @@ impl Cache {
                 (Some(Kv::Redis(RingKv::new(handle, timeout))), Some(addr))
             }
         };
-        tracing::info!(backend = backend_name(kv.as_ref()), "cache started");
+        tracing::info!(
+            backend = kv.as_ref().map_or(CacheBackend::None, Kv::kind).name(),
+            "cache started"
+        );
         let pending = Arc::new(PendingEvictions::default());
         let retry_loop = match &kv {
             Some(Kv::Redis(redis)) => {
@@ -104,6 +107,21 @@ impl Cache {
                 retry_loop,
             }),
         }
+    }
+
+    /// Test hook (feature `fault-injection`): makes the actor of the shard `key` routes to
+    /// panic, as a bug in it would. False when there is no such actor (not redis).
+    #[cfg(feature = "fault-injection")]
+    pub async fn inject_shard_actor_panic(&self, key: &str) -> bool {
+        let Some(Kv::Redis(redis)) = &self.inner.kv else {
+            return false;
+        };
+        let Some(shard) = redis.ring().route(key) else {
+            return false;
+        };
+        // The panic drops the reply: the send answers with a mailbox error, as intended.
+        let _ = shard.addr.send(mr_shard_actor::Panic).await;
+        true
     }
 
     /// Applies a reloaded config: limits, memory bound, and the shard list (by message to
@@ -132,18 +150,23 @@ impl Cache {
                 ring.do_send(ApplyRedisConfig(cfg.redis.clone()));
             }
         }
-        if self.backend() != backend_label(&cfg.backend) {
+        if self.kind() != cfg.backend {
             tracing::warn!(
                 running = self.backend(),
-                configured = backend_label(&cfg.backend),
+                configured = cfg.backend.name(),
                 "changing cache.backend takes a restart; keeping the running backend"
             );
         }
     }
 
+    /// The running backend.
+    pub fn kind(&self) -> CacheBackend {
+        self.inner.kv.as_ref().map_or(CacheBackend::None, Kv::kind)
+    }
+
     /// Name of the running backend.
     pub fn backend(&self) -> &'static str {
-        backend_name(self.inner.kv.as_ref())
+        self.kind().name()
     }
 
     pub async fn status(&self) -> CacheStatus {
@@ -432,18 +455,6 @@ impl Cache {
                 None => memory.del(vec![key.to_owned()]).await,
             }
         }
-    }
-}
-
-fn backend_name(kv: Option<&Kv>) -> &'static str {
-    kv.map_or("none", Kv::backend)
-}
-
-fn backend_label(backend: &CacheBackend) -> &'static str {
-    match backend {
-        CacheBackend::None => "none",
-        CacheBackend::Memory => "memory",
-        CacheBackend::Redis => "redis",
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use mr_config::CacheBackend;
 
 use crate::memory::MemoryKv;
 use crate::shards::RingKv;
@@ -32,12 +33,17 @@ pub(crate) enum Kv {
 }
 
 impl Kv {
+    /// Which backend this is.
+    pub(crate) fn kind(&self) -> CacheBackend {
+        match self {
+            Kv::Memory(_) => CacheBackend::Memory,
+            Kv::Redis(_) => CacheBackend::Redis,
+        }
+    }
+
     /// Backend name used as the `backend` metric label.
     pub(crate) fn backend(&self) -> &'static str {
-        match self {
-            Kv::Memory(_) => "memory",
-            Kv::Redis(_) => "redis",
-        }
+        self.kind().name()
     }
 
     /// Whether fetching the next chunk ahead of time is worth a task: only when a fetch

@@ -27,7 +27,7 @@ use mr_shard_actor::{ShardActor, ShardError};
 use crate::kv::SetNx as SetNxOutcome;
 use crate::metrics;
 
-const BACKEND: &str = "redis";
+const BACKEND: &str = mr_config::CacheBackend::Redis.name();
 
 /// Added to the shard's response timeout to bound our wait for an answer: the time a
 /// message may queue in a busy mailbox. Past it the call is a miss, whatever the shard does.

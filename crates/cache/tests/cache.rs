@@ -634,19 +634,38 @@ mod redis_faults {
         }
     }
 
+    /// What happens to shard 1 in the middle of the load.
+    #[derive(Clone, Copy)]
+    enum Fault {
+        /// SIGKILL of its redis-server.
+        Kill,
+        /// SIGSTOP of its redis-server: connections stay open, nothing answers.
+        Hang,
+        /// A panic of its shard actor (the server is fine): the ring's watchdog replaces it.
+        ActorPanic,
+    }
+
     #[actix_rt::test]
     async fn shard_killed_under_load_gives_only_misses() {
-        shard_fault_under_load(|server| server.kill9()).await;
+        shard_fault_under_load(Fault::Kill).await;
+    }
+
+    /// The ring's watchdog is the one supervision mechanism: a panicked shard actor is
+    /// replaced (counted in a metric), no call fails or hangs meanwhile, and afterwards the
+    /// shard serves again with the blobs it held.
+    #[actix_rt::test]
+    async fn shard_actor_panic_under_load_is_replaced_without_failing_a_call() {
+        shard_fault_under_load(Fault::ActorPanic).await;
     }
 
     /// A hung shard (SIGSTOP: connections stay open, nothing answers) is the slow case: every
     /// call to it must still come back within the bounded wait.
     #[actix_rt::test]
     async fn shard_hung_under_load_gives_only_misses() {
-        shard_fault_under_load(|server| server.pause()).await;
+        shard_fault_under_load(Fault::Hang).await;
     }
 
-    async fn shard_fault_under_load(fault: impl FnOnce(&mut RedisServer)) {
+    async fn shard_fault_under_load(fault: Fault) {
         let mut f = Fixture::redis().await;
         let data = Rc::new(bytes_of(10_000, 42));
         let tally = Rc::new(Tally::default());
@@ -665,7 +684,19 @@ mod redis_faults {
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
         let before = (tally.calls.get(), tally.misses.get());
-        fault(&mut f.shards[1].1);
+        let replaced = || metric_value("media_repo_cache_shard_actor_replaced_total", &[("shard", "shard1")]);
+        let replaced_before = replaced();
+        match fault {
+            Fault::Kill => f.shards[1].1.kill9(),
+            Fault::Hang => f.shards[1].1.pause(),
+            Fault::ActorPanic => {
+                let key = (0..)
+                    .map(|i| blob_header_key(&sha(500 + i)))
+                    .find(|key| f.shard_for(key).port() == f.shards[1].1.port())
+                    .expect("some key routes to shard1");
+                assert!(f.cache.inject_shard_actor_panic(&key).await);
+            }
+        }
         tokio::time::sleep(Duration::from_secs(2)).await;
         stop.set(true);
         for w in workers {
@@ -676,19 +707,39 @@ mod redis_faults {
             "before fault: {before:?} calls/misses; after: {after:?}; slowest call {:?}",
             tally.slowest.get()
         );
-        assert!(
-            after.1 > 0,
-            "the fault must have turned some calls into misses"
-        );
-        assert!(after.0 > 100, "load kept going after the kill: {after:?}");
+        if let Fault::ActorPanic = fault {
+            assert_eq!(
+                replaced() - replaced_before,
+                1.0,
+                "the watchdog replaced the panicked actor once"
+            );
+            // The server kept its data: once the new actor is up, shard1's blobs are hits.
+            f.wait_up(3).await;
+            let (hits, rounds) = (tally.calls.get(), 40u64);
+            for i in 0..rounds {
+                one_round(&f.cache, &data, i, &tally).await;
+            }
+            assert_eq!(
+                tally.misses.get() - before.1 - after.1,
+                0,
+                "every blob and record is a hit after the replacement ({} calls)",
+                tally.calls.get() - hits
+            );
+        } else {
+            assert!(
+                after.1 > 0,
+                "the fault must have turned some calls into misses"
+            );
+        }
+        assert!(after.0 > 100, "load kept going after the fault: {after:?}");
         assert!(
             tally.slowest.get() < CALL_BOUND,
             "slowest call {:?}",
             tally.slowest.get()
         );
 
-        // The ring noticed; keys of the dead shard now live on the others.
-        f.wait_up(2).await;
+        // The ring noticed; keys of a dead shard now live on the others.
+        f.wait_up(if let Fault::ActorPanic = fault { 3 } else { 2 }).await;
         for i in 0..40 {
             let sha = sha(900 + i);
             assert!(

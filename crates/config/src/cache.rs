@@ -19,6 +19,18 @@ pub enum CacheBackend {
     Redis,
 }
 
+impl CacheBackend {
+    /// The backend's name as the config file spells it (`none`, `memory`, `redis`): also
+    /// its `backend` metric label and the word logs and the status use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CacheBackend::None => "none",
+            CacheBackend::Memory => "memory",
+            CacheBackend::Redis => "redis",
+        }
+    }
+}
+
 /// Cache settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -6,7 +6,6 @@ use std::fmt::Display;
 
 use crate::cache::ShardConfig;
 use crate::config::Config;
-use crate::go_redis::backend_name;
 use crate::shard_addr::redact_url;
 use crate::storage::{DatastoreConfig, DatastoreKind};
 
@@ -56,66 +55,98 @@ impl ConfigDiff {
     }
 }
 
+/// A setting a reload cannot apply: how the operator sees it (passwords hidden), and how a
+/// reloaded config keeps the running value, so that what the process reports as its
+/// configuration is what it runs with. The one list of such settings.
+struct RestartOnly {
+    key: &'static str,
+    show: fn(&Config) -> String,
+    keep_running: fn(running: &Config, reloaded: &mut Config),
+}
+
+const RESTART_ONLY: &[RestartOnly] = &[
+    RestartOnly {
+        key: "server.bind",
+        show: |c| c.server.bind.clone(),
+        keep_running: |o, n| n.server.bind.clone_from(&o.server.bind),
+    },
+    RestartOnly {
+        key: "server.trusted_proxies",
+        show: |c| format!("{:?}", c.server.trusted_proxies),
+        keep_running: |o, n| n.server.trusted_proxies.clone_from(&o.server.trusted_proxies),
+    },
+    RestartOnly {
+        key: "server.shutdown_timeout_secs",
+        show: |c| c.server.shutdown_timeout_secs.to_string(),
+        keep_running: |o, n| n.server.shutdown_timeout_secs = o.server.shutdown_timeout_secs,
+    },
+    RestartOnly {
+        key: "federation",
+        show: |c| format!("{:?}", c.federation),
+        keep_running: |o, n| n.federation.clone_from(&o.federation),
+    },
+    RestartOnly {
+        key: "homeservers[].signing_key_path",
+        show: |c| format!("{:?}", signing_keys(&c.homeservers)),
+        // Keys are loaded at start: a homeserver keeps the key it started with, and one
+        // added by the reload has none until a restart.
+        keep_running: |o, n| {
+            for hs in &mut n.homeservers {
+                hs.signing_key_path = o
+                    .homeservers
+                    .iter()
+                    .find(|running| running.name == hs.name)
+                    .and_then(|running| running.signing_key_path.clone());
+            }
+        },
+    },
+    RestartOnly {
+        key: "metrics.bind",
+        show: |c| show_option(&c.metrics.bind),
+        keep_running: |o, n| n.metrics.bind.clone_from(&o.metrics.bind),
+    },
+    RestartOnly {
+        key: "database.url",
+        show: |c| redact_url(&c.database.url),
+        keep_running: |o, n| n.database.url.clone_from(&o.database.url),
+    },
+    RestartOnly {
+        key: "database.max_connections",
+        show: |c| c.database.max_connections.to_string(),
+        keep_running: |o, n| n.database.max_connections = o.database.max_connections,
+    },
+    RestartOnly {
+        key: "cache.backend",
+        show: |c| c.cache.backend.name().to_owned(),
+        keep_running: |o, n| n.cache.backend = o.cache.backend,
+    },
+    RestartOnly {
+        key: "datastores",
+        show: |c| show_datastores(&c.datastores),
+        keep_running: |o, n| n.datastores.clone_from(&o.datastores),
+    },
+];
+
+/// `reloaded` with the running values of every setting only a restart can change (see
+/// [`ConfigDiff::restart_required`]).
+pub fn keep_restart_only_settings(running: &Config, mut reloaded: Config) -> Config {
+    for setting in RESTART_ONLY {
+        (setting.keep_running)(running, &mut reloaded);
+    }
+    reloaded
+}
+
 /// Compares a running config with a reloaded one.
 pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     let (oc, nc) = (&old.cache, &new.cache);
     let (or, nr) = (&oc.redis, &nc.redis);
-    let mut restart_required = Vec::new();
-    let mut restart = |key: &str, old: String, new: String| {
-        if old != new {
-            restart_required.push(format!("{key} ({old} -> {new})"));
-        }
-    };
-    restart(
-        "server.bind",
-        old.server.bind.clone(),
-        new.server.bind.clone(),
-    );
-    restart(
-        "server.trusted_proxies",
-        format!("{:?}", old.server.trusted_proxies),
-        format!("{:?}", new.server.trusted_proxies),
-    );
-    restart(
-        "server.shutdown_timeout_secs",
-        old.server.shutdown_timeout_secs.to_string(),
-        new.server.shutdown_timeout_secs.to_string(),
-    );
-    restart(
-        "federation",
-        format!("{:?}", old.federation),
-        format!("{:?}", new.federation),
-    );
-    restart(
-        "homeservers[].signing_key_path",
-        format!("{:?}", signing_keys(&old.homeservers)),
-        format!("{:?}", signing_keys(&new.homeservers)),
-    );
-    restart(
-        "metrics.bind",
-        show_option(&old.metrics.bind),
-        show_option(&new.metrics.bind),
-    );
-    restart(
-        "database.url",
-        redact_url(&old.database.url),
-        redact_url(&new.database.url),
-    );
-    restart(
-        "database.max_connections",
-        old.database.max_connections.to_string(),
-        new.database.max_connections.to_string(),
-    );
-    restart(
-        "cache.backend",
-        backend_name(oc.backend).to_owned(),
-        backend_name(nc.backend).to_owned(),
-    );
-    restart(
-        "datastores",
-        show_datastores(&old.datastores),
-        show_datastores(&new.datastores),
-    );
+    let restart_required = RESTART_ONLY
+        .iter()
+        .filter_map(|setting| {
+            let (was, now) = ((setting.show)(old), (setting.show)(new));
+            (was != now).then(|| format!("{} ({was} -> {now})", setting.key))
+        })
+        .collect();
 
     ConfigDiff {
         shards: shard_diff(&or.shards, &nr.shards),
@@ -138,6 +169,19 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         admins_changed: old.admins != new.admins,
         logging_changed: old.logging != new.logging,
         restart_required,
+    }
+}
+
+impl ShardDiff {
+    /// What changed from the shard list `old` to `new`, matched by name (empty when
+    /// nothing did): the one comparison of shard lists, used by reloads and by the ring.
+    pub fn between(old: &[ShardConfig], new: &[ShardConfig]) -> ShardDiff {
+        shard_diff(old, new).unwrap_or_default()
+    }
+
+    /// True when names were added or removed (not only addresses changed).
+    pub fn names_changed(&self) -> bool {
+        !self.added.is_empty() || !self.removed.is_empty()
     }
 }
 

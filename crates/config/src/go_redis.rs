@@ -55,7 +55,7 @@ impl GoRedisBlock {
         if explicit.backend && cache.backend != CacheBackend::Redis {
             return Err(format!(
                 "`redis.enabled` is true but `cache.backend` is `{}` (remove one of them)",
-                backend_name(cache.backend)
+                cache.backend.name()
             ));
         }
         if let Some(db) = self.database_number {
@@ -76,10 +76,3 @@ impl GoRedisBlock {
     }
 }
 
-pub(crate) fn backend_name(backend: CacheBackend) -> &'static str {
-    match backend {
-        CacheBackend::None => "none",
-        CacheBackend::Memory => "memory",
-        CacheBackend::Redis => "redis",
-    }
-}

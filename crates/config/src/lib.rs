@@ -27,7 +27,7 @@ mod validate;
 pub use auth::AuthConfig;
 pub use cache::{CacheBackend, CacheConfig, MemoryCacheConfig, RedisConfig, ShardConfig};
 pub use config::Config;
-pub use diff::{diff, ConfigDiff, ShardDiff};
+pub use diff::{diff, keep_restart_only_settings, ConfigDiff, ShardDiff};
 pub use error::{ConfigError, Result};
 pub use federation::FederationConfig;
 pub use homeserver::HomeserverConfig;

@@ -2,7 +2,7 @@
 //! `redis:` block) and errors that say which key, where, and what was expected.
 
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_json::Value;
 
 use crate::auth::AuthConfig;
 use crate::cache::CacheConfig;
@@ -55,14 +55,31 @@ struct ConfigDocument {
 /// holding only comments) yields the defaults.
 pub(crate) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     // Parsing to a tree first tells an empty document (all defaults) from a broken one,
-    // and lets the Go block see which `cache` keys were written explicitly.
-    let tree: Value = serde_yaml::from_str(text).map_err(|e| yaml_error(origin, ".", &e))?;
-    if tree.is_null() {
-        return Ok(Config::default());
+    // finds syntax errors before schema ones, and lets the Go block see which `cache`
+    // keys were written explicitly.
+    let tree: Value = serde_saphyr::from_str(text).map_err(|e| yaml_error(origin, ".", &e))?;
+    match &tree {
+        Value::Null => return Ok(Config::default()),
+        Value::Object(_) => {}
+        other => {
+            return Err(ConfigError::Parse {
+                origin: origin.to_owned(),
+                path_in_doc: ".".to_owned(),
+                message: format!(
+                    "the document must be a mapping of settings (`server:`, `cache:` ...), not {}",
+                    kind_of(other)
+                ),
+            })
+        }
     }
-    let deserializer = serde_yaml::Deserializer::from_str(text);
-    let doc: ConfigDocument = serde_path_to_error::deserialize(deserializer)
-        .map_err(|e| yaml_error(origin, &e.path().to_string(), e.inner()))?;
+    let mut error_path = String::from(".");
+    let doc: ConfigDocument = serde_saphyr::with_deserializer_from_str(text, |deserializer| {
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            error_path = e.path().to_string();
+            e.into_inner()
+        })
+    })
+    .map_err(|e| yaml_error(origin, &error_path, &e))?;
 
     let mut config = Config {
         server: doc.server,
@@ -101,40 +118,31 @@ fn has_key(tree: &Value, path: &[&str]) -> bool {
     true
 }
 
-/// Builds the operator-facing message: where in the document, serde's own words (which
-/// name an unknown key and list the expected ones), and the line/column when known.
-fn yaml_error(origin: &str, error_path: &str, err: &serde_yaml::Error) -> ConfigError {
-    let mut message = err.to_string();
-    // serde_yaml ends with " at line L column C"; we give the location in our own words.
+/// Builds the operator-facing message: where in the document, the parser's own words
+/// (which name an unknown key and list the expected ones), and the line/column when known.
+fn yaml_error(origin: &str, error_path: &str, err: &serde_saphyr::Error) -> ConfigError {
+    let mut message = err.without_snippet().to_string();
+    // The parser ends with " at line L, column C"; we give the location in our own words.
     if let Some(at) = message.rfind(" at line ") {
         if is_line_column(&message[at + " at ".len()..]) {
             message.truncate(at);
         }
     }
     // An unknown key is reported at the key's own path; the operator needs the mapping
-    // it sits in (`cache.redis`), which is also the path serde_yaml prefixes.
-    let path_in_doc = if message.contains("unknown field `") {
+    // it sits in (`cache.redis`).
+    let unknown_key = message.starts_with("unknown field `");
+    let path_in_doc = if unknown_key {
         parent_path(error_path)
     } else {
         error_path.to_owned()
     };
-    for prefix in [error_path, path_in_doc.as_str()] {
-        if prefix != "." {
-            if let Some(rest) = message.strip_prefix(&format!("{prefix}: ")) {
-                message = rest.to_owned();
-            }
-        }
-    }
-    let unknown_key = message.starts_with("unknown field `");
     if path_in_doc != "." {
         message = format!("{path_in_doc}: {message}");
     } else if unknown_key {
         message = format!("top level: {message}");
     }
     if let Some(loc) = err.location() {
-        if !message.contains(" at line ") {
-            message = format!("{message} (line {}, column {})", loc.line(), loc.column());
-        }
+        message = format!("{message} (line {}, column {})", loc.line(), loc.column());
     }
     ConfigError::Parse {
         origin: origin.to_owned(),
@@ -143,11 +151,24 @@ fn yaml_error(origin: &str, error_path: &str, err: &serde_yaml::Error) -> Config
     }
 }
 
-/// `line 3 column 5`, exactly.
+/// `line 3, column 5`, exactly.
 fn is_line_column(text: &str) -> bool {
     let words: Vec<&str> = text.split(' ').collect();
     matches!(words.as_slice(), ["line", l, "column", c]
-        if l.bytes().all(|b| b.is_ascii_digit()) && c.bytes().all(|b| b.is_ascii_digit()))
+        if l.strip_suffix(',').is_some_and(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()))
+            && !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// What a YAML value is, in words, for a document of the wrong shape.
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "empty",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
 }
 
 /// `cache.redis.shardz` -> `cache.redis`, `homeservers[0].x` -> `homeservers[0]`,

@@ -13,14 +13,16 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use arc_swap::ArcSwap;
-use mr_config::{RedisConfig, ShardConfig};
+use mr_config::{RedisConfig, ShardConfig, ShardDiff};
 use mr_shard_actor::{ShardActor, ShardHealth, ShardSettings};
 
 use crate::messages::{ApplyRedisConfig, ShardStatus, Status};
 use crate::snapshot::{PreviousRing, RingHandle, ShardHandle, Snapshot};
 
-/// How often the ring looks for shard actors whose mailbox closed (a panic kills an actor
-/// for good: actix's `Supervisor` only restarts after `ctx.stop()`).
+/// How often the ring's watchdog looks for shard actors whose mailbox closed. This watchdog
+/// is the one supervision mechanism: a panic ends an actor for good (actix's own
+/// `Supervisor` would restart only an actor that stops itself, which ours never do), and the
+/// watchdog starts a fresh actor on a fresh thread, keeping the shard's health flag.
 pub const RESPAWN_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// After a shard is removed its metrics are forgotten at once and once more after this delay,
 /// in case its stopping thread wrote a last figure in between.
@@ -65,7 +67,7 @@ impl RunningShard {
 fn spawn_actor(settings: &ShardSettings, health: &Arc<ShardHealth>) -> (Arbiter, Addr<ShardActor>) {
     let arbiter = Arbiter::new();
     let (settings, health) = (settings.clone(), health.clone());
-    let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+    let addr = ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
         ShardActor::new(settings, health)
     });
     (arbiter, addr)
@@ -144,8 +146,9 @@ impl RingActor {
         self.snapshot.store(Arc::new(Snapshot { shards, previous }));
     }
 
-    /// Replaces every shard actor whose mailbox closed (draining ones included), keeping
-    /// its health flag so routing does not flap while the new actor connects.
+    /// The watchdog: replaces every shard actor whose mailbox closed (draining ones
+    /// included), keeping its health flag so routing does not flap while the new actor
+    /// connects.
     fn respawn_dead(&mut self) {
         let draining = self
             .previous
@@ -157,6 +160,7 @@ impl RingActor {
                 continue;
             }
             tracing::warn!(shard = %shard.settings.name, "shard actor died; starting a fresh one");
+            mr_shard_actor::note_actor_replaced(&shard.settings.name);
             let (arbiter, addr) = spawn_actor(&shard.settings, &shard.handle.health);
             // A new thread too: the old one may be the reason the actor died.
             std::mem::replace(&mut shard.arbiter, arbiter).stop();
@@ -205,6 +209,7 @@ impl RingActor {
     }
 
     fn apply(&mut self, ctx: &mut Context<Self>, redis: RedisConfig) {
+        let change = ShardDiff::between(&self.redis.shards, &redis.shards);
         self.redis = redis;
         let drain = Duration::from_secs(self.redis.reshard_drain_secs);
         let wanted: BTreeMap<String, ShardConfig> = self
@@ -213,19 +218,14 @@ impl RingActor {
             .iter()
             .map(|shard| (shard.name.clone(), shard.clone()))
             .collect();
-        let names_changed = !self.shards.keys().eq(wanted.keys());
+        let names_changed = change.names_changed();
 
         if names_changed || drain.is_zero() {
             // The drain in progress (if any) describes a list that is no longer the one
             // before the current: the new change starts its own, or drains are off.
             self.end_previous(ctx);
         }
-        let removed: Vec<String> = self
-            .shards
-            .keys()
-            .filter(|name| !wanted.contains_key(*name))
-            .cloned()
-            .collect();
+        let removed = change.removed;
         if names_changed && !drain.is_zero() {
             self.drains += 1;
             let generation = self.drains;

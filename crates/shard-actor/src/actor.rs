@@ -35,7 +35,9 @@ static DEL_IF_EQ: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
-/// One Redis shard. Start it supervised on its own arbiter; see the crate docs.
+/// One Redis shard. Start it on its own arbiter (`ShardActor::start_in_arbiter`); see the
+/// crate docs. Nothing restarts it in place: an actor that panicked is gone, and the ring's
+/// watchdog starts a new one.
 pub struct ShardActor {
     settings: ShardSettings,
     tracker: Arc<HealthTracker>,
@@ -477,13 +479,6 @@ impl Actor for ShardActor {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         tracing::debug!(shard = %self.settings.name, "shard actor stopped");
-    }
-}
-
-impl Supervised for ShardActor {
-    fn restarting(&mut self, _ctx: &mut Self::Context) {
-        tracing::info!(shard = %self.settings.name, "shard actor restarting");
-        self.pool = Pool::new(self.settings.connections);
     }
 }
 

@@ -21,7 +21,7 @@ pub(crate) struct IoThreadGone;
 
 /// The connection arbiters of one shard actor. Started lazily on the first connect (so a shard
 /// with an unusable URL never starts any) and stopped when this is dropped, i.e. when the actor
-/// is gone for good; a supervised restart keeps them.
+/// is gone (stopped or panicked).
 pub(crate) struct IoThreads {
     arbiters: Vec<Option<Arbiter>>,
 }

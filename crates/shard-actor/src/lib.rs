@@ -40,7 +40,7 @@ pub use health::{
 };
 pub use io_threads::MAX_IO_THREADS_PER_SHARD;
 pub use messages::{Del, DelIfEq, Get, Info, Set, SetNx, ShardInfo};
-pub use metrics::forget_shard_metrics;
+pub use metrics::{forget_shard_metrics, note_actor_replaced};
 pub use pool::LARGE_VALUE_BYTES;
 pub use settings::ShardSettings;
 

@@ -88,6 +88,19 @@ static KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+static ACTORS_REPLACED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    registered(
+        IntCounterVec::new(
+            Opts::new(
+                "media_repo_cache_shard_actor_replaced_total",
+                "Shard actors found dead (a panic) and replaced by the ring's watchdog",
+            ),
+            &["shard"],
+        )
+        .expect("constant metric definition is valid"),
+    )
+});
+
 fn gauge(name: &str, help: &str) -> IntGaugeVec {
     registered(
         IntGaugeVec::new(Opts::new(name, help), &["shard"])
@@ -129,6 +142,12 @@ pub(crate) fn set_usage(shard: &str, used_memory_bytes: u64, keys: u64) {
         .set(i64::try_from(keys).unwrap_or(i64::MAX));
 }
 
+/// Counts one shard actor of `shard` found dead and replaced (called by the ring's
+/// watchdog, which owns the replacing).
+pub fn note_actor_replaced(shard: &str) {
+    ACTORS_REPLACED.with_label_values(&[shard]).inc();
+}
+
 /// Removes every label set of shard `name`, for a shard that left the ring: a removed shard
 /// must not keep reporting a stale `up` or memory figure forever.
 pub fn forget_shard_metrics(name: &str) {
@@ -143,4 +162,5 @@ pub fn forget_shard_metrics(name: &str) {
     let _ = VERSION_MISMATCH.remove_label_values(&[name]);
     let _ = USED_MEMORY.remove_label_values(&[name]);
     let _ = KEYS.remove_label_values(&[name]);
+    let _ = ACTORS_REPLACED.remove_label_values(&[name]);
 }

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Addr, Arbiter, Supervisor};
+use actix::{Actor, Addr, Arbiter};
 use bytes::Bytes;
 use common::wait_until;
 use integration::RedisServer;
@@ -40,7 +40,7 @@ fn start(name: &str, url: String) -> (Addr<ShardActor>, Arc<ShardHealth>, Arbite
     let settings = settings(name, url);
     let h = health.clone();
     let addr =
-        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| ShardActor::new(settings, h));
+        ShardActor::start_in_arbiter(&arbiter.handle(), move |_| ShardActor::new(settings, h));
     (addr, health, arbiter)
 }
 

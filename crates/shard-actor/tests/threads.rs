@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Arbiter, Supervisor};
+use actix::{Actor, Arbiter};
 use bytes::Bytes;
 use common::wait_until;
 use integration::RedisServer;
@@ -52,7 +52,7 @@ async fn connection_threads_start_with_the_actor_and_stop_with_it() {
         let health = Arc::new(ShardHealth::new());
         let arbiter = Arbiter::new();
         let (s, h) = (settings(server.url()), health.clone());
-        let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| ShardActor::new(s, h));
+        let addr = ShardActor::start_in_arbiter(&arbiter.handle(), move |_| ShardActor::new(s, h));
         wait_until(SETTLE, || health.is_up())
             .await
             .expect("shard not up");

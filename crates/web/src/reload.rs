@@ -6,7 +6,7 @@
 //! limits take effect for the next request, the log filter is swapped in place. Parts that
 //! only a restart can change keep their running values, and the log says so.
 
-use mr_config::{diff, Config, ConfigDiff};
+use mr_config::{diff, keep_restart_only_settings, Config, ConfigDiff};
 use tokio::signal::unix::Signal;
 use tracing::{error, info, warn};
 
@@ -58,7 +58,7 @@ pub async fn reload(state: &AppState) -> ReloadOutcome {
         CONFIG_RELOADS.with_label_values(&["unchanged"]).inc();
         return ReloadOutcome::Unchanged;
     }
-    let new = keep_restart_only_parts(&old, new);
+    let new = keep_restart_only_settings(&old, new);
     apply(state, &changes, &new);
     state.replace_config(new);
     CONFIG_RELOADS.with_label_values(&["applied"]).inc();
@@ -91,16 +91,4 @@ fn apply(state: &AppState, changes: &ConfigDiff, new: &Config) {
         }
     }
     info!("config reloaded and applied");
-}
-
-/// A reloaded config keeps the running values of what needs a restart, so that what the
-/// process reports as its configuration is what it actually runs with.
-fn keep_restart_only_parts(old: &Config, mut new: Config) -> Config {
-    new.server = old.server.clone();
-    new.metrics = old.metrics.clone();
-    new.database = old.database.clone();
-    new.datastores = old.datastores.clone();
-    new.cache.backend = old.cache.backend;
-    new.federation = old.federation.clone();
-    new
 }

@@ -8,7 +8,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use mr_cache::Cache;
-use mr_config::{CacheBackend, Config};
+use mr_config::{redact_url, CacheBackend, Config};
 use mr_storage::{Database, FileDatastore};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{info, warn};
@@ -230,17 +230,6 @@ fn announce(config: &Config, config_path: Option<&std::path::Path>) {
              cache.redis.shards) and run `media-repo --config FILE`",
             redact_url(&config.database.url)
         ),
-    }
-}
-
-/// A database URL without its password, for logs.
-fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_owned(),
     }
 }
 
