@@ -12,14 +12,14 @@
 //! * [`ip_policy`] — which addresses federation may dial (SSRF rules, allow-list).
 
 mod b64;
-pub mod canonical_json;
-pub mod error;
+mod canonical_json;
+mod error;
 mod http_syntax;
-pub mod ip_policy;
-pub mod multipart;
-pub mod server_keys;
-pub mod signing_key;
-pub mod xmatrix;
+mod ip_policy;
+mod multipart;
+mod server_keys;
+mod signing_key;
+mod xmatrix;
 
 /// The public-key type in this crate's API (key lookups for [`verify`], [`ServerKeys`]),
 /// re-exported so callers need no direct ed25519-dalek dependency.

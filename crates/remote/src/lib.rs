@@ -11,12 +11,12 @@
 //! * [`keys`] — other servers' signing keys, fetched from them, checked and cached.
 //! * [`limited_body`] — every body read from another server into memory is capped.
 
-pub mod dialer;
-pub mod discovery;
+mod dialer;
+mod discovery;
 mod error;
-pub mod keys;
-pub mod limited_body;
-pub mod server_name;
+mod keys;
+mod limited_body;
+mod server_name;
 
 pub use dialer::{AddressPolicy, Dialer, DialerSettings};
 pub use discovery::{Destination, Discovery};

@@ -3,10 +3,10 @@
 //! ([`render`]). Pure: no I/O, no HTTP, no storage, no async. [`fn@probe`] and
 //! [`thumbnail`] are blocking and CPU-bound; callers run them on a bounded blocking pool.
 
-pub mod error;
-pub mod geometry;
-pub mod probe;
-pub mod render;
+mod error;
+mod geometry;
+mod probe;
+mod render;
 
 pub use error::{Error, Result};
 pub use geometry::{plan, Method, Plan, Rect};
