@@ -6,5 +6,4 @@
 //! imports `redis`": it uses redis-rs for the *baseline* only, never for the path measured.
 
 pub mod load;
-pub mod redis_server;
 pub mod stats;

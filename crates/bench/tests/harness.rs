@@ -1,5 +1,5 @@
-//! The benchmark's own parts work: the throwaway server starts, answers and dies with its
-//! handle; the load loop counts what the operation reports.
+//! The benchmark's parts work: the throwaway server it uses (the harness's) starts,
+//! answers and dies with its handle; the load loop counts what the operation reports.
 
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mr_bench::load::drive;
-use mr_bench::redis_server::RedisServer;
+use integration::RedisServer;
 
 #[test]
 fn server_starts_off_6379_and_is_gone_after_drop() {

@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use mr_bench::load::{drive, Outcome};
-use mr_bench::redis_server::RedisServer;
+use integration::RedisServer;
 use mr_bench::stats::{median, min_max};
 use mr_cache::{BlobRead, Cache};
 use mr_config::{CacheBackend, CacheConfig, RedisConfig, ShardConfig};
