@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mr_bench::load::drive;
 use integration::RedisServer;
+use mr_bench::load::drive;
 
 #[test]
 fn server_starts_off_6379_and_is_gone_after_drop() {

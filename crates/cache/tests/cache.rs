@@ -684,7 +684,12 @@ mod redis_faults {
         }
         tokio::time::sleep(Duration::from_millis(700)).await;
         let before = (tally.calls.get(), tally.misses.get());
-        let replaced = || metric_value("media_repo_cache_shard_actor_replaced_total", &[("shard", "shard1")]);
+        let replaced = || {
+            metric_value(
+                "media_repo_cache_shard_actor_replaced_total",
+                &[("shard", "shard1")],
+            )
+        };
         let replaced_before = replaced();
         match fault {
             Fault::Kill => f.shards[1].1.kill9(),
@@ -739,7 +744,8 @@ mod redis_faults {
         );
 
         // The ring noticed; keys of a dead shard now live on the others.
-        f.wait_up(if let Fault::ActorPanic = fault { 3 } else { 2 }).await;
+        f.wait_up(if let Fault::ActorPanic = fault { 3 } else { 2 })
+            .await;
         for i in 0..40 {
             let sha = sha(900 + i);
             assert!(

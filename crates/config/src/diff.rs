@@ -73,7 +73,11 @@ const RESTART_ONLY: &[RestartOnly] = &[
     RestartOnly {
         key: "server.trusted_proxies",
         show: |c| format!("{:?}", c.server.trusted_proxies),
-        keep_running: |o, n| n.server.trusted_proxies.clone_from(&o.server.trusted_proxies),
+        keep_running: |o, n| {
+            n.server
+                .trusted_proxies
+                .clone_from(&o.server.trusted_proxies)
+        },
     },
     RestartOnly {
         key: "server.shutdown_timeout_secs",

@@ -1188,8 +1188,13 @@ fn admins_change_is_a_reload_not_a_restart() {
 
 #[test]
 fn backend_names_are_the_words_of_the_config_file() {
-    for backend in [CacheBackend::None, CacheBackend::Memory, CacheBackend::Redis] {
-        let shards = "  redis:\n    shards:\n      - name: a\n        addr: redis://127.0.0.1:6390\n";
+    for backend in [
+        CacheBackend::None,
+        CacheBackend::Memory,
+        CacheBackend::Redis,
+    ] {
+        let shards =
+            "  redis:\n    shards:\n      - name: a\n        addr: redis://127.0.0.1:6390\n";
         let yaml = format!("cache:\n  backend: {}\n{shards}", backend.name());
         assert_eq!(parse(&yaml).cache.backend, backend, "{yaml}");
     }

@@ -95,7 +95,13 @@ pub fn thumbnail(bytes: &[u8], request: &Request, limits: &Limits) -> Result<Thu
 /// Errors: as [`thumbnail`]; one failure fails all (they share the source).
 pub fn thumbnails(bytes: &[u8], requests: &[Request], limits: &Limits) -> Result<Vec<Thumbnail>> {
     let mut out: Vec<Option<Thumbnail>> = vec![None; requests.len()];
-    thumbnails_each(bytes, requests, limits, |_| false, |i, made| out[i] = Some(made))?;
+    thumbnails_each(
+        bytes,
+        requests,
+        limits,
+        |_| false,
+        |i, made| out[i] = Some(made),
+    )?;
     out.into_iter()
         .map(|t| t.ok_or_else(|| Error::Encode("a requested thumbnail was not made".into())))
         .collect()
@@ -131,7 +137,8 @@ pub fn thumbnails_each(
             Format::Jpeg => {
                 let source = JpegSource::read(bytes, limits)?;
                 let mut groups = source.groups(requests, &still);
-                while let Some(group) = take_next(&mut groups, |g| g.iter().any(|&i| waited_for(i))) {
+                while let Some(group) = take_next(&mut groups, |g| g.iter().any(|&i| waited_for(i)))
+                {
                     let eighths = source.eighths(&requests[group[0]]);
                     let pixels = source.decode(bytes, limits, eighths)?;
                     let mut left = group;

@@ -5,7 +5,8 @@ mod common;
 use common::*;
 use image::{DynamicImage, GenericImageView, ImageFormat};
 use mr_thumbnail::{
-    probe, shared_decodes, thumbnail, thumbnails, thumbnails_each, Error, Format, Method, Request, Thumbnail,
+    probe, shared_decodes, thumbnail, thumbnails, thumbnails_each, Error, Format, Method, Request,
+    Thumbnail,
 };
 
 #[global_allocator]
