@@ -3,9 +3,9 @@
 //!
 //! Every query is written once in the SQL both backends accept (`$n` placeholders work in
 //! SQLite too) and expanded for each backend by [`with_pool!`] (reads), [`with_writer!`]
-//! (writes) or [`write_job!`] (the small writes of the upload path), so the two backends
-//! cannot drift apart. SQLite work runs on sqlx's per-connection worker threads, never on
-//! the caller's async thread.
+//! (writes) or [`write_job!`] / [`write_statement!`] (the small writes of the upload path),
+//! so the two backends cannot drift apart. SQLite work runs on sqlx's per-connection worker
+//! threads, never on the caller's async thread.
 //!
 //! SQLite has one writing connection (`sqlite_writer`: a queue and group commit instead of
 //! writers polling a locked database); its other connections are `query_only`, so a write
@@ -163,6 +163,27 @@ macro_rules! write_job {
 }
 pub(crate) use write_job;
 
+/// [`write_job!`] for a body of one statement: on Postgres it runs on a pooled connection
+/// in autocommit (one round trip instead of three with BEGIN and COMMIT); on SQLite it is
+/// a group-writer job like any other.
+macro_rules! write_statement {
+    ($db:expr, $conn:ident => $body:expr) => {
+        match &$db.backend {
+            Backend::Sqlite(_) => $crate::database::write_job!($db, $conn => $body),
+            Backend::Postgres(pool) => {
+                async {
+                    let mut pooled = pool.acquire().await?;
+                    let $conn: &mut sqlx::PgConnection = &mut pooled;
+                    let out: crate::error::Result<_> = $body;
+                    out
+                }
+                .await
+            }
+        }
+    };
+}
+pub(crate) use write_statement;
+
 /// Binds a media row's columns in `media_columns!`'s order (one list for both call sites
 /// and both backends).
 macro_rules! bind_media {
@@ -317,7 +338,7 @@ impl Database {
     pub async fn insert_media(&self, m: &MediaRecord) -> Result<()> {
         let size = records::db_size(m)?;
         let m = m.clone();
-        write_job!(self, conn => {
+        write_statement!(self, conn => {
             bind_media!(sqlx::query(INSERT_MEDIA), m, size)
                 .execute(&mut *conn)
                 .await
@@ -340,7 +361,7 @@ impl Database {
     /// Records a `/create`d id; [`Error::AlreadyExists`] if it is pending or already media.
     pub async fn create_pending(&self, p: &PendingUpload) -> Result<()> {
         let p = p.clone();
-        write_job!(self, conn => {
+        write_statement!(self, conn => {
             let inserted = sqlx::query(INSERT_PENDING)
                 .bind(&p.origin)
                 .bind(&p.media_id)
@@ -507,7 +528,7 @@ impl Database {
             datastore_id.to_owned(),
             location.to_owned(),
         );
-        write_job!(self, conn => {
+        write_statement!(self, conn => {
             sqlx::query(INSERT_CLAIM)
                 .bind(claim_id)
                 .bind(datastore_id)
@@ -521,7 +542,7 @@ impl Database {
 
     pub(crate) async fn delete_claim(&self, claim_id: &str) -> Result<()> {
         let claim_id = claim_id.to_owned();
-        write_job!(self, conn => {
+        write_statement!(self, conn => {
             sqlx::query(DELETE_CLAIM).bind(claim_id).execute(&mut *conn).await?;
             Ok(())
         })
@@ -548,7 +569,7 @@ impl Database {
             value: t.size_bytes.to_string(),
         })?;
         let t = t.clone();
-        write_job!(self, conn => {
+        write_statement!(self, conn => {
             sqlx::query(INSERT_THUMBNAIL)
                 .bind(&t.origin)
                 .bind(&t.media_id)

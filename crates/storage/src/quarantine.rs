@@ -15,7 +15,7 @@
 //! (An upload's row on SQLite is marked in the same write that inserts it: SQLite's one
 //! writer runs the quarantine's statements wholly before or after that write.)
 
-use crate::database::{media_columns, with_pool, with_writer, write_job, Backend, Database};
+use crate::database::{media_columns, with_pool, with_writer, write_statement, Backend, Database};
 use crate::error::Result;
 use crate::records::{self, MediaRecord, MediaRow};
 
@@ -308,7 +308,7 @@ impl Database {
         media_id: &str,
     ) -> Result<Option<String>> {
         let (origin, media_id) = (origin.to_owned(), media_id.to_owned());
-        let marked: Option<Option<String>> = write_job!(self, conn => {
+        let marked: Option<Option<String>> = write_statement!(self, conn => {
             let marked = sqlx::query_scalar(APPLY_STANDING)
                 .bind(origin)
                 .bind(media_id)
