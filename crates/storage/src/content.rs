@@ -21,6 +21,7 @@ use tracing::warn;
 use crate::database::Database;
 use crate::datastore::FileDatastore;
 use crate::error::Result;
+use crate::records::MediaRecord;
 use crate::writer::{StagedObject, StoredObject};
 
 /// Claims older than this belong to a process that crashed between storing bytes and
@@ -38,6 +39,29 @@ pub struct Claim {
 }
 
 impl Claim {
+    /// Writes the media row that takes over from this claim, dropping the claim in the same
+    /// write (and, if `completes_pending`, the `/create`d id's pending row), then applies a
+    /// standing quarantine to the row and returns its mark (None: it may be served). On
+    /// error no row was written and the claim is released: the caller removes the bytes
+    /// with [`remove_unreferenced`].
+    pub async fn record(
+        self,
+        row: &MediaRecord,
+        completes_pending: bool,
+    ) -> Result<Option<String>> {
+        match self
+            .db
+            .insert_claimed_media(row, &self.id, completes_pending)
+            .await
+        {
+            Ok(mark) => Ok(mark),
+            Err(err) => {
+                self.release().await;
+                Err(err)
+            }
+        }
+    }
+
     /// Drops the claim. A failure is logged: the claim then expires on its own.
     pub async fn release(self) {
         if let Err(err) = self.db.delete_claim(&self.id).await {

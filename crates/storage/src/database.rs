@@ -2,9 +2,14 @@
 //! default, a file next to the datastore) or Postgres, chosen by URL.
 //!
 //! Every query is written once in the SQL both backends accept (`$n` placeholders work in
-//! SQLite too) and expanded for each pool by [`with_pool!`], so the two backends cannot
-//! drift apart. SQLite work runs on sqlx's per-connection worker threads, never on the
-//! caller's async thread.
+//! SQLite too) and expanded for each backend by [`with_pool!`] (reads), [`with_writer!`]
+//! (writes) or [`write_job!`] / [`write_statement!`] (the small writes of the upload path),
+//! so the two backends cannot drift apart. SQLite work runs on sqlx's per-connection worker
+//! threads, never on the caller's async thread.
+//!
+//! SQLite has one writing connection (`sqlite_writer`: a queue and group commit instead of
+//! writers polling a locked database); its other connections are `query_only`, so a write
+//! that forgot to go through the writer fails loudly instead of contending.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
@@ -21,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::records::{
     self, MediaRecord, MediaRow, PendingRow, PendingUpload, ThumbnailRecord, ThumbnailRow,
 };
+use crate::sqlite_writer::GroupWriter;
 
 /// Schema migrations, embedded at compile time; sqlx records applied ones in
 /// `_sqlx_migrations` (in the Postgres schema the URL's `search_path` selects).
@@ -72,21 +78,111 @@ impl FileIdentity {
 
 #[derive(Clone)]
 pub(crate) enum Backend {
-    Sqlite(SqlitePool),
+    Sqlite(SqliteBackend),
     Postgres(PgPool),
 }
 
-/// Runs `$body` with `$pool` bound to whichever pool the database uses. The body is
-/// written once and compiled per backend.
+/// A SQLite database's connections: readers, the one writer, and the group-commit queue
+/// in front of the writer.
+#[derive(Clone)]
+pub(crate) struct SqliteBackend {
+    /// `query_only` connections (for an in-memory database: the writer pool itself).
+    pub(crate) read: SqlitePool,
+    /// One connection, never closed while the database is open.
+    pub(crate) write: SqlitePool,
+    pub(crate) group: GroupWriter,
+}
+
+/// Runs `$body` with `$pool` bound to the pool reads use. The body is written once and
+/// compiled per backend. Statements that write go through [`with_writer!`] or
+/// [`write_job!`] instead (SQLite's reading connections refuse them).
 macro_rules! with_pool {
     ($db:expr, $pool:ident => $body:expr) => {
         match &$db.backend {
-            Backend::Sqlite($pool) => $body,
+            Backend::Sqlite(sqlite) => {
+                let $pool = &sqlite.read;
+                $body
+            }
             Backend::Postgres($pool) => $body,
         }
     };
 }
 pub(crate) use with_pool;
+
+/// Like [`with_pool!`], for statements that write: SQLite's `$pool` is the one-connection
+/// writer pool, so the body waits its turn in the pool's queue. The body must not wait for
+/// a [`write_job!`] (that needs the same connection).
+macro_rules! with_writer {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match &$db.backend {
+            Backend::Sqlite(sqlite) => {
+                let $pool = &sqlite.write;
+                $body
+            }
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_writer;
+
+/// A small write on the upload path, atomic on its own: `$body` (an expression of type
+/// `Result<T>`) runs with `$conn` a `&mut` connection inside a transaction. SQLite: a job
+/// of the group writer (its own savepoint, committed with whatever else is queued), so the
+/// body may capture only owned values. Postgres: its own transaction on the pool.
+macro_rules! write_job {
+    ($db:expr, $conn:ident => $body:expr) => {
+        match &$db.backend {
+            Backend::Sqlite(sqlite) => {
+                sqlite
+                    .group
+                    .run(move |$conn| {
+                        Box::pin(async move {
+                            let out: crate::error::Result<_> = $body;
+                            out
+                        })
+                    })
+                    .await
+            }
+            Backend::Postgres(pool) => {
+                async {
+                    let mut tx = pool.begin().await?;
+                    let $conn: &mut sqlx::PgConnection = &mut tx;
+                    let out = async {
+                        let out: crate::error::Result<_> = $body;
+                        out
+                    }
+                    .await?;
+                    // An error above drops the transaction: it rolls back.
+                    tx.commit().await?;
+                    Ok::<_, crate::error::Error>(out)
+                }
+                .await
+            }
+        }
+    };
+}
+pub(crate) use write_job;
+
+/// [`write_job!`] for a body of one statement: on Postgres it runs on a pooled connection
+/// in autocommit (one round trip instead of three with BEGIN and COMMIT); on SQLite it is
+/// a group-writer job like any other.
+macro_rules! write_statement {
+    ($db:expr, $conn:ident => $body:expr) => {
+        match &$db.backend {
+            Backend::Sqlite(_) => $crate::database::write_job!($db, $conn => $body),
+            Backend::Postgres(pool) => {
+                async {
+                    let mut pooled = pool.acquire().await?;
+                    let $conn: &mut sqlx::PgConnection = &mut pooled;
+                    let out: crate::error::Result<_> = $body;
+                    out
+                }
+                .await
+            }
+        }
+    };
+}
+pub(crate) use write_statement;
 
 /// Binds a media row's columns in `media_columns!`'s order (one list for both call sites
 /// and both backends).
@@ -181,9 +277,9 @@ impl Database {
         let max_connections = max_connections.max(1);
         let mut sqlite_file = None;
         let backend = if url.starts_with("sqlite:") {
-            let (pool, file) = connect_sqlite(url, max_connections).await?;
+            let (sqlite, file) = connect_sqlite(url, max_connections).await?;
             sqlite_file = file.map(Arc::new);
-            Backend::Sqlite(pool)
+            Backend::Sqlite(sqlite)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -200,7 +296,7 @@ impl Database {
             backend,
             sqlite_file,
         };
-        with_pool!(db, pool => MIGRATOR.run(pool).await?);
+        with_writer!(db, pool => MIGRATOR.run(pool).await?);
         info!(backend = db.backend_name(), "metadata database ready");
         Ok(db)
     }
@@ -227,21 +323,28 @@ impl Database {
         Ok(())
     }
 
-    /// Closes the pool, waiting for checked-out connections to come back.
+    /// Closes the pools, waiting for checked-out connections to come back.
     pub async fn close(&self) {
-        with_pool!(self, pool => pool.close().await)
+        match &self.backend {
+            Backend::Sqlite(sqlite) => {
+                sqlite.read.close().await;
+                sqlite.write.close().await;
+            }
+            Backend::Postgres(pool) => pool.close().await,
+        }
     }
 
     /// Inserts a media row; [`Error::AlreadyExists`] if `(origin, media_id)` is taken.
     pub async fn insert_media(&self, m: &MediaRecord) -> Result<()> {
         let size = records::db_size(m)?;
-        let done = with_pool!(self, pool => {
+        let m = m.clone();
+        write_statement!(self, conn => {
             bind_media!(sqlx::query(INSERT_MEDIA), m, size)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await
-                .map(|_| ())
-        });
-        done.map_err(|e| conflict_or(e, &m.origin, &m.media_id))
+                .map_err(|e| conflict_or(e, &m.origin, &m.media_id))?;
+            Ok(())
+        })
     }
 
     pub async fn get_media(&self, origin: &str, media_id: &str) -> Result<Option<MediaRecord>> {
@@ -257,22 +360,23 @@ impl Database {
 
     /// Records a `/create`d id; [`Error::AlreadyExists`] if it is pending or already media.
     pub async fn create_pending(&self, p: &PendingUpload) -> Result<()> {
-        let inserted = with_pool!(self, pool => {
-            sqlx::query(INSERT_PENDING)
+        let p = p.clone();
+        write_statement!(self, conn => {
+            let inserted = sqlx::query(INSERT_PENDING)
                 .bind(&p.origin)
                 .bind(&p.media_id)
                 .bind(&p.user_id)
                 .bind(p.created_at_ms)
                 .bind(p.expires_at_ms)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await
-                .map(|done| done.rows_affected())
-        });
-        match inserted {
-            Ok(0) => Err(already_exists(&p.origin, &p.media_id)),
-            Ok(_) => Ok(()),
-            Err(e) => Err(conflict_or(e, &p.origin, &p.media_id)),
-        }
+                .map(|done| done.rows_affected());
+            match inserted {
+                Ok(0) => Err(already_exists(&p.origin, &p.media_id)),
+                Ok(_) => Ok(()),
+                Err(e) => Err(conflict_or(e, &p.origin, &p.media_id)),
+            }
+        })
     }
 
     /// The pending row, expired or not (the caller compares `expires_at_ms` with its clock).
@@ -306,33 +410,88 @@ impl Database {
     /// row (never created, or swept). Expiry and ownership are the caller's checks.
     pub async fn complete_pending(&self, m: &MediaRecord) -> Result<()> {
         let size = records::db_size(m)?;
-        with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+        let m = m.clone();
+        // The job is atomic: an error rolls the media row back with it.
+        write_job!(self, conn => {
             bind_media!(sqlx::query(INSERT_MEDIA), m, size)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await
                 .map_err(|e| conflict_or(e, &m.origin, &m.media_id))?;
             let removed = sqlx::query(DELETE_PENDING)
                 .bind(&m.origin)
                 .bind(&m.media_id)
-                .execute(&mut *tx)
+                .execute(&mut *conn)
                 .await?
                 .rows_affected();
             if removed == 0 {
-                tx.rollback().await?;
                 return Err(Error::NoPendingUpload {
                     origin: m.origin.clone(),
                     media_id: m.media_id.clone(),
                 });
             }
-            tx.commit().await?;
-        });
-        Ok(())
+            Ok(())
+        })
+    }
+
+    /// Writes an upload's media row and drops its content claim in one atomic write (the
+    /// row takes over the claim's protection of the bytes), then applies a standing
+    /// quarantine to the row ([`Database::apply_standing_quarantine`]) and returns the mark.
+    /// `completes_pending`: the row fills a `/create`d id, whose pending row goes in the same
+    /// write ([`Database::complete_pending`], with its errors). On error nothing was
+    /// written and the claim is still there.
+    pub(crate) async fn insert_claimed_media(
+        &self,
+        m: &MediaRecord,
+        claim_id: &str,
+        completes_pending: bool,
+    ) -> Result<Option<String>> {
+        let size = records::db_size(m)?;
+        let (m, claim_id) = (m.clone(), claim_id.to_owned());
+        // SQLite has one writer, so a quarantine's two statements cannot interleave with
+        // this job: marking inside it is as good as after it, and saves a commit. On
+        // Postgres the mark must follow the row's commit (see `quarantine`'s module docs).
+        let mark_in_job = matches!(self.backend, Backend::Sqlite(_));
+        let (origin, media_id) = (m.origin.clone(), m.media_id.clone());
+        let mark: Option<Option<String>> = write_job!(self, conn => {
+            bind_media!(sqlx::query(INSERT_MEDIA), m, size)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| conflict_or(e, &m.origin, &m.media_id))?;
+            if completes_pending {
+                let removed = sqlx::query(DELETE_PENDING)
+                    .bind(&m.origin)
+                    .bind(&m.media_id)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                if removed == 0 {
+                    return Err(Error::NoPendingUpload {
+                        origin: m.origin.clone(),
+                        media_id: m.media_id.clone(),
+                    });
+                }
+            }
+            sqlx::query(DELETE_CLAIM).bind(&claim_id).execute(&mut *conn).await?;
+            if !mark_in_job {
+                return Ok(None);
+            }
+            let mark = sqlx::query_scalar(crate::quarantine::APPLY_STANDING)
+                .bind(&m.origin)
+                .bind(&m.media_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            Ok(mark)
+        })?;
+        if mark_in_job {
+            Ok(mark.flatten())
+        } else {
+            self.apply_standing_quarantine(&origin, &media_id).await
+        }
     }
 
     /// Removes pending uploads whose expiry is at or before `now_ms`; returns how many.
     pub async fn delete_expired_pending(&self, now_ms: i64) -> Result<u64> {
-        let removed = with_pool!(self, pool => {
+        let removed = with_writer!(self, pool => {
             sqlx::query(DELETE_EXPIRED_PENDING)
                 .bind(now_ms)
                 .execute(pool)
@@ -364,30 +523,35 @@ impl Database {
         location: &str,
         now_ms: i64,
     ) -> Result<()> {
-        with_pool!(self, pool => {
+        let (claim_id, datastore_id, location) = (
+            claim_id.to_owned(),
+            datastore_id.to_owned(),
+            location.to_owned(),
+        );
+        write_statement!(self, conn => {
             sqlx::query(INSERT_CLAIM)
                 .bind(claim_id)
                 .bind(datastore_id)
                 .bind(location)
                 .bind(now_ms)
-                .execute(pool)
-                .await
-                .map(|_| ())
-        })?;
-        Ok(())
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
     }
 
     pub(crate) async fn delete_claim(&self, claim_id: &str) -> Result<()> {
-        with_pool!(self, pool => {
-            sqlx::query(DELETE_CLAIM).bind(claim_id).execute(pool).await.map(|_| ())
-        })?;
-        Ok(())
+        let claim_id = claim_id.to_owned();
+        write_statement!(self, conn => {
+            sqlx::query(DELETE_CLAIM).bind(claim_id).execute(&mut *conn).await?;
+            Ok(())
+        })
     }
 
     /// Removes claims made at or before `before_ms` (left by processes that crashed
     /// between storing bytes and writing their row); returns how many.
     pub async fn delete_claims_made_before(&self, before_ms: i64) -> Result<u64> {
-        let removed = with_pool!(self, pool => {
+        let removed = with_writer!(self, pool => {
             sqlx::query(DELETE_OLD_CLAIMS)
                 .bind(before_ms)
                 .execute(pool)
@@ -404,7 +568,8 @@ impl Database {
             field: "thumbnails.size_bytes",
             value: t.size_bytes.to_string(),
         })?;
-        let done = with_pool!(self, pool => {
+        let t = t.clone();
+        write_statement!(self, conn => {
             sqlx::query(INSERT_THUMBNAIL)
                 .bind(&t.origin)
                 .bind(&t.media_id)
@@ -420,11 +585,11 @@ impl Database {
                 .bind(&t.datastore_id)
                 .bind(&t.location)
                 .bind(t.created_at_ms)
-                .execute(pool)
+                .execute(&mut *conn)
                 .await
-                .map(|_| ())
-        });
-        done.map_err(|e| conflict_or(e, &t.origin, &t.media_id))
+                .map_err(|e| conflict_or(e, &t.origin, &t.media_id))?;
+            Ok(())
+        })
     }
 
     /// Every stored thumbnail of one media for `method` and `animated`.
@@ -456,15 +621,17 @@ impl Database {
     }
 }
 
-/// Opens the pool and, for a file database, records which file its path names.
+/// Opens the writer connection (creating the file, applying WAL mode), the reading pool and
+/// the group writer, and, for a file database, records which file its path names.
 async fn connect_sqlite(
     url: &str,
     max_connections: u32,
-) -> Result<(SqlitePool, Option<FileIdentity>)> {
+) -> Result<(SqliteBackend, Option<FileIdentity>)> {
     let options = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         // WAL lets downloads read while an upload commits. `synchronous` stays at sqlx's
-        // FULL: an acknowledged upload must survive a power cut.
+        // FULL: an acknowledged upload must survive a power cut (group commit, not a
+        // weaker sync, is what keeps many small commits cheap).
         .journal_mode(SqliteJournalMode::Wal);
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
     let path = options.get_filename().to_owned();
@@ -475,18 +642,34 @@ async fn connect_sqlite(
             }
         }
     }
-    let pool = SqlitePoolOptions::new()
-        .max_connections(max_connections)
+    // The writer's connection is kept for the pool's whole life: it is the only one that
+    // writes, and while it is open the WAL files stay, so readers never have to recover.
+    let write = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(options)
+        .connect_with(options.clone())
         .await?;
-    // The pool opened (and so created) the file before returning.
+    let read = if in_memory {
+        // Each connection to `:memory:` would be its own database: one pool does both.
+        write.clone()
+    } else {
+        SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.pragma("query_only", "ON"))
+            .await?
+    };
+    // The writer pool opened (and so created) the file before returning.
     let file = if in_memory {
         None
     } else {
         Some(FileIdentity::of(path.clone()).map_err(|e| Error::io(path, e))?)
     };
-    Ok((pool, file))
+    let group = GroupWriter::start(write.clone());
+    Ok((SqliteBackend { read, write, group }, file))
 }
 
 fn already_exists(origin: &str, media_id: &str) -> Error {

@@ -51,6 +51,16 @@ pub enum Error {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 
+    /// A SQLite write ran, but the transaction it was grouped into could not be committed
+    /// (or a statement of the group broke the transaction): nothing of it was kept. Holds
+    /// the message of the error the whole group got.
+    #[error("database error: the write's group commit failed: {0}")]
+    GroupCommit(String),
+
+    /// The SQLite writer task is gone (the database was closed, or its runtime shut down).
+    #[error("the database writer has stopped")]
+    WriterStopped,
+
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 

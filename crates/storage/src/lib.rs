@@ -1,7 +1,7 @@
 //! Storage for media-repo: media metadata in a SQL database (SQLite or Postgres, through
 //! sqlx) and the bytes in content-addressed datastores.
 //!
-//! * [`Database`] — media rows and pending uploads.
+//! * [`Database`] — media rows and pending uploads (SQLite: one writer, group commit).
 //! * [`FileDatastore`] / [`ObjectWriter`] — streaming, hashing, deduplicating object writes.
 //! * [`content`] — claims on stored bytes, and deleting only what nothing refers to.
 //! * [`purge`] — removing media rows in batches, last access, and the orphan-file sweep.
@@ -17,6 +17,7 @@ mod location;
 pub mod purge;
 pub mod quarantine;
 mod records;
+mod sqlite_writer;
 mod writer;
 
 pub use database::{Database, ACQUIRE_TIMEOUT};

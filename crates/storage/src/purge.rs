@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use crate::content;
-use crate::database::{media_columns, with_pool, Backend, Database};
+use crate::database::{media_columns, with_pool, with_writer, Backend, Database};
 use crate::datastore::FileDatastore;
 use crate::error::{Error, Result};
 use crate::location;
@@ -129,7 +129,7 @@ impl Database {
             "DELETE FROM thumbnails WHERE origin = $1 AND media_id = $2 \
              RETURNING {THUMBNAIL_COLUMNS}"
         );
-        let (media, thumbnails): (Vec<MediaRow>, Vec<ThumbnailRow>) = with_pool!(self, pool => {
+        let (media, thumbnails): (Vec<MediaRow>, Vec<ThumbnailRow>) = with_writer!(self, pool => {
             let keys: Vec<(String, String)> = bind_args!(sqlx::query_as(&select), &args)
                 .fetch_all(pool)
                 .await?;
@@ -176,7 +176,7 @@ impl Database {
              WHERE media.origin = thumbnails.origin AND media.media_id = thumbnails.media_id) \
              RETURNING {THUMBNAIL_COLUMNS}"
         );
-        let rows: Vec<ThumbnailRow> = with_pool!(self, pool => {
+        let rows: Vec<ThumbnailRow> = with_writer!(self, pool => {
             sqlx::query_as(&delete).fetch_all(pool).await?
         });
         rows.into_iter().map(ThumbnailRecord::try_from).collect()
@@ -187,7 +187,7 @@ impl Database {
     /// kept; media that no longer exists is skipped.
     pub async fn record_access(&self, media: &[(String, String)], now_ms: i64) -> Result<()> {
         for batch in media.chunks(ACCESS_BATCH_ROWS) {
-            with_pool!(self, pool => {
+            with_writer!(self, pool => {
                 let mut tx = pool.begin().await?;
                 for (origin, media_id) in batch {
                     sqlx::query(UPDATE_LAST_ACCESS)

@@ -12,8 +12,10 @@
 //! a separate statement; a writer inserts its media row first, then calls
 //! [`Database::apply_standing_quarantine`]. Each side's second statement sees the other's
 //! committed first one unless the other had not started yet, so no new row escapes both.
+//! (An upload's row on SQLite is marked in the same write that inserts it: SQLite's one
+//! writer runs the quarantine's statements wholly before or after that write.)
 
-use crate::database::{media_columns, with_pool, Backend, Database};
+use crate::database::{media_columns, with_pool, with_writer, write_statement, Backend, Database};
 use crate::error::Result;
 use crate::records::{self, MediaRecord, MediaRow};
 
@@ -123,7 +125,7 @@ const ORIGIN_QUARANTINED: &str = "SELECT COUNT(*) FROM quarantined_origins WHERE
 
 /// Marks a just-written row if its origin or content hash is under a standing quarantine
 /// (the origin's marker wins when both are).
-const APPLY_STANDING: &str = "UPDATE media SET quarantined_by = CASE \
+pub(crate) const APPLY_STANDING: &str = "UPDATE media SET quarantined_by = CASE \
        WHEN EXISTS (SELECT 1 FROM quarantined_origins q WHERE q.origin = media.origin) \
        THEN 'origin:' || media.origin ELSE 'hash:' || media.sha256 END \
      WHERE origin = $1 AND media_id = $2 AND safe_from_quarantine = 0 \
@@ -156,7 +158,7 @@ impl Database {
         media_id: &str,
         by: &str,
     ) -> Result<Option<MediaRecord>> {
-        let row: Option<MediaRow> = with_pool!(self, pool => {
+        let row: Option<MediaRow> = with_writer!(self, pool => {
             sqlx::query_as(MARK_ONE)
                 .bind(origin)
                 .bind(media_id)
@@ -174,7 +176,7 @@ impl Database {
         origin: &str,
         media_id: &str,
     ) -> Result<Option<MediaRecord>> {
-        let row: Option<MediaRow> = with_pool!(self, pool => {
+        let row: Option<MediaRow> = with_writer!(self, pool => {
             sqlx::query_as(UNMARK_ONE)
                 .bind(origin)
                 .bind(media_id)
@@ -186,7 +188,7 @@ impl Database {
 
     /// Quarantines every unprotected media `user_id` uploaded; returns the rows marked now.
     pub async fn quarantine_user_media(&self, user_id: &str, by: &str) -> Result<Vec<MediaRecord>> {
-        let marked: Vec<MediaRow> = with_pool!(self, pool => {
+        let marked: Vec<MediaRow> = with_writer!(self, pool => {
             sqlx::query_as(MARK_USER)
                 .bind(user_id)
                 .bind(by)
@@ -205,7 +207,7 @@ impl Database {
         now_ms: i64,
     ) -> Result<Vec<MediaRecord>> {
         let marker = format!("{HASH_MARKER}{sha256}");
-        let marked: Vec<MediaRow> = with_pool!(self, pool => {
+        let marked: Vec<MediaRow> = with_writer!(self, pool => {
             // Two statements, not one transaction: see the module docs.
             sqlx::query(INSERT_HASH)
                 .bind(sha256)
@@ -237,7 +239,7 @@ impl Database {
         now_ms: i64,
     ) -> Result<Vec<MediaRecord>> {
         let marker = format!("{ORIGIN_MARKER}{origin}");
-        let marked: Vec<MediaRow> = with_pool!(self, pool => {
+        let marked: Vec<MediaRow> = with_writer!(self, pool => {
             sqlx::query(INSERT_ORIGIN)
                 .bind(origin)
                 .bind(by)
@@ -265,7 +267,7 @@ impl Database {
         key: &str,
         marker: &str,
     ) -> Result<Vec<MediaRecord>> {
-        let unmarked: Vec<MediaRow> = with_pool!(self, pool => {
+        let unmarked: Vec<MediaRow> = with_writer!(self, pool => {
             sqlx::query(delete).bind(key).execute(pool).await?;
             sqlx::query_as(UNMARK_BY_MARKER)
                 .bind(marker)
@@ -305,13 +307,15 @@ impl Database {
         origin: &str,
         media_id: &str,
     ) -> Result<Option<String>> {
-        let marked: Option<Option<String>> = with_pool!(self, pool => {
-            sqlx::query_scalar(APPLY_STANDING)
+        let (origin, media_id) = (origin.to_owned(), media_id.to_owned());
+        let marked: Option<Option<String>> = write_statement!(self, conn => {
+            let marked = sqlx::query_scalar(APPLY_STANDING)
                 .bind(origin)
                 .bind(media_id)
-                .fetch_optional(pool)
-                .await?
-        });
+                .fetch_optional(&mut *conn)
+                .await?;
+            Ok(marked)
+        })?;
         Ok(marked.flatten())
     }
 
@@ -319,7 +323,7 @@ impl Database {
     /// quarantined bytes that raced the quarantine), so the refused upload leaves no row.
     /// The caller then removes the content if nothing else refers to it.
     pub async fn withdraw_quarantined_media(&self, origin: &str, media_id: &str) -> Result<bool> {
-        let removed = with_pool!(self, pool => {
+        let removed = with_writer!(self, pool => {
             sqlx::query(WITHDRAW_QUARANTINED)
                 .bind(origin)
                 .bind(media_id)
@@ -337,7 +341,7 @@ impl Database {
         media_id: &str,
         safe: bool,
     ) -> Result<bool> {
-        let changed = with_pool!(self, pool => {
+        let changed = with_writer!(self, pool => {
             sqlx::query(SET_SAFE)
                 .bind(origin)
                 .bind(media_id)

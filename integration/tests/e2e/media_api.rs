@@ -17,6 +17,7 @@ on_both_databases!(
     awkward_filenames_round_trip,
     oversized_uploads_are_refused_and_store_nothing,
     client_disconnect_mid_upload_stores_nothing,
+    concurrent_uploads_all_commit,
     unknown_paths_and_methods,
     legacy_download_freeze,
 );
@@ -516,6 +517,88 @@ fn client_disconnect_mid_upload_stores_nothing(db: Db) {
     assert_eq!(s.media_rows(), 0);
     // The server is fine afterwards.
     s.upload(&u.alice, b"after".to_vec(), "text/plain", None);
+}
+
+/// Uploads that arrive together (plain and async, two with identical bytes) all commit
+/// through the database's writer: every one answers 200, serves its bytes, and leaves its
+/// row and no claim, pending row or temp file behind.
+fn concurrent_uploads_all_commit(db: Db) {
+    /// Per user: the default cap on one user's concurrent uploads.
+    const PLAIN_PER_USER: usize = 10;
+    /// Bob's async uploads: `max_pending_per_user` of the test stacks.
+    const ASYNC: usize = 3;
+    let s = stack(db);
+    let u = users();
+    let shared = random_bytes(30_000);
+    let mut jobs: Vec<(String, bool, Vec<u8>)> = Vec::new();
+    for i in 0..PLAIN_PER_USER {
+        let bytes = if i < 2 {
+            shared.clone()
+        } else {
+            random_bytes(1_000 + i * 7_000)
+        };
+        jobs.push((u.alice.clone(), false, bytes));
+    }
+    for i in 0..PLAIN_PER_USER {
+        jobs.push((u.bob.clone(), i < ASYNC, random_bytes(2_000 + i * 5_000)));
+    }
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(jobs.len()));
+    let threads: Vec<_> = jobs
+        .into_iter()
+        .map(|(token, via_create, bytes)| {
+            let (http, base, barrier) = (s.http.clone(), s.repo.base_url(), barrier.clone());
+            std::thread::spawn(move || {
+                let put_to = via_create.then(|| {
+                    let created: serde_json::Value = http
+                        .post(format!("{base}/_matrix/media/v1/create"))
+                        .bearer_auth(&token)
+                        .send()
+                        .unwrap()
+                        .json()
+                        .unwrap();
+                    created["content_uri"].as_str().unwrap().to_owned()
+                });
+                barrier.wait();
+                let mxc = match put_to {
+                    Some(mxc) => {
+                        let path = mxc.strip_prefix("mxc://").unwrap();
+                        let response = http
+                            .put(format!("{base}/_matrix/media/v3/upload/{path}"))
+                            .bearer_auth(&token)
+                            .body(bytes.clone())
+                            .send()
+                            .unwrap();
+                        assert_eq!(response.status(), 200, "{:?}", response.text());
+                        mxc
+                    }
+                    None => {
+                        let response = http
+                            .post(format!("{base}/_matrix/media/v3/upload"))
+                            .bearer_auth(&token)
+                            .body(bytes.clone())
+                            .send()
+                            .unwrap();
+                        assert_eq!(response.status(), 200, "{:?}", response.text());
+                        let body: serde_json::Value = response.json().unwrap();
+                        body["content_uri"].as_str().unwrap().to_owned()
+                    }
+                };
+                (token, mxc, bytes)
+            })
+        })
+        .collect();
+    let uploaded: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (token, mxc, bytes) in &uploaded {
+        let (server, id) = mxc.strip_prefix("mxc://").unwrap().split_once('/').unwrap();
+        let download = s.download(server, id, token);
+        assert_eq!(download.status(), 200);
+        assert!(download.bytes().unwrap().as_ref() == bytes.as_slice());
+    }
+    assert_eq!(s.media_rows(), 2 * PLAIN_PER_USER as u64);
+    assert_eq!(s.count_rows("content_claims"), 0);
+    assert_eq!(s.count_rows("pending_uploads"), 0);
+    // The two identical uploads share one object.
+    assert_eq!(s.datastore_files(), (2 * PLAIN_PER_USER - 1, 0));
 }
 
 fn unknown_paths_and_methods(db: Db) {

@@ -10,6 +10,7 @@ on_both_backends!(
     pending_lifecycle,
     complete_pending_without_pending_row_inserts_nothing,
     racing_completions_one_wins,
+    concurrent_writes_commit_and_failed_ones_leave_nothing,
     expired_pending_sweep,
     migrations_are_idempotent,
     oversized_size_is_rejected,
@@ -261,6 +262,65 @@ async fn racing_completions_one_wins(fx: &Fixture) {
     assert_eq!(ok, 1);
     assert_eq!(db.media_count().await.unwrap(), 1);
     assert_eq!(db.get_pending("example.org", "race").await.unwrap(), None);
+}
+
+/// Many writes at once (on SQLite: one writer, committed in groups). Each write stands or
+/// fails on its own: completions of ids never created fail and leave no media row, while
+/// the inserts and creations queued beside them all commit; of eight inserts of one id,
+/// exactly one wins.
+async fn concurrent_writes_commit_and_failed_ones_leave_nothing(fx: &Fixture) {
+    const WRITERS: usize = 48;
+    const SAME_ID: usize = 8;
+    let db = fx.connect().await;
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let id = format!("id{i}");
+                match i % 3 {
+                    0 => db.insert_media(&media("example.org", &id)).await,
+                    1 => {
+                        db.create_pending(&pending("example.org", &id, "@a:example.org", i64::MAX))
+                            .await
+                    }
+                    _ => db.complete_pending(&media("example.org", &id)).await,
+                }
+            })
+        })
+        .chain((0..SAME_ID).map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move { db.insert_media(&media("example.org", "same")).await })
+        }))
+        .collect();
+    let mut same_won = 0;
+    for (i, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        if i >= WRITERS {
+            match result {
+                Ok(()) => same_won += 1,
+                Err(Error::AlreadyExists { .. }) => {}
+                Err(e) => panic!("unexpected error inserting a taken id: {e:?}"),
+            }
+            continue;
+        }
+        match (i % 3, result) {
+            (2, Err(Error::NoPendingUpload { .. })) => {}
+            (2, other) => panic!("completing id{i} without a pending row gave {other:?}"),
+            (_, result) => result.unwrap(),
+        }
+    }
+    assert_eq!(same_won, 1);
+    assert_eq!(db.media_count().await.unwrap(), (WRITERS / 3 + 1) as u64);
+    for i in 0..WRITERS {
+        let id = format!("id{i}");
+        let row = db.get_media("example.org", &id).await.unwrap();
+        let pending = db.get_pending("example.org", &id).await.unwrap();
+        assert_eq!(
+            (row.is_some(), pending.is_some()),
+            (i % 3 == 0, i % 3 == 1),
+            "id{i}"
+        );
+    }
 }
 
 async fn expired_pending_sweep(fx: &Fixture) {

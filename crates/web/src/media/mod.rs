@@ -9,6 +9,7 @@ pub mod remote_shared;
 pub mod slots;
 pub mod thumbnail;
 pub mod upload;
+pub mod upload_phases;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

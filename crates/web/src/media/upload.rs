@@ -18,6 +18,7 @@ use mr_storage::{MediaRecord, PendingUpload, StoredObject};
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::upload_phases::{timed, Phase};
 use super::{now_ms, query_param, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
 use crate::state::AppState;
@@ -96,30 +97,41 @@ async fn store_body(
         .datastore
         .writer(max_bytes)
         .map_err(|err| MatrixError::internal("opening a datastore temp file failed", &err))?;
-    if let Err(err) = receive_body(&mut writer, &mut payload, max_bytes, idle_timeout).await {
+    let received = timed(
+        Phase::Body,
+        receive_body(&mut writer, &mut payload, max_bytes, idle_timeout),
+    )
+    .await;
+    if let Err(err) = received {
         // Removed before the client hears of the failure. (A client that disconnects drops
         // this future instead; the writer's drop then removes the file.)
         writer.abort().await;
         return Err(err);
     }
-    let staged = writer.finish().await.map_err(|err| match err {
-        mr_storage::Error::TooLarge { .. } => too_large(max_bytes),
-        other => MatrixError::internal("finishing an upload failed", &other),
-    })?;
-    let quarantined = state
-        .db
-        .is_content_quarantined(&staged.object().sha256)
+    let staged = timed(Phase::Sync, writer.finish())
         .await
-        .map_err(|err| MatrixError::internal("reading the quarantine failed", &err))?;
+        .map_err(|err| match err {
+            mr_storage::Error::TooLarge { .. } => too_large(max_bytes),
+            other => MatrixError::internal("finishing an upload failed", &other),
+        })?;
+    let quarantined = timed(
+        Phase::QuarantineCheck,
+        state.db.is_content_quarantined(&staged.object().sha256),
+    )
+    .await
+    .map_err(|err| MatrixError::internal("reading the quarantine failed", &err))?;
     if quarantined {
         // Dropping the staged object removes its temp file: nothing is kept.
         info!(sha256 = %staged.object().sha256, "upload of quarantined content refused");
         drop(staged);
         return Err(quarantined_content());
     }
-    let stored = content::commit_claimed(&state.db, &state.datastore, staged, now_ms())
-        .await
-        .map_err(|err| MatrixError::internal("storing an upload failed", &err))?;
+    let stored = timed(
+        Phase::Store,
+        content::commit_claimed(&state.db, &state.datastore, staged, now_ms()),
+    )
+    .await
+    .map_err(|err| MatrixError::internal("storing an upload failed", &err))?;
     test_hooks::pause_before_record(req).await;
     Ok(stored)
 }
@@ -172,22 +184,18 @@ fn quarantined_content() -> MatrixError {
     )
 }
 
-/// After the row is written: if these bytes were quarantined while they arrived (the check
-/// before storing them passed), the row and, unless shared, the bytes go again and the
-/// upload is refused like one that arrived later. (`mr_storage::quarantine` explains why
-/// this second look closes the race.)
+/// After the row is written with `standing`, the mark a standing quarantine gave it: if
+/// these bytes were quarantined while they arrived (the check before storing them passed),
+/// the row and, unless shared, the bytes go again and the upload is refused like one that
+/// arrived later. (`mr_storage::quarantine` explains why this second look closes the race.)
 async fn refuse_if_quarantined_meanwhile(
     state: &AppState,
     media: &MediaRef,
     object: &StoredObject,
+    standing: Option<String>,
 ) -> MatrixResult<()> {
     let db_err =
         |err: mr_storage::Error| MatrixError::internal("reading the quarantine failed", &err);
-    let standing = state
-        .db
-        .apply_standing_quarantine(&media.origin, &media.media_id)
-        .await
-        .map_err(db_err)?;
     match standing {
         Some(marker) if marker.starts_with(mr_storage::quarantine::HASH_MARKER) => {
             info!(mxc = %media.mxc(), "content quarantined during its upload; refused");
@@ -208,16 +216,17 @@ async fn refuse_if_quarantined_meanwhile(
     }
 }
 
-/// Writes the row of a stored upload, then releases the upload's claim. If the row could
-/// not be written, the object is removed unless something else refers to it.
+/// Writes the row of a stored upload in the same database write that releases the upload's
+/// claim, and returns the standing quarantine's mark on it. If the row could not be
+/// written, the object is removed unless something else refers to it.
 async fn record_stored(
     state: &AppState,
     object: &StoredObject,
     claim: Claim,
-    insert: impl std::future::Future<Output = mr_storage::Result<()>>,
-) -> mr_storage::Result<()> {
-    let inserted = insert.await;
-    claim.release().await;
+    row: &MediaRecord,
+    completes_pending: bool,
+) -> mr_storage::Result<Option<String>> {
+    let inserted = timed(Phase::Record, claim.record(row, completes_pending)).await;
     if inserted.is_err() {
         if let Err(err) =
             content::remove_unreferenced(&state.db, &state.datastore, &object.location).await
@@ -358,10 +367,10 @@ pub async fn upload(
         media_id: mr_storage::random_media_id(),
     };
     let row = record(&media, &user.user_id, meta, &object, state.datastore.id());
-    record_stored(&state, &object, claim, state.db.insert_media(&row))
+    let standing = record_stored(&state, &object, claim, &row, false)
         .await
         .map_err(|err| MatrixError::internal("recording an upload failed", &err))?;
-    refuse_if_quarantined_meanwhile(&state, &media, &object).await?;
+    refuse_if_quarantined_meanwhile(&state, &media, &object, standing).await?;
     info!(mxc = %media.mxc(), size = object.size, user = %user.user_id, "media uploaded");
     warm_cache(&state, &object);
     super::thumbnail::Thumbnailer::pregenerate(&state, row);
@@ -460,20 +469,23 @@ pub async fn upload_to(
         _slot,
     } = receive(&req, &state, payload, &user.user_id, &config).await?;
     let row = record(&media, &user.user_id, meta, &object, state.datastore.id());
-    if let Err(err) = record_stored(&state, &object, claim, state.db.complete_pending(&row)).await {
-        return match err {
-            mr_storage::Error::AlreadyExists { .. } => Err(MatrixError::cannot_overwrite()),
-            mr_storage::Error::NoPendingUpload { .. } => Err(MatrixError::not_found(
-                "The pending upload expired while its bytes were arriving",
-            )),
-            other => Err(MatrixError::internal(
-                "recording an async upload failed",
-                &other,
-            )),
-        };
-    }
+    let standing = match record_stored(&state, &object, claim, &row, true).await {
+        Ok(standing) => standing,
+        Err(err) => {
+            return match err {
+                mr_storage::Error::AlreadyExists { .. } => Err(MatrixError::cannot_overwrite()),
+                mr_storage::Error::NoPendingUpload { .. } => Err(MatrixError::not_found(
+                    "The pending upload expired while its bytes were arriving",
+                )),
+                other => Err(MatrixError::internal(
+                    "recording an async upload failed",
+                    &other,
+                )),
+            }
+        }
+    };
     state.pending.announce(&media.origin, &media.media_id);
-    refuse_if_quarantined_meanwhile(&state, &media, &object).await?;
+    refuse_if_quarantined_meanwhile(&state, &media, &object, standing).await?;
     info!(mxc = %media.mxc(), size = object.size, "async upload completed");
     warm_cache(&state, &object);
     super::thumbnail::Thumbnailer::pregenerate(&state, row);

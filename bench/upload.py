@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""HTTP upload benchmark of issue 11 (upload tail latency), in one run.
+
+16 concurrent uploads (wrk, one connection each) of 4 KiB, 64 KiB and 1 MiB bodies to:
+  * Synapse's own media repo (SQLite),
+  * media-repo (release build), metadata in SQLite, file datastore,
+  * media-repo, metadata in Postgres (a fresh schema in database `test` on 127.0.0.1:5432),
+and prints req/s, p50, p90, p99 and max latency per size, with the ratios to Synapse and
+whether the goal (p99 ≤ 2× Synapse's, req/s ≥ 3× Synapse's) is met.
+
+Every request body is different (its first 16 bytes are a per-thread counter), so each
+upload stores new content, as real uploads do, instead of finding its bytes already there.
+
+The Synapse set-up, process handling and build come from bench/download.py (imported).
+Everything started here is killed at the end, also on failure.
+
+Usage:  python3 bench/upload.py
+Environment: BENCH_DURATION (s, default 10), BENCH_WARMUP (s, default 2),
+BENCH_CONNECTIONS (default 16), BENCH_THREADS (default 2), BENCH_KEEP=1 keeps the temp dir,
+BENCH_BINARY=path uses that media-repo binary instead of building this checkout (to measure
+an older commit in the same run conditions), BENCH_ONLY=synapse,sqlite,postgres picks targets.
+Needs what bench/download.py needs, plus psql and a Postgres with trust auth on 127.0.0.1.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import download as dl  # noqa: E402  (the shared harness: Synapse, processes, build)
+
+SIZES = [("4 KiB", 4 * 1024), ("64 KiB", 64 * 1024), ("1 MiB", 1024 * 1024)]
+PG_URL = "postgres://postgres@127.0.0.1:5432/test"
+# Uploads one user may have running: above the connection count, so no upload is refused.
+PER_USER_UPLOADS = 64
+
+# wrk script: POST the body file with a distinct 16-byte prefix per request.
+WRK_SCRIPT = r"""
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+
+local tail, headers
+local counter = 0
+function init(args)
+  local f = assert(io.open(args[1], "rb"))
+  tail = f:read("*a"):sub(17)
+  f:close()
+  headers = {["Authorization"] = "Bearer " .. args[2],
+             ["Content-Type"] = "application/octet-stream"}
+end
+
+function request()
+  counter = counter + 1
+  return wrk.format("POST", nil, headers, string.format("%08x%08x", tid, counter) .. tail)
+end
+"""
+
+UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def to_ms(text):
+    """wrk's `412.00us` / `3.20ms` / `1.02s` in milliseconds."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise RuntimeError(f"cannot read wrk latency {text!r}")
+    return float(m.group(1)) * UNIT_MS[m.group(2)]
+
+
+def run_wrk(url, script, body_path, token, duration):
+    argv = ["wrk", f"-t{dl.THREADS}", f"-c{dl.CONNECTIONS}", f"-d{duration}s", "--latency", "--timeout", "10s",
+            "-s", script, url, "--", body_path, token]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    stats = {"raw": out}
+    for pct in ("50", "90", "99"):
+        found = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        stats[f"p{pct}"] = to_ms(found.group(1)) if found else float("nan")
+    latency = re.search(r"^\s+Latency\s+\S+\s+\S+\s+(\S+)", out, re.M)
+    stats["max"] = to_ms(latency.group(1)) if latency else float("nan")
+    rps = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    stats["rps"] = float(rps.group(1)) if rps else 0.0
+    bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    if bad or errors or not rps:
+        raise RuntimeError(f"wrk on {url}: failed requests\n{out}")
+    return stats
+
+
+PHASE_SERIES = re.compile(r'^media_repo_upload_phase_seconds_(sum|count)\{phase="(\w+)"\}\s+(\S+)$', re.M)
+PHASE_BUCKETS = re.compile(r'^media_repo_upload_phase_seconds_bucket\{phase="(\w+)",le="([^"]+)"\}\s+(\S+)$', re.M)
+
+
+def phase_totals(metrics_base):
+    """{phase: {"secs", "count", "buckets": {le: count}}} so far, from media-repo's /metrics;
+    {} for Synapse."""
+    if not metrics_base:
+        return {}
+    status, text = dl.request("GET", metrics_base + "/metrics")
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    text = text.decode()
+    totals = {}
+    for kind, phase, value in PHASE_SERIES.findall(text):
+        totals.setdefault(phase, {"buckets": {}})["secs" if kind == "sum" else "count"] = float(value)
+    for phase, le, value in PHASE_BUCKETS.findall(text):
+        totals.setdefault(phase, {"buckets": {}})["buckets"][float(le)] = float(value)
+    return totals
+
+
+def phase_stats(before, after):
+    """Per phase over one run: mean ms, and the bucket bound (ms) under which 99 % fell."""
+    stats = {}
+    for phase, now in after.items():
+        was = before.get(phase, {"secs": 0.0, "count": 0.0, "buckets": {}})
+        count = now["count"] - was.get("count", 0.0)
+        if count <= 0:
+            continue
+        p99 = float("inf")
+        for le in sorted(now["buckets"]):
+            if now["buckets"][le] - was["buckets"].get(le, 0.0) >= 0.99 * count:
+                p99 = le
+                break
+        stats[phase] = (1000 * (now["secs"] - was.get("secs", 0.0)) / count, 1000 * p99)
+    return stats
+
+
+def measure(title, base, token, script, bodies, metrics_base=None):
+    results = {}
+    url = base + "/_matrix/media/v3/upload?filename=bench.bin"
+    for label, _ in SIZES:
+        run_wrk(url, script, bodies[label], token, dl.WARMUP)
+        before = phase_totals(metrics_base)
+        r = run_wrk(url, script, bodies[label], token, dl.DURATION)
+        after = phase_totals(metrics_base)
+        r["phases"] = phase_stats(before, after)
+        dl.log(f"{title:28} {label:7} {r['rps']:8.1f} req/s  p50 {r['p50']:.1f}  p90 {r['p90']:.1f}  "
+               f"p99 {r['p99']:.1f}  max {r['max']:.1f} ms")
+        results[label] = r
+    return results
+
+
+def psql(sql):
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-v", "ON_ERROR_STOP=1",
+                    "-qc", sql], check=True, stdout=subprocess.DEVNULL)
+
+
+def start_repo(binary, tmp, label, synapse_name, synapse_port, database_url):
+    """media-repo with the given metadata database, a file datastore and the default cache."""
+    d = os.path.join(tmp, f"mr-{label}")
+    os.makedirs(d)
+    port, metrics_port = dl.free_port(), dl.free_port()
+    # JSON is YAML: the config is built as data, so no value needs quoting by hand.
+    config = {
+        "server": {"bind": f"127.0.0.1:{port}"},
+        "homeservers": [{"name": synapse_name, "client_api_url": f"http://127.0.0.1:{synapse_port}"}],
+        "database": {"url": database_url},
+        "datastores": [{"id": "default", "kind": "file", "path": os.path.join(d, "media")}],
+        "uploads": {"max_concurrent_per_user": PER_USER_UPLOADS},
+        "metrics": {"bind": f"127.0.0.1:{metrics_port}"},
+    }
+    path = os.path.join(d, "config.yaml")
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+    proc = dl.spawn(f"media-repo ({label})", [binary, "--config", path], os.path.join(d, "media-repo.log"), cwd=d)
+    dl.wait_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=60)
+    return proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}"
+
+
+def report(results, load_before, load_after, synapse_version):
+    print(f"\nwrk -t{dl.THREADS} -c{dl.CONNECTIONS} -d{dl.DURATION}s POST (after a {dl.WARMUP} s warm-up), "
+          f"every body distinct, loopback, {os.cpu_count()} cores shared by client and servers; "
+          f"Synapse {synapse_version}; load average before {' '.join(load_before)}, after {' '.join(load_after)}\n")
+    syn = results.get("Synapse media repo")
+    print("| target | size | req/s | × Synapse | p50 ms | p90 ms | p99 ms | p99 / Synapse's | max ms |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    verdicts = []
+    for title, by_size in results.items():
+        for label, _ in SIZES:
+            r = by_size[label]
+            ratio = p99_ratio = "–"
+            if syn and title != "Synapse media repo":
+                s = syn[label]
+                ratio_v, p99_v = r["rps"] / s["rps"], r["p99"] / s["p99"]
+                ratio, p99_ratio = f"{ratio_v:.2f}×", f"{p99_v:.2f}×"
+                met = ratio_v >= 3 and p99_v <= 2
+                verdicts.append(f"{title} {label}: {'met' if met else 'MISSED'}")
+            print(f"| {title} | {label} | {r['rps']:,.0f} | {ratio} | {r['p50']:.1f} | {r['p90']:.1f} | "
+                  f"{r['p99']:.1f} | {p99_ratio} | {r['max']:.0f} |")
+    # (Before the record phase applied the standing quarantine, quarantine_recheck timed it.)
+    phases = ["body", "sync", "quarantine_check", "store", "record", "quarantine_recheck"]
+    timed = [(t, label) for t, by_size in results.items() for label, _ in SIZES if by_size[label].get("phases")]
+    if timed:
+        print("\nTime per upload in each phase, mean / p99 in ms (from the histogram "
+              "media_repo_upload_phase_seconds; p99 is the bucket bound 99 % fell under):\n")
+        print("| target | size | " + " | ".join(phases) + " |")
+        print("|---|---|" + "---:|" * len(phases))
+        for title, label in timed:
+            means = results[title][label]["phases"]
+            cells = [f"{means[p][0]:.1f} / {means[p][1]:g}" if p in means else "–" for p in phases]
+            print(f"| {title} | {label} | " + " | ".join(cells) + " |")
+    if verdicts:
+        print("\nGoal (p99 ≤ 2× Synapse's and req/s ≥ 3× Synapse's): " + "; ".join(verdicts))
+
+
+def main():
+    dl.check_tools()
+    if shutil.which("psql") is None:
+        raise RuntimeError("missing tool: psql")
+    only = set(os.environ.get("BENCH_ONLY", "synapse,sqlite,postgres").split(","))
+    binary = os.environ.get("BENCH_BINARY") or dl.build_media_repo()
+    venv, synapse_version = dl.synapse_venv()
+    tmp = tempfile.mkdtemp(prefix="mr-upload-bench-")
+    schema = f"bench_upload_{os.getpid()}"
+    schema_made = False
+    dl.log(f"working in {tmp}, media-repo binary {binary}")
+    _, load_before = dl.machine_notes()
+    results = {}
+    try:
+        script = os.path.join(tmp, "upload.lua")
+        with open(script, "w") as f:
+            f.write(WRK_SCRIPT)
+        bodies = {}
+        for label, size in SIZES:
+            bodies[label] = os.path.join(tmp, f"{size}.bin")
+            with open(bodies[label], "wb") as f:
+                f.write(os.urandom(size))
+
+        dl.log("starting Synapse (media repo enabled)")
+        synapse, sport, sname = dl.start_synapse(venv, tmp)
+        sbase = f"http://127.0.0.1:{sport}"
+        token = dl.synapse_token(venv, sbase)
+        if "synapse" in only:
+            results["Synapse media repo"] = measure("Synapse media repo", sbase, token, script, bodies)
+
+        targets = []
+        if "sqlite" in only:
+            targets.append(("sqlite", "media-repo, SQLite", f"sqlite://{tmp}/mr-sqlite/media-repo.db"))
+        if "postgres" in only:
+            psql(f"CREATE SCHEMA {schema}")
+            schema_made = True
+            targets.append(("postgres", "media-repo, Postgres",
+                            f"{PG_URL}?options=-c%20search_path%3D{schema}"))
+        for label, title, url in targets:
+            proc, base, metrics_base = start_repo(binary, tmp, label, sname, sport, url)
+            results[title] = measure(title, base, token, script, bodies, metrics_base)
+            dl.stop(proc)
+        dl.stop(synapse)
+    finally:
+        for proc in reversed(list(dl.PROCS)):
+            dl.stop(proc)
+        if schema_made:
+            psql(f"DROP SCHEMA {schema} CASCADE")
+        if os.environ.get("BENCH_KEEP") != "1":
+            shutil.rmtree(tmp, ignore_errors=True)
+    _, load_after = dl.machine_notes()
+    report(results, load_before, load_after, synapse_version)
+
+
+if __name__ == "__main__":
+    main()
