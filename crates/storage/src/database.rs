@@ -263,7 +263,11 @@ impl Database {
     /// The media row for serving it, from this process's row cache when it read it less
     /// than [`row_cache::MEDIA_ROW_TTL`] ago (changes made through this handle are seen at
     /// once, see `row_cache.rs`); else from the database, and kept. A missing row is not kept.
-    pub async fn media_row(&self, origin: &str, media_id: &str) -> Result<Option<Arc<MediaRecord>>> {
+    pub async fn media_row(
+        &self,
+        origin: &str,
+        media_id: &str,
+    ) -> Result<Option<Arc<MediaRecord>>> {
         let key = row_cache::key(origin, media_id);
         if let Some(row) = self.rows.get(&key) {
             return Ok(Some(row));

@@ -117,12 +117,7 @@ impl Database {
     /// The content stays on disk: the caller removes what nothing refers to any more.
     pub async fn purge_batch(&self, scope: &PurgeScope) -> Result<RemovedRows> {
         let removed = self.remove_batch(scope).await;
-        self.forget_changed(
-            removed
-                .as_ref()
-                .ok()
-                .map(|rows| rows.media.as_slice()),
-        );
+        self.forget_changed(removed.as_ref().ok().map(|rows| rows.media.as_slice()));
         removed
     }
 

@@ -88,7 +88,11 @@ fn assert_gone(s: &Stack, server: &str, id: &str, what: &str) {
     assert_eq!(range(s, server, id).status(), 404, "range after {what}");
 }
 
-fn deleted_and_quarantined_media_answer_404_at_once(cache_yaml: &str, db: Db, shard: Option<&RedisServer>) {
+fn deleted_and_quarantined_media_answer_404_at_once(
+    cache_yaml: &str,
+    db: Db,
+    shard: Option<&RedisServer>,
+) {
     let admins = format!("admins: [\"@alice:{}\"]\n", Synapse::shared().server_name);
     let s = Stack::start(Options {
         db,
@@ -140,11 +144,7 @@ fn a_deleted_media_answers_404_at_once_with_the_redis_cache() {
 
 #[test]
 fn a_deleted_media_answers_404_at_once_without_a_cache() {
-    deleted_and_quarantined_media_answer_404_at_once(
-        "cache:\n  backend: none\n",
-        Db::Sqlite,
-        None,
-    );
+    deleted_and_quarantined_media_answer_404_at_once("cache:\n  backend: none\n", Db::Sqlite, None);
 }
 
 #[test]

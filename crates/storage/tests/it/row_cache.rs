@@ -45,7 +45,11 @@ const QUARANTINED: Option<(bool, bool)> = Some((true, false));
 
 async fn every_change_through_the_handle_is_seen_at_once(fx: &Fixture) {
     let db = fx.connect().await;
-    for (id, user, sha) in [("a", "@u:x", "aa"), ("b", "@u:x", "bb"), ("c", "@v:x", "cc")] {
+    for (id, user, sha) in [
+        ("a", "@u:x", "aa"),
+        ("b", "@u:x", "bb"),
+        ("c", "@v:x", "cc"),
+    ] {
         db.insert_media(&media(id, user, sha)).await.unwrap();
         // Read twice: the second answer comes from the cache.
         assert_eq!(seen(&db, id).await, SERVED);
@@ -92,7 +96,9 @@ async fn every_change_through_the_handle_is_seen_at_once(fx: &Fixture) {
     }
 
     // A row written under a standing quarantine, read between its insert and its mark.
-    db.quarantine_hash(&"dd".repeat(32), ADMIN, 1).await.unwrap();
+    db.quarantine_hash(&"dd".repeat(32), ADMIN, 1)
+        .await
+        .unwrap();
     db.insert_media(&media("d", "@u:x", "dd")).await.unwrap();
     assert_eq!(seen(&db, "d").await, SERVED);
     assert!(db
@@ -126,16 +132,16 @@ async fn another_handles_change_is_seen_after_the_ttl(fx: &Fixture) {
     let server = fx.connect().await;
     // Another process on the same database: the `purge` command, another repo.
     let other = fx.connect().await;
-    server.insert_media(&media("a", "@u:x", "aa")).await.unwrap();
+    server
+        .insert_media(&media("a", "@u:x", "aa"))
+        .await
+        .unwrap();
     assert_eq!(seen(&server, "a").await, SERVED);
     other.quarantine_media(ORIGIN, "a", ADMIN).await.unwrap();
     // The bound, not a speed: past it the row is read again.
     tokio::time::sleep(MEDIA_ROW_TTL + MEDIA_ROW_TTL / 2).await;
     assert_eq!(seen(&server, "a").await, QUARANTINED);
-    other
-        .purge_batch(&PurgeScope::Quarantined)
-        .await
-        .unwrap();
+    other.purge_batch(&PurgeScope::Quarantined).await.unwrap();
     tokio::time::sleep(MEDIA_ROW_TTL + MEDIA_ROW_TTL / 2).await;
     assert_eq!(seen(&server, "a").await, None);
 }

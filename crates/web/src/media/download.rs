@@ -295,10 +295,24 @@ pub async fn respond(
             futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
         )));
     }
-    let body = match MediaBody::open(state.clone(), &record.sha256, &record.location, size, start, end).await {
+    let body = match MediaBody::open(
+        state.clone(),
+        &record.sha256,
+        &record.location,
+        size,
+        start,
+        end,
+    )
+    .await
+    {
         Ok(body) => body,
         Err(mr_storage::Error::NotFound { .. }) => return Err(file_missing(state, record).await),
-        Err(other) => return Err(MatrixError::internal("opening media content failed", &other)),
+        Err(other) => {
+            return Err(MatrixError::internal(
+                "opening media content failed",
+                &other,
+            ))
+        }
     };
     Ok(response.body(SizedStream::new(length, body.into_stream())))
 }
