@@ -1,20 +1,29 @@
 #!/usr/bin/env python3
-"""HTTP download benchmark of issue 4, in one run.
+"""HTTP download benchmark (issues 4 and 11), in one run.
 
-Downloads of a 4 KiB and a 1 MiB file with wrk from:
-  * media-repo (release build) with cache.backend memory, redis (one redis-server) and none,
+Downloads of a 4 KiB, a 64 KiB and a 1 MiB file with wrk from:
+  * media-repo (release build) with cache.backend memory, redis (one redis-server),
+    redis (three redis-servers as three shards) and none,
+  * each beside its bare actix-web handler (`bare-handlers`, crates/bench), measured right
+    after it for each size: memory (bytes from process memory), redis (one redis-rs GET per
+    request, no auth, no metadata; the same handler for 1 and 3 shards) and file (the same
+    file streamed from disk) -- the ratio media-repo / bare handler is the fast-path goal,
   * Synapse's own media repo (the same files uploaded to it),
   * nginx serving the same files statically with sendfile (the ceiling),
 then the peak RSS (VmHWM) of a fresh media-repo (memory cache) while a 1 GiB file is
 uploaded (streamed, never held in this script's memory) and downloaded.
 
-Prints a markdown table. Everything started here is killed at the end, also on failure.
+Prints markdown tables. Everything started here is killed at the end, also on failure.
 
 Usage (from the repository root or anywhere):  python3 bench/download.py
 Environment: BENCH_DURATION (s, default 10), BENCH_WARMUP (s, default 2),
 BENCH_CONNECTIONS (default 16), BENCH_THREADS (default 2), BENCH_BIG_MIB (default 1024),
 BENCH_KEEP=1 keeps the temp dir, BENCH_MEDIA_REPO_PRELOAD=lib.so is put in LD_PRELOAD of
-media-repo only.
+media-repo only, BENCH_BARE_ONLY=1 runs only media-repo against the bare handlers (no
+Synapse or nginx targets, no RSS run; Synapse still checks the tokens),
+BENCH_BACKENDS=memory,redis,redis3,none picks the media-repo backends,
+BENCH_MEDIA_REPO_BIN=path measures that media-repo binary instead of the one built (e.g. a
+copy made before a change, for before/after numbers on the same machine).
 Needs: cargo, python3 with venv, redis-server, nginx, wrk, curl
 (`apt-get install -y nginx-light wrk redis-server curl`).
 """
@@ -50,7 +59,13 @@ BIG_MIB = int(os.environ.get("BENCH_BIG_MIB", "1024"))
 # that sets TCP_NODELAY on every TCP socket: see docs/benchmarks.md).
 PRELOAD = os.environ.get("BENCH_MEDIA_REPO_PRELOAD", "")
 
-SIZES = [("4 KiB", "4k.bin", 4 * 1024), ("1 MiB", "1m.bin", 1024 * 1024)]
+BARE_ONLY = os.environ.get("BENCH_BARE_ONLY") == "1"
+MEDIA_REPO_BIN = os.environ.get("BENCH_MEDIA_REPO_BIN", "")
+BACKENDS = os.environ.get("BENCH_BACKENDS", "memory,redis,redis3,none").split(",")
+
+SIZES = [("4 KiB", "4k.bin", 4 * 1024), ("64 KiB", "64k.bin", 64 * 1024), ("1 MiB", "1m.bin", 1024 * 1024)]
+# The fast-path goal of issue 11: media-repo / its bare handler, per size.
+GOALS = {"4 KiB": 0.8, "64 KiB": 0.8, "1 MiB": 0.9}
 
 # Everything started, killed (process group) in reverse order at the end.
 PROCS = []
@@ -139,12 +154,29 @@ def check_tools():
 
 
 def build_media_repo():
-    log("cargo build --release -p mr-web --bin media-repo")
-    subprocess.run(["cargo", "build", "--release", "-p", "mr-web", "--bin", "media-repo"], cwd=REPO, check=True)
-    binary = os.path.join(TARGET, "release", "media-repo")
-    if not os.path.exists(binary):
-        raise RuntimeError(f"{binary} not built")
-    return binary
+    """Builds media-repo (unless BENCH_MEDIA_REPO_BIN names one) and bare-handlers."""
+    targets = ["-p", "mr-bench", "--bin", "bare-handlers"]
+    if not MEDIA_REPO_BIN:
+        targets = ["-p", "mr-web", "--bin", "media-repo"] + targets
+    log(f"cargo build --release {' '.join(targets)}")
+    subprocess.run(["cargo", "build", "--release"] + targets, cwd=REPO, check=True)
+    # Another build of media-repo (e.g. the one before a change) is measured the same way.
+    binaries = [MEDIA_REPO_BIN or os.path.join(TARGET, "release", "media-repo"),
+                os.path.join(TARGET, "release", "bare-handlers")]
+    for binary in binaries:
+        if not os.path.exists(binary):
+            raise RuntimeError(f"{binary} not built")
+    return binaries
+
+
+def start_bare(binary, tmp, static_root, redis_port):
+    port = free_port()
+    proc = spawn("bare-handlers", [binary, "--bind", f"127.0.0.1:{port}", "--dir", static_root,
+                                   "--redis", f"redis://127.0.0.1:{redis_port}"],
+                 os.path.join(tmp, "bare-handlers.log"))
+    for kind in ("memory", "redis", "file"):
+        wait_http(f"http://127.0.0.1:{port}/{kind}/4k.bin", proc, timeout=30)
+    return proc, port
 
 
 def synapse_venv():
@@ -279,7 +311,7 @@ metrics:
 def start_redis(tmp):
     port = free_port()
     proc = spawn("redis-server", ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
-                                  "--bind", "127.0.0.1", "--dir", tmp], os.path.join(tmp, "redis.log"))
+                                  "--bind", "127.0.0.1", "--dir", tmp], os.path.join(tmp, f"redis-{port}.log"))
     deadline = time.time() + 20
     while time.time() < deadline:
         try:
@@ -363,6 +395,23 @@ def measure(label, base, paths, token):
         log(f"{label:24} {size_label:6} {r['rps']:10.1f} req/s  p50 {r['p50']}  p99 {r['p99']}")
         results[size_label] = r
     return results
+
+
+def measure_pair(label, base, paths, token, bare_label, bare_base, bare_paths):
+    """For each size: media-repo, then its bare handler right after (warm-up and run each),
+    so both see the same load on the shared machine."""
+    ours, bare = {}, {}
+    for size_label, _, _ in SIZES:
+        for name, target, target_paths, target_token, into in (
+                (label, base, paths, token, ours), (bare_label, bare_base, bare_paths, None, bare)):
+            url = target + target_paths[size_label]
+            wrk(url, target_token, duration=WARMUP)
+            r = wrk(url, target_token)
+            if r["non2xx"] or r["errors"]:
+                raise RuntimeError(f"{name} {size_label}: {r['non2xx']} non-2xx answers, {r['errors']}\n{r['raw']}")
+            log(f"{name:28} {size_label:6} {r['rps']:10.1f} req/s  p50 {r['p50']}  p99 {r['p99']}")
+            into[size_label] = r
+    return ours, bare
 
 
 def read_status(pid):
@@ -450,14 +499,21 @@ def machine_notes():
     return cores, load
 
 
+def redis_yaml(ports):
+    shards = "".join(f"      - name: bench{i}\n        addr: \"redis://127.0.0.1:{port}\"\n"
+                     for i, port in enumerate(ports))
+    return f"cache:\n  backend: redis\n  redis:\n    shards:\n{shards}"
+
+
 def main():
     check_tools()
-    binary = build_media_repo()
+    binary, bare_binary = build_media_repo()
     venv, synapse_version = synapse_venv()
     tmp = tempfile.mkdtemp(prefix="mr-bench-")
     log(f"working in {tmp}")
     cores, load_before = machine_notes()
     results = {}
+    pairs = []  # (backend title, media-repo results, bare title, bare results)
     rss = None
     try:
         static = os.path.join(tmp, "static")
@@ -473,35 +529,53 @@ def main():
         synapse, sport, sname = start_synapse(venv, tmp)
         sbase = f"http://127.0.0.1:{sport}"
         token = synapse_token(venv, sbase)
-        synapse_paths = {s: upload(sbase, token, p, n) for s, (p, n) in files.items()}
 
-        targets = []
         # The homeserver stays up for all media-repo runs (it checks the tokens) but idles.
-        results["Synapse media repo"] = measure("Synapse media repo", sbase, synapse_paths, token)
+        if not BARE_ONLY:
+            synapse_paths = {s: upload(sbase, token, p, n) for s, (p, n) in files.items()}
+            results["Synapse media repo"] = measure("Synapse media repo", sbase, synapse_paths, token)
 
-        redis, rport = start_redis(tmp)
+        redis_servers = [start_redis(tmp) for _ in range(3)]
+        redis_ports = [port for _, port in redis_servers]
+        bare, bare_port = start_bare(bare_binary, tmp, static, redis_ports[0])
+        bare_base = f"http://127.0.0.1:{bare_port}"
         caches = [
-            ("memory", "media-repo, memory cache", "cache:\n  backend: memory\n"),
-            ("redis", "media-repo, Redis cache",
-             f"cache:\n  backend: redis\n  redis:\n    shards:\n      - name: bench\n"
-             f"        addr: \"redis://127.0.0.1:{rport}\"\n"),
-            ("none", "media-repo, no cache", "cache:\n  backend: none\n"),
+            ("memory", "media-repo, memory cache", "cache:\n  backend: memory\n",
+             "bare: bytes from memory", "memory"),
+            ("redis", "media-repo, Redis cache (1 shard)", redis_yaml(redis_ports[:1]),
+             "bare: one redis-rs GET", "redis"),
+            ("redis3", "media-repo, Redis cache (3 shards)", redis_yaml(redis_ports),
+             "bare: one redis-rs GET", "redis"),
+            ("none", "media-repo, no cache", "cache:\n  backend: none\n",
+             "bare: file streamed from disk", "file"),
         ]
-        for label, title, cache_yaml in caches:
+        for label, title, cache_yaml, bare_title, bare_kind in caches:
+            if label not in BACKENDS:
+                continue
             proc, port = start_media_repo(binary, tmp, label, sname, sport, cache_yaml)
             base = f"http://127.0.0.1:{port}"
             paths = {s: upload(base, token, p, n) for s, (p, n) in files.items()}
-            results[title] = measure(title, base, paths, token)
+            if label.startswith("redis"):
+                # Let the uploads' background cache fills land: the runs measure hits.
+                time.sleep(1)
+            bare_paths = {s: f"/{bare_kind}/{n}" for s, (_, n) in files.items()}
+            ours, theirs = measure_pair(title, base, paths, token, bare_title, bare_base, bare_paths)
+            results[title] = ours
+            pairs.append((title, ours, bare_title, theirs))
             stop(proc)
-        stop(redis)
+        stop(bare)
+        for proc, _ in redis_servers:
+            stop(proc)
 
-        nginx, nport = start_nginx(tmp, static)
-        results["nginx static (ceiling)"] = measure(
-            "nginx static", f"http://127.0.0.1:{nport}", {s: f"/static/{n}" for s, (_, n) in files.items()}, None)
-        stop(nginx)
+        if not BARE_ONLY:
+            nginx, nport = start_nginx(tmp, static)
+            results["nginx static (ceiling)"] = measure(
+                "nginx static", f"http://127.0.0.1:{nport}", {s: f"/static/{n}" for s, (_, n) in files.items()},
+                None)
+            stop(nginx)
 
-        log(f"peak RSS: {BIG_MIB} MiB upload and download through a fresh media-repo (memory cache)")
-        rss = big_file_rss(binary, tmp, sname, sport, token)
+            log(f"peak RSS: {BIG_MIB} MiB upload and download through a fresh media-repo (memory cache)")
+            rss = big_file_rss(binary, tmp, sname, sport, token)
         stop(synapse)
     finally:
         for proc in reversed(list(PROCS)):
@@ -513,10 +587,34 @@ def main():
     print(f"\nwrk -t{THREADS} -c{CONNECTIONS} -d{DURATION}s (after a {WARMUP} s warm-up), loopback, "
           f"{cores} cores shared by client and servers; Synapse {synapse_version}; "
           f"load average before {' '.join(load_before)}, after {' '.join(load_after)}\n")
+
+    print("media-repo (authenticated v1 download) against its bare handler, measured right after it:\n")
+    print("| backend | bare handler | " + " | ".join(f"{s} req/s (bare) | ratio" for s, _, _ in SIZES) + " |")
+    print("|---|---|" + "---:|---:|" * len(SIZES))
+    missed = []
+    for title, ours, bare_title, theirs in pairs:
+        cells = []
+        for size_label, _, _ in SIZES:
+            ratio = ours[size_label]["rps"] / theirs[size_label]["rps"]
+            if ratio < GOALS[size_label]:
+                missed.append(f"{title} {size_label} {ratio:.2f} < {GOALS[size_label]}")
+            cells += [f"{ours[size_label]['rps']:,.0f} ({theirs[size_label]['rps']:,.0f})", f"{ratio:.2f}"]
+        print(f"| {title} | {bare_title} | " + " | ".join(cells) + " |")
+    print("\n| backend | " + " | ".join(f"{s} p50 / p99 (bare)" for s, _, _ in SIZES) + " |")
+    print("|---|" + "---|" * len(SIZES))
+    for title, ours, _, theirs in pairs:
+        print(f"| {title} | " + " | ".join(
+            f"{ours[s]['p50']} / {ours[s]['p99']} ({theirs[s]['p50']} / {theirs[s]['p99']})"
+            for s, _, _ in SIZES) + " |")
+    goals = ", ".join(f"{s} >= {g}" for s, g in GOALS.items())
+    print(f"\nFast-path goals ({goals}): " + ("met" if not missed else "MISSED: " + "; ".join(missed)))
+
+    if BARE_ONLY:
+        return
     syn = results["Synapse media repo"]
     ngx = results["nginx static (ceiling)"]
-    print("| target | 4 KiB req/s | × Synapse | / nginx | 1 MiB req/s | × Synapse | / nginx |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| target | " + " | ".join(f"{s} req/s | × Synapse | / nginx" for s, _, _ in SIZES) + " |")
+    print("|---|" + "---:|---:|---:|" * len(SIZES))
     for title, r in results.items():
         cells = []
         for size_label, _, _ in SIZES:
@@ -524,10 +622,10 @@ def main():
             cells += [f"{rps:,.0f}", f"{rps / syn[size_label]['rps']:.2f}×",
                       f"{100 * rps / ngx[size_label]['rps']:.0f} %"]
         print(f"| {title} | " + " | ".join(cells) + " |")
-    print("\n| target | 4 KiB p50 / p99 | 1 MiB p50 / p99 |")
-    print("|---|---|---|")
+    print("\n| target | " + " | ".join(f"{s} p50 / p99" for s, _, _ in SIZES) + " |")
+    print("|---|" + "---|" * len(SIZES))
     for title, r in results.items():
-        print(f"| {title} | {r['4 KiB']['p50']} / {r['4 KiB']['p99']} | {r['1 MiB']['p50']} / {r['1 MiB']['p99']} |")
+        print(f"| {title} | " + " | ".join(f"{r[s]['p50']} / {r[s]['p99']}" for s, _, _ in SIZES) + " |")
     if rss:
         print(f"\nPeak RSS of media-repo (memory cache, fresh process), {BIG_MIB} MiB file:\n")
         print("| moment | VmHWM |")
@@ -538,10 +636,12 @@ def main():
         print(f"| after download ({rss['download_secs']:.1f} s, {BIG_MIB / rss['download_secs']:.0f} MiB/s) | "
               f"{mib(rss['after_download'])} |")
         print(f"| (max VmRSS sampled every 50 ms) | {mib(rss['sampled_peak_rss'])} |")
-    goal4 = results["media-repo, memory cache"]["4 KiB"]["rps"] / syn["4 KiB"]["rps"]
-    goal1 = results["media-repo, memory cache"]["1 MiB"]["rps"] / syn["1 MiB"]["rps"]
-    print(f"\nGoals (memory cache): 4 KiB {goal4:.2f}× Synapse (goal ≥ 5×: {'met' if goal4 >= 5 else 'MISSED'}), "
-          f"1 MiB {goal1:.2f}× Synapse (goal ≥ 3×: {'met' if goal1 >= 3 else 'MISSED'})")
+    if "media-repo, memory cache" in results:
+        goal4 = results["media-repo, memory cache"]["4 KiB"]["rps"] / syn["4 KiB"]["rps"]
+        goal1 = results["media-repo, memory cache"]["1 MiB"]["rps"] / syn["1 MiB"]["rps"]
+        print(f"\nGoals of issue 4 (memory cache): 4 KiB {goal4:.2f}× Synapse (goal ≥ 5×: "
+              f"{'met' if goal4 >= 5 else 'MISSED'}), 1 MiB {goal1:.2f}× Synapse (goal ≥ 3×: "
+              f"{'met' if goal1 >= 3 else 'MISSED'})")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ use crate::records::{
     self, MediaRecord, MediaRow, PendingRow, PendingUpload, ThumbnailRecord, ThumbnailRow,
 };
 use crate::sqlite_writer::GroupWriter;
+use crate::row_cache::{self, MediaRowCache};
 
 /// Schema migrations, embedded at compile time; sqlx records applied ones in
 /// `_sqlx_migrations` (in the Postgres schema the URL's `search_path` selects).
@@ -42,6 +43,9 @@ pub struct Database {
     pub(crate) backend: Backend,
     /// The SQLite file as it was at connect; `None` for Postgres and in-memory SQLite.
     sqlite_file: Option<Arc<FileIdentity>>,
+    /// Media rows downloads read (`media_row`), shared by every clone of this handle;
+    /// every method below that changes a media row forgets it here.
+    rows: Arc<MediaRowCache>,
 }
 
 /// Which file a path named when the database was opened. A SQLite file deleted (or
@@ -295,6 +299,7 @@ impl Database {
         let db = Database {
             backend,
             sqlite_file,
+            rows: Arc::new(MediaRowCache::new()),
         };
         with_writer!(db, pool => MIGRATOR.run(pool).await?);
         info!(backend = db.backend_name(), "metadata database ready");
@@ -356,6 +361,46 @@ impl Database {
                 .await?
         });
         row.map(MediaRecord::try_from).transpose()
+    }
+
+    /// The media row for serving it, from this process's row cache when it read it less
+    /// than [`row_cache::MEDIA_ROW_TTL`] ago (changes made through this handle are seen at
+    /// once, see `row_cache.rs`); else from the database, and kept. A missing row is not kept.
+    pub async fn media_row(
+        &self,
+        origin: &str,
+        media_id: &str,
+    ) -> Result<Option<Arc<MediaRecord>>> {
+        let key = row_cache::key(origin, media_id);
+        if let Some(row) = self.rows.get(&key) {
+            return Ok(Some(row));
+        }
+        let epoch = self.rows.epoch();
+        let Some(row) = self.get_media(origin, media_id).await? else {
+            return Ok(None);
+        };
+        let row = Arc::new(row);
+        self.rows.store(key, row.clone(), epoch);
+        Ok(Some(row))
+    }
+
+    /// Forgets this process's cached copy of a media row (a download found its file gone:
+    /// another process may have purged it since the row was read).
+    pub fn forget_media_row(&self, origin: &str, media_id: &str) {
+        self.rows.forget([(origin, media_id)]);
+    }
+
+    /// Forgets the cached copies of the rows a change returned, or of every row when it
+    /// failed (it may have committed part of its work). See `row_cache.rs`.
+    /// `None`: the change failed.
+    pub(crate) fn forget_changed(&self, changed: Option<&[MediaRecord]>) {
+        match changed {
+            Some(rows) => self.rows.forget(
+                rows.iter()
+                    .map(|row| (row.origin.as_str(), row.media_id.as_str())),
+            ),
+            None => self.rows.forget_all(),
+        }
     }
 
     /// Records a `/create`d id; [`Error::AlreadyExists`] if it is pending or already media.

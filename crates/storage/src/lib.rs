@@ -6,6 +6,7 @@
 //! * [`content`] — claims on stored bytes, and deleting only what nothing refers to.
 //! * [`purge`] — removing media rows in batches, last access, and the orphan-file sweep.
 //! * [`quarantine`] — quarantined media, hashes and origins; protection.
+//! * [`row_cache`] — the per-process media-row cache downloads read through.
 //! * [`ids`] — media id generation and the allow-lists for ids and server names.
 
 pub mod content;
@@ -18,6 +19,7 @@ pub mod purge;
 pub mod quarantine;
 mod records;
 mod sqlite_writer;
+pub mod row_cache;
 mod writer;
 
 pub use database::{Database, ACQUIRE_TIMEOUT};

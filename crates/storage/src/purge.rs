@@ -116,6 +116,13 @@ impl Database {
     /// it still matches when deleted (a media unquarantined or downloaded meanwhile stays).
     /// The content stays on disk: the caller removes what nothing refers to any more.
     pub async fn purge_batch(&self, scope: &PurgeScope) -> Result<RemovedRows> {
+        let removed = self.remove_batch(scope).await;
+        self.forget_changed(removed.as_ref().ok().map(|rows| rows.media.as_slice()));
+        removed
+    }
+
+    /// [`Database::purge_batch`] without the row cache.
+    async fn remove_batch(&self, scope: &PurgeScope) -> Result<RemovedRows> {
         let (condition, args) = scope.condition(1);
         let select = format!(
             "SELECT origin, media_id FROM media WHERE {condition} LIMIT {PURGE_BATCH_ROWS}"

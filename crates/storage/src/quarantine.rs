@@ -158,15 +158,17 @@ impl Database {
         media_id: &str,
         by: &str,
     ) -> Result<Option<MediaRecord>> {
-        let row: Option<MediaRow> = with_writer!(self, pool => {
+        let row: Result<Option<MediaRow>> = with_writer!(self, pool => {
             sqlx::query_as(MARK_ONE)
                 .bind(origin)
                 .bind(media_id)
                 .bind(by)
                 .fetch_optional(pool)
-                .await?
-        });
-        row.map(MediaRecord::try_from).transpose()
+                .await
+        })
+        .map_err(Into::into);
+        self.forget_media_row(origin, media_id);
+        row?.map(MediaRecord::try_from).transpose()
     }
 
     /// Lifts the quarantine of one media, whatever quarantined it. (A standing hash or
@@ -176,26 +178,33 @@ impl Database {
         origin: &str,
         media_id: &str,
     ) -> Result<Option<MediaRecord>> {
-        let row: Option<MediaRow> = with_writer!(self, pool => {
+        let row: Result<Option<MediaRow>> = with_writer!(self, pool => {
             sqlx::query_as(UNMARK_ONE)
                 .bind(origin)
                 .bind(media_id)
                 .fetch_optional(pool)
-                .await?
-        });
-        row.map(MediaRecord::try_from).transpose()
+                .await
+        })
+        .map_err(Into::into);
+        self.forget_media_row(origin, media_id);
+        row?.map(MediaRecord::try_from).transpose()
     }
 
     /// Quarantines every unprotected media `user_id` uploaded; returns the rows marked now.
     pub async fn quarantine_user_media(&self, user_id: &str, by: &str) -> Result<Vec<MediaRecord>> {
-        let marked: Vec<MediaRow> = with_writer!(self, pool => {
-            sqlx::query_as(MARK_USER)
-                .bind(user_id)
-                .bind(by)
-                .fetch_all(pool)
-                .await?
-        });
-        rows(marked)
+        let marked = async {
+            let marked: Vec<MediaRow> = with_writer!(self, pool => {
+                sqlx::query_as(MARK_USER)
+                    .bind(user_id)
+                    .bind(by)
+                    .fetch_all(pool)
+                    .await?
+            });
+            rows(marked)
+        }
+        .await;
+        self.forget_changed(marked.as_deref().ok());
+        marked
     }
 
     /// Quarantines a content hash: new uploads of these bytes are refused and every
@@ -207,21 +216,26 @@ impl Database {
         now_ms: i64,
     ) -> Result<Vec<MediaRecord>> {
         let marker = format!("{HASH_MARKER}{sha256}");
-        let marked: Vec<MediaRow> = with_writer!(self, pool => {
-            // Two statements, not one transaction: see the module docs.
-            sqlx::query(INSERT_HASH)
-                .bind(sha256)
-                .bind(by)
-                .bind(now_ms)
-                .execute(pool)
-                .await?;
-            sqlx::query_as(MARK_HASH)
-                .bind(sha256)
-                .bind(&marker)
-                .fetch_all(pool)
-                .await?
-        });
-        rows(marked)
+        let marked = async {
+            let marked: Vec<MediaRow> = with_writer!(self, pool => {
+                // Two statements, not one transaction: see the module docs.
+                sqlx::query(INSERT_HASH)
+                    .bind(sha256)
+                    .bind(by)
+                    .bind(now_ms)
+                    .execute(pool)
+                    .await?;
+                sqlx::query_as(MARK_HASH)
+                    .bind(sha256)
+                    .bind(&marker)
+                    .fetch_all(pool)
+                    .await?
+            });
+            rows(marked)
+        }
+        .await;
+        self.forget_changed(marked.as_deref().ok());
+        marked
     }
 
     /// Lifts a hash quarantine and the marks it made; returns the rows unmarked.
@@ -239,20 +253,25 @@ impl Database {
         now_ms: i64,
     ) -> Result<Vec<MediaRecord>> {
         let marker = format!("{ORIGIN_MARKER}{origin}");
-        let marked: Vec<MediaRow> = with_writer!(self, pool => {
-            sqlx::query(INSERT_ORIGIN)
-                .bind(origin)
-                .bind(by)
-                .bind(now_ms)
-                .execute(pool)
-                .await?;
-            sqlx::query_as(MARK_ORIGIN)
-                .bind(origin)
-                .bind(&marker)
-                .fetch_all(pool)
-                .await?
-        });
-        rows(marked)
+        let marked = async {
+            let marked: Vec<MediaRow> = with_writer!(self, pool => {
+                sqlx::query(INSERT_ORIGIN)
+                    .bind(origin)
+                    .bind(by)
+                    .bind(now_ms)
+                    .execute(pool)
+                    .await?;
+                sqlx::query_as(MARK_ORIGIN)
+                    .bind(origin)
+                    .bind(&marker)
+                    .fetch_all(pool)
+                    .await?
+            });
+            rows(marked)
+        }
+        .await;
+        self.forget_changed(marked.as_deref().ok());
+        marked
     }
 
     /// Lifts an origin quarantine and the marks it made; returns the rows unmarked.
@@ -267,14 +286,19 @@ impl Database {
         key: &str,
         marker: &str,
     ) -> Result<Vec<MediaRecord>> {
-        let unmarked: Vec<MediaRow> = with_writer!(self, pool => {
-            sqlx::query(delete).bind(key).execute(pool).await?;
-            sqlx::query_as(UNMARK_BY_MARKER)
-                .bind(marker)
-                .fetch_all(pool)
-                .await?
-        });
-        rows(unmarked)
+        let unmarked = async {
+            let unmarked: Vec<MediaRow> = with_writer!(self, pool => {
+                sqlx::query(delete).bind(key).execute(pool).await?;
+                sqlx::query_as(UNMARK_BY_MARKER)
+                    .bind(marker)
+                    .fetch_all(pool)
+                    .await?
+            });
+            rows(unmarked)
+        }
+        .await;
+        self.forget_changed(unmarked.as_deref().ok());
+        unmarked
     }
 
     /// Whether new copies of these bytes are refused.
@@ -308,30 +332,38 @@ impl Database {
         media_id: &str,
     ) -> Result<Option<String>> {
         let (origin, media_id) = (origin.to_owned(), media_id.to_owned());
-        let marked: Option<Option<String>> = write_statement!(self, conn => {
+        let (job_origin, job_media_id) = (origin.clone(), media_id.clone());
+        let marked: Result<Option<Option<String>>> = write_statement!(self, conn => {
             let marked = sqlx::query_scalar(APPLY_STANDING)
-                .bind(origin)
-                .bind(media_id)
+                .bind(job_origin)
+                .bind(job_media_id)
                 .fetch_optional(&mut *conn)
                 .await?;
             Ok(marked)
-        })?;
-        Ok(marked.flatten())
+        });
+        // Called after every upload: only a row that was marked (or may have been) is
+        // forgotten, so uploads leave the cached rows of other media alone.
+        if !matches!(marked, Ok(None) | Ok(Some(None))) {
+            self.forget_media_row(&origin, &media_id);
+        }
+        Ok(marked?.flatten())
     }
 
     /// Deletes a row that was quarantined the moment it was written (an upload of
     /// quarantined bytes that raced the quarantine), so the refused upload leaves no row.
     /// The caller then removes the content if nothing else refers to it.
     pub async fn withdraw_quarantined_media(&self, origin: &str, media_id: &str) -> Result<bool> {
-        let removed = with_writer!(self, pool => {
+        let removed: Result<u64> = with_writer!(self, pool => {
             sqlx::query(WITHDRAW_QUARANTINED)
                 .bind(origin)
                 .bind(media_id)
                 .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        Ok(removed > 0)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(Into::into);
+        self.forget_media_row(origin, media_id);
+        Ok(removed? > 0)
     }
 
     /// Protects (`safe`) or unprotects one media; false when there is no such media.
@@ -341,16 +373,18 @@ impl Database {
         media_id: &str,
         safe: bool,
     ) -> Result<bool> {
-        let changed = with_writer!(self, pool => {
+        let changed: Result<u64> = with_writer!(self, pool => {
             sqlx::query(SET_SAFE)
                 .bind(origin)
                 .bind(media_id)
                 .bind(i64::from(safe))
                 .execute(pool)
-                .await?
-                .rows_affected()
-        });
-        Ok(changed > 0)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(Into::into);
+        self.forget_media_row(origin, media_id);
+        Ok(changed? > 0)
     }
 
     /// One page of the media `user_id` uploaded, and how many there are in all. Ties are

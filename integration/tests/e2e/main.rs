@@ -6,6 +6,7 @@
 mod binary;
 mod cache_redis;
 mod common;
+mod fast_path;
 mod federation;
 mod hardening;
 mod hardening_ops;

@@ -8,3 +8,4 @@ mod datastore;
 mod ids;
 mod purge;
 mod quarantine;
+mod row_cache;

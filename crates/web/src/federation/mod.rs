@@ -101,12 +101,13 @@ async fn our_media(
     req: &HttpRequest,
     state: &web::Data<AppState>,
     media_id: &str,
-) -> MatrixResult<mr_storage::MediaRecord> {
+) -> MatrixResult<std::sync::Arc<mr_storage::MediaRecord>> {
     let destination = authenticate(req, state).await?;
     let media = MediaRef::parse(&destination, media_id)?;
+    // Through the row cache, as client downloads (see `mr_storage::row_cache`).
     let record = state
         .db
-        .get_media(&media.origin, &media.media_id)
+        .media_row(&media.origin, &media.media_id)
         .await
         .map_err(|err| MatrixError::internal("reading media metadata failed", &err))?
         .ok_or_else(|| MatrixError::not_found("Media not found"))?;

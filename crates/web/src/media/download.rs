@@ -2,6 +2,7 @@
 //! (authenticated) and the legacy `/_matrix/media/{v3,r0}/download/...` (unauthenticated,
 //! frozen for recent media).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::body::SizedStream;
@@ -66,19 +67,20 @@ fn wait_limit(req: &HttpRequest, config: &Config) -> MatrixResult<Duration> {
     ))
 }
 
-/// The media's row, waiting up to `wait` for a pending async upload to arrive.
+/// The media's row (through the process's row cache: no query for a media served in the
+/// last `MEDIA_ROW_TTL`), waiting up to `wait` for a pending async upload to arrive.
 async fn find_media(
     state: &AppState,
     media: &MediaRef,
     wait: Duration,
-) -> MatrixResult<MediaRecord> {
+) -> MatrixResult<Arc<MediaRecord>> {
     let deadline = Instant::now() + wait;
     let db_err =
         |err: mr_storage::Error| MatrixError::internal("reading media metadata failed", &err);
     loop {
         if let Some(record) = state
             .db
-            .get_media(&media.origin, &media.media_id)
+            .media_row(&media.origin, &media.media_id)
             .await
             .map_err(db_err)?
         {
@@ -169,7 +171,7 @@ async fn serve(
 /// Where a media is: stored (ours, or a remote one we have or just fetched), or arriving
 /// from its origin right now.
 pub enum Located {
-    Stored(MediaRecord),
+    Stored(Arc<MediaRecord>),
     Arriving(
         RemoteHead,
         tokio::sync::watch::Receiver<remote::FetchProgress>,
@@ -199,10 +201,10 @@ pub async fn locate(
             };
             let progress = state.remote.start(state, media, &as_server).await?;
             if !streamable {
-                remote::wait_for_stored(progress).await?
+                Arc::new(remote::wait_for_stored(progress).await?)
             } else {
                 match remote::wait_for_bytes(progress.clone()).await? {
-                    FetchState::Stored(record) => record,
+                    FetchState::Stored(record) => Arc::new(record),
                     FetchState::Arriving(head) => return Ok(Located::Arriving(head, progress)),
                 }
             }
@@ -218,6 +220,25 @@ pub async fn locate(
     }
     state.access.note(&record.origin, &record.media_id);
     Ok(Located::Stored(record))
+}
+
+/// The answer when `record`'s file is not in the datastore. The row may be a cached copy
+/// from before another process purged the media (`MEDIA_ROW_TTL`): it is forgotten, and
+/// only a row the database still holds is worth an ERROR.
+async fn file_missing(state: &AppState, record: &MediaRecord) -> MatrixError {
+    state.db.forget_media_row(&record.origin, &record.media_id);
+    let still_there = state
+        .db
+        .get_media(&record.origin, &record.media_id)
+        .await
+        .map(|row| row.is_some_and(|row| row.location == record.location))
+        .unwrap_or(true);
+    if still_there {
+        tracing::error!(origin = %record.origin, media_id = %record.media_id, location = %record.location, "media row exists but its file is missing");
+        MatrixError::not_found("Media content is missing")
+    } else {
+        MatrixError::not_found("Media not found")
+    }
 }
 
 /// Answers with the bytes of `record` (whole, or the asked range; HEAD: headers only),
@@ -274,14 +295,24 @@ pub async fn respond(
             futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
         )));
     }
-    let body = MediaBody::open(state.clone(), &record.sha256, &record.location, size, start, end)
-        .await
-        .map_err(|err| match err {
-            mr_storage::Error::NotFound { .. } => {
-                tracing::error!(origin = %record.origin, media_id = %record.media_id, location = %record.location, "media row exists but its file is missing");
-                MatrixError::not_found("Media content is missing")
-            }
-            other => MatrixError::internal("opening media content failed", &other),
-        })?;
+    let body = match MediaBody::open(
+        state.clone(),
+        &record.sha256,
+        &record.location,
+        size,
+        start,
+        end,
+    )
+    .await
+    {
+        Ok(body) => body,
+        Err(mr_storage::Error::NotFound { .. }) => return Err(file_missing(state, record).await),
+        Err(other) => {
+            return Err(MatrixError::internal(
+                "opening media content failed",
+                &other,
+            ))
+        }
+    };
     Ok(response.body(SizedStream::new(length, body.into_stream())))
 }
