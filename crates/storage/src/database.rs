@@ -26,8 +26,8 @@ use crate::error::{Error, Result};
 use crate::records::{
     self, MediaRecord, MediaRow, PendingRow, PendingUpload, ThumbnailRecord, ThumbnailRow,
 };
-use crate::sqlite_writer::GroupWriter;
 use crate::row_cache::{self, MediaRowCache};
+use crate::sqlite_writer::GroupWriter;
 
 /// Schema migrations, embedded at compile time; sqlx records applied ones in
 /// `_sqlx_migrations` (in the Postgres schema the URL's `search_path` selects).

@@ -18,8 +18,8 @@ mod location;
 pub mod purge;
 pub mod quarantine;
 mod records;
-mod sqlite_writer;
 pub mod row_cache;
+mod sqlite_writer;
 mod writer;
 
 pub use database::{Database, ACQUIRE_TIMEOUT};
