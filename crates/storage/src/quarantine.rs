@@ -216,26 +216,8 @@ impl Database {
         now_ms: i64,
     ) -> Result<Vec<MediaRecord>> {
         let marker = format!("{HASH_MARKER}{sha256}");
-        let marked = async {
-            let marked: Vec<MediaRow> = with_writer!(self, pool => {
-                // Two statements, not one transaction: see the module docs.
-                sqlx::query(INSERT_HASH)
-                    .bind(sha256)
-                    .bind(by)
-                    .bind(now_ms)
-                    .execute(pool)
-                    .await?;
-                sqlx::query_as(MARK_HASH)
-                    .bind(sha256)
-                    .bind(&marker)
-                    .fetch_all(pool)
-                    .await?
-            });
-            rows(marked)
-        }
-        .await;
-        self.forget_changed(marked.as_deref().ok());
-        marked
+        self.mark_standing(INSERT_HASH, MARK_HASH, sha256, by, now_ms, &marker)
+            .await
     }
 
     /// Lifts a hash quarantine and the marks it made; returns the rows unmarked.
@@ -253,17 +235,39 @@ impl Database {
         now_ms: i64,
     ) -> Result<Vec<MediaRecord>> {
         let marker = format!("{ORIGIN_MARKER}{origin}");
+        self.mark_standing(INSERT_ORIGIN, MARK_ORIGIN, origin, by, now_ms, &marker)
+            .await
+    }
+
+    /// Lifts an origin quarantine and the marks it made; returns the rows unmarked.
+    pub async fn unquarantine_origin(&self, origin: &str) -> Result<Vec<MediaRecord>> {
+        let marker = format!("{ORIGIN_MARKER}{origin}");
+        self.lift_standing(DELETE_ORIGIN, origin, &marker).await
+    }
+
+    /// Records a standing quarantine of `key` (`insert`), then marks the media it covers
+    /// with `marker` (`mark`); returns the rows marked now.
+    async fn mark_standing(
+        &self,
+        insert: &'static str,
+        mark: &'static str,
+        key: &str,
+        by: &str,
+        now_ms: i64,
+        marker: &str,
+    ) -> Result<Vec<MediaRecord>> {
         let marked = async {
             let marked: Vec<MediaRow> = with_writer!(self, pool => {
-                sqlx::query(INSERT_ORIGIN)
-                    .bind(origin)
+                // Two statements, not one transaction: see the module docs.
+                sqlx::query(insert)
+                    .bind(key)
                     .bind(by)
                     .bind(now_ms)
                     .execute(pool)
                     .await?;
-                sqlx::query_as(MARK_ORIGIN)
-                    .bind(origin)
-                    .bind(&marker)
+                sqlx::query_as(mark)
+                    .bind(key)
+                    .bind(marker)
                     .fetch_all(pool)
                     .await?
             });
@@ -272,12 +276,6 @@ impl Database {
         .await;
         self.forget_changed(marked.as_deref().ok());
         marked
-    }
-
-    /// Lifts an origin quarantine and the marks it made; returns the rows unmarked.
-    pub async fn unquarantine_origin(&self, origin: &str) -> Result<Vec<MediaRecord>> {
-        let marker = format!("{ORIGIN_MARKER}{origin}");
-        self.lift_standing(DELETE_ORIGIN, origin, &marker).await
     }
 
     async fn lift_standing(
