@@ -319,13 +319,13 @@ fn target(config: &Config, asked: Asked) -> (u32, u32) {
         ))
 }
 
-/// The smallest stored thumbnail of `asked`'s method covering it in both dimensions.
-async fn covering(
+/// The stored thumbnails of `media` made with `asked`'s method and animation.
+async fn stored_thumbnails(
     state: &web::Data<AppState>,
     media: &MediaRecord,
     asked: Asked,
-) -> MatrixResult<Option<ThumbnailRecord>> {
-    let stored = state
+) -> Result<Vec<ThumbnailRecord>, mr_storage::Error> {
+    state
         .db
         .thumbnails_of(
             &media.origin,
@@ -333,6 +333,16 @@ async fn covering(
             method_name(asked.method),
             asked.animated,
         )
+        .await
+}
+
+/// The smallest stored thumbnail of `asked`'s method covering it in both dimensions.
+async fn covering(
+    state: &web::Data<AppState>,
+    media: &MediaRecord,
+    asked: Asked,
+) -> MatrixResult<Option<ThumbnailRecord>> {
+    let stored = stored_thumbnails(state, media, asked)
         .await
         .map_err(|err| MatrixError::internal("reading thumbnails failed", &err))?;
     Ok(stored
@@ -660,16 +670,7 @@ impl Thumbnailer {
         };
         let mut claims = Vec::new();
         for asked in group {
-            let stored = match state
-                .db
-                .thumbnails_of(
-                    &media.origin,
-                    &media.media_id,
-                    method_name(asked.method),
-                    asked.animated,
-                )
-                .await
-            {
+            let stored = match stored_thumbnails(state, media, asked).await {
                 Ok(stored) => stored,
                 Err(err) => {
                     warn!(error = %err, "reading thumbnails failed; pre-generation skipped");
