@@ -203,8 +203,7 @@ impl Database {
             rows(marked)
         }
         .await;
-        self.forget_changed(marked.as_deref().ok());
-        marked
+        self.forgetting(marked)
     }
 
     /// Quarantines a content hash: new uploads of these bytes are refused and every
@@ -274,8 +273,14 @@ impl Database {
             rows(marked)
         }
         .await;
-        self.forget_changed(marked.as_deref().ok());
-        marked
+        self.forgetting(marked)
+    }
+
+    /// Hands `changed` back after forgetting the cached copies of its rows (of every row,
+    /// when the change failed and what it touched is unknown).
+    fn forgetting(&self, changed: Result<Vec<MediaRecord>>) -> Result<Vec<MediaRecord>> {
+        self.forget_changed(changed.as_deref().ok());
+        changed
     }
 
     async fn lift_standing(
@@ -295,8 +300,7 @@ impl Database {
             rows(unmarked)
         }
         .await;
-        self.forget_changed(unmarked.as_deref().ok());
-        unmarked
+        self.forgetting(unmarked)
     }
 
     /// Whether new copies of these bytes are refused.
