@@ -2,7 +2,7 @@
 //! `/_matrix/media/{v3,r0}/thumbnail/...` (frozen like downloads).
 //!
 //! A request gets the smallest stored thumbnail of its method at least as large as asked in
-//! both dimensions. Without one, a thumbnail is made for the smallest configured size that
+//! both dimensions (unless the size it maps to is being made: then that one). Without one, a thumbnail is made for the smallest configured size that
 //! covers the request (or the asked size, capped at [`MAX_GENERATED_DIMENSION`]), stored as a
 //! content-addressed object with a row, and served like any media (cache read-through,
 //! ranges, HEAD). Images are decoded and resized by `mr_thumbnail` on the blocking pool, at
@@ -16,11 +16,12 @@ use std::sync::{Arc, LazyLock};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use dashmap::DashMap;
+use futures_util::FutureExt;
 use mr_config::{Config, ThumbnailMethod};
 use mr_storage::{content, MediaRecord, ThumbnailRecord};
 use prometheus::{register_int_counter, register_int_gauge, IntCounter, IntGauge};
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch, Semaphore, SemaphorePermit};
+use tokio::sync::{mpsc, watch, Notify, Semaphore, SemaphorePermit};
 use tracing::{debug, info, warn};
 
 use super::download::{self, Api, Located};
@@ -66,6 +67,22 @@ type Generated = Result<ThumbnailRecord, MatrixError>;
 /// a waiter then tries again.
 type Waiter = watch::Receiver<Option<Generated>>;
 
+/// A generation in progress, as held in [`Thumbnailer::in_progress`].
+struct InProgress {
+    waiter: Waiter,
+    /// Told each time a request joins: a queued pre-generation job then stops waiting
+    /// behind other background jobs (see [`Thumbnailer::worker`]).
+    joined: Arc<Notify>,
+}
+
+impl InProgress {
+    /// Joins the generation: its result, once there is one.
+    fn join(&self) -> Waiter {
+        self.joined.notify_one();
+        self.waiter.clone()
+    }
+}
+
 /// The bounded pool and the generations in progress.
 pub struct Thumbnailer {
     workers: usize,
@@ -79,7 +96,7 @@ pub struct Thumbnailer {
     /// Pre-generation jobs waiting (at most [`MAX_QUEUED`]; beyond, sizes wait for a request).
     background_queued: AtomicUsize,
     /// Keyed by [`generation_key`]; one entry per thumbnail being made.
-    in_progress: DashMap<String, Waiter>,
+    in_progress: DashMap<String, InProgress>,
 }
 
 impl Default for Thumbnailer {
@@ -114,9 +131,31 @@ struct Claim {
     key: String,
     /// Shared with a pre-generation's render thread, which asks it whether anyone waits.
     result: Arc<watch::Sender<Option<Generated>>>,
+    /// Told when a request joins ([`InProgress::join`]).
+    joined: Arc<Notify>,
 }
 
 impl Claim {
+    /// Registers a new generation under `key` (its vacant entry).
+    fn new(
+        entry: dashmap::VacantEntry<'_, String, InProgress>,
+        state: &web::Data<AppState>,
+        key: &str,
+    ) -> Claim {
+        let (result, waiter) = watch::channel(None);
+        let joined = Arc::new(Notify::new());
+        entry.insert(InProgress {
+            waiter,
+            joined: joined.clone(),
+        });
+        Claim {
+            state: state.clone(),
+            key: key.to_owned(),
+            result: Arc::new(result),
+            joined,
+        }
+    }
+
     /// Whether a request waits for this generation now (the map of generations in
     /// progress holds one receiver; each waiting request holds another).
     fn waited_for(result: &watch::Sender<Option<Generated>>) -> bool {
@@ -135,7 +174,7 @@ impl Drop for Claim {
         self.state
             .thumbnails
             .in_progress
-            .remove_if(&self.key, |_, current| current.same_channel(&ours));
+            .remove_if(&self.key, |_, current| current.waiter.same_channel(&ours));
     }
 }
 
@@ -357,7 +396,8 @@ impl Thumbnailer {
         self.workers
     }
 
-    /// The thumbnail `asked` of `media`: a stored one, or one made now.
+    /// The thumbnail `asked` of `media`: the one being made for its size if one is under
+    /// way, else the smallest stored one covering it, else one made now.
     pub async fn thumbnail_of(
         &self,
         state: &web::Data<AppState>,
@@ -370,12 +410,21 @@ impl Thumbnailer {
                 "Thumbnails are turned off on this server",
             ));
         }
-        if let Some(thumbnail) = covering(state, media, asked).await? {
-            return Ok(thumbnail);
-        }
         let (width, height) = target(&config, asked);
         let key = generation_key(media, width, height, asked);
         loop {
+            // The size this request maps to is being made (an upload's pre-generation,
+            // say): wait for it rather than serve a larger stored thumbnail meanwhile.
+            let running = self.in_progress.get(&key).map(|entry| entry.join());
+            if let Some(waiter) = running {
+                if let Some(result) = outcome(waiter).await {
+                    return result;
+                }
+                continue;
+            }
+            if let Some(thumbnail) = covering(state, media, asked).await? {
+                return Ok(thumbnail);
+            }
             match self.turn(state, &key) {
                 Turn::Mine(claim) => {
                     // A generation that finished between our look and the claim stored it.
@@ -399,22 +448,29 @@ impl Thumbnailer {
     /// Claims the generation of `key`, or joins the one in progress.
     fn turn(&self, state: &web::Data<AppState>, key: &str) -> Turn {
         match self.in_progress.entry(key.to_owned()) {
-            dashmap::Entry::Occupied(entry) => Turn::Theirs(entry.get().clone()),
-            dashmap::Entry::Vacant(entry) => {
-                let (result, waiter) = watch::channel(None);
-                entry.insert(waiter);
-                Turn::Mine(Claim {
-                    state: state.clone(),
-                    key: key.to_owned(),
-                    result: Arc::new(result),
-                })
-            }
+            dashmap::Entry::Occupied(entry) => Turn::Theirs(entry.get().join()),
+            dashmap::Entry::Vacant(entry) => Turn::Mine(Claim::new(entry, state, key)),
+        }
+    }
+
+    /// Claims the generation of `key` unless one is in progress (which is left alone: a
+    /// pre-generation does not join, so it does not make that generation urgent).
+    fn claim_if_free(&self, state: &web::Data<AppState>, key: &str) -> Option<Claim> {
+        match self.in_progress.entry(key.to_owned()) {
+            dashmap::Entry::Occupied(_) => None,
+            dashmap::Entry::Vacant(entry) => Some(Claim::new(entry, state, key)),
         }
     }
 
     /// Waits for a worker, in a bounded queue (full: 429). Background jobs first take one
-    /// of the background permits, so they never hold every worker.
-    async fn worker(&self, priority: Priority) -> MatrixResult<Worker<'_>> {
+    /// of the background permits, so they never hold every worker, unless `urgent`
+    /// resolves while they wait (someone now waits for their result): from then on they
+    /// wait for the next free worker like a client's job.
+    async fn worker(
+        &self,
+        priority: Priority,
+        urgent: impl std::future::Future<Output = ()>,
+    ) -> MatrixResult<Worker<'_>> {
         // Clients and background jobs queue apart: pre-generation after a burst of
         // uploads must not fill the queue clients are refused by.
         let queue = match priority {
@@ -431,7 +487,10 @@ impl Thumbnailer {
         QUEUED.inc();
         let acquired = async {
             let background = match priority {
-                Priority::Background => Some(self.background.acquire().await?),
+                Priority::Background => tokio::select! {
+                    permit = self.background.acquire() => Some(permit?),
+                    () = urgent => None,
+                },
                 Priority::Client => None,
             };
             Ok::<_, tokio::sync::AcquireError>((background, self.permits.acquire().await?))
@@ -479,7 +538,9 @@ impl Thumbnailer {
                 limits.max_source_bytes
             )));
         }
-        let worker = self.worker(Priority::Client).await?;
+        let worker = self
+            .worker(Priority::Client, std::future::pending())
+            .await?;
         let path = state
             .datastore
             .path_of(&media.location)
@@ -580,16 +641,20 @@ impl Thumbnailer {
     }
 
     /// Makes the configured sizes of a freshly uploaded image in the background (the upload
-    /// answer is not delayed). Sizes that share a decode are made by one job, the job with
-    /// the largest decode first; jobs wait behind clients' requests (see
-    /// [`Thumbnailer::worker`]), a full queue skips them (made on first request instead),
-    /// and a size already stored or being made is left alone. Non-images are skipped.
+    /// answer is not delayed). Every size is claimed at once, before the upload is answered,
+    /// so a client asking for one right after the upload joins this generation instead of
+    /// decoding the image a second time. Sizes that share a decode are made by one job, the
+    /// job with the largest decode first, and within a job the largest size first (a
+    /// client shows a fresh image at the largest size; a size someone waits for goes before
+    /// all others). Jobs wait behind clients' requests (see [`Thumbnailer::worker`]) until
+    /// someone waits for one of their sizes; a full queue skips them (made on first request
+    /// instead). Non-images are skipped.
     pub fn pregenerate(state: &web::Data<AppState>, media: MediaRecord) {
         let config = state.config();
         if !config.thumbnails.enabled || !media.content_type.starts_with("image/") {
             return;
         }
-        let sizes: Vec<Asked> = config
+        let mut sizes: Vec<Asked> = config
             .thumbnails
             .sizes
             .iter()
@@ -603,12 +668,27 @@ impl Thumbnailer {
         if sizes.is_empty() || media.size_bytes > config.thumbnails.max_source_bytes {
             return;
         }
+        sizes.sort_by_key(|a| std::cmp::Reverse(u64::from(a.width) * u64::from(a.height)));
+        let claims: Vec<(Asked, Claim)> = sizes
+            .into_iter()
+            .filter_map(|asked| {
+                let key = generation_key(&media, asked.width, asked.height, asked);
+                let claim = state.thumbnails.claim_if_free(state, &key)?;
+                Some((asked, claim))
+            })
+            .collect();
+        if claims.is_empty() {
+            return;
+        }
         let limits = mr_thumbnail::Limits {
             max_source_bytes: config.thumbnails.max_source_bytes,
             max_pixels: config.thumbnails.max_pixels,
         };
         let state = state.clone();
         actix_web::rt::spawn(async move {
+            let sizes: Vec<Asked> = claims.iter().map(|(asked, _)| *asked).collect();
+            // Dropping the claims (not thumbnailable) sends their waiters to make their own
+            // and get the error that belongs to their request.
             let groups = match Self::decode_groups(&state, &media, &sizes, limits).await {
                 Ok(groups) => groups,
                 Err(why) => {
@@ -616,12 +696,16 @@ impl Thumbnailer {
                     return;
                 }
             };
+            let mut claims: Vec<Option<(Asked, Claim)>> = claims.into_iter().map(Some).collect();
             // Polled in order, so the jobs queue for workers largest decode first.
             let jobs = groups.into_iter().map(|group| {
-                let sizes: Vec<Asked> = group.into_iter().map(|i| sizes[i]).collect();
+                let group: Vec<(Asked, Claim)> = group
+                    .into_iter()
+                    .filter_map(|i| claims.get_mut(i).and_then(Option::take))
+                    .collect();
                 state
                     .thumbnails
-                    .pregenerate_group(&state, &media, sizes, limits)
+                    .pregenerate_group(&state, &media, group, limits)
             });
             futures_util::future::join_all(jobs).await;
             info!(origin = %media.origin, media_id = %media.media_id, "thumbnails pre-generated");
@@ -652,16 +736,25 @@ impl Thumbnailer {
         .map_err(|e| e.to_string())?
     }
 
-    /// One pre-generation job: the sizes of `group` not stored nor being made yet, from one
-    /// decode, each stored and handed to its waiters as soon as it is made.
+    /// One pre-generation job: the claimed sizes of `group` from one decode, each stored
+    /// and handed to its waiters as soon as it is made. A size found stored meanwhile is
+    /// handed over as it is.
     async fn pregenerate_group(
         &self,
         state: &web::Data<AppState>,
         media: &MediaRecord,
-        group: Vec<Asked>,
+        group: Vec<(Asked, Claim)>,
         limits: mr_thumbnail::Limits,
     ) {
-        let worker = match self.worker(Priority::Background).await {
+        if group.is_empty() {
+            return;
+        }
+        // Someone joining any size of the job (even before it queued) makes it urgent.
+        let joins = group
+            .iter()
+            .map(|(_, claim)| Box::pin(claim.joined.notified()));
+        let joined_any = futures_util::future::select_all(joins).map(|_| ());
+        let worker = match self.worker(Priority::Background, joined_any).await {
             Ok(worker) => worker,
             Err(err) => {
                 debug!(reason = %err.message, "thumbnail queue full; sizes left for first request");
@@ -669,7 +762,7 @@ impl Thumbnailer {
             }
         };
         let mut claims = Vec::new();
-        for asked in group {
+        for (asked, claim) in group {
             let stored = match stored_thumbnails(state, media, asked).await {
                 Ok(stored) => stored,
                 Err(err) => {
@@ -677,15 +770,12 @@ impl Thumbnailer {
                     return;
                 }
             };
-            if stored
-                .iter()
-                .any(|t| t.width == asked.width && t.height == asked.height)
+            match stored
+                .into_iter()
+                .find(|t| t.width == asked.width && t.height == asked.height)
             {
-                continue;
-            }
-            let key = generation_key(media, asked.width, asked.height, asked);
-            if let Turn::Mine(claim) = self.turn(state, &key) {
-                claims.push((asked, Some(claim)));
+                Some(row) => claim.publish(&Ok(row)),
+                None => claims.push((asked, Some(claim))),
             }
         }
         if claims.is_empty() {
