@@ -244,8 +244,9 @@ impl Cache {
         let Some(kv) = self.inner.kv.as_ref() else {
             return Ok(false);
         };
-        let stored = if is_valid_sha256(sha256) {
-            blob::put_blob(kv, self.limits(), sha256, size, reader).await?
+        let limits = self.limits();
+        let stored = if is_valid_sha256(sha256) && limits.admits(size) {
+            blob::put_blob(kv, limits, sha256, size, reader).await?
         } else {
             false
         };
