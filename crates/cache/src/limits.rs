@@ -30,7 +30,7 @@ pub(crate) struct Limits {
 
 impl Limits {
     /// Whether a blob of `size` bytes may be cached at all: the one place
-    /// `cache.max_object_bytes` is applied.
+    /// `cache.max_object_bytes` is applied (`Cache::put_blob` and the fill both ask here).
     pub(crate) fn admits(&self, size: u64) -> bool {
         size <= self.max_object_bytes
     }
