@@ -27,9 +27,10 @@ use crate::limits::Limits;
 use crate::metrics;
 use crate::reshard;
 
-/// Writes a blob of `size` bytes read from `reader`. `Ok(false)`: not cached (too big, or
-/// the backend refused a write — the cache is best effort). At most two chunks are held at
-/// once: the one being written and the next one being read.
+/// Writes a blob of `size` bytes read from `reader`; the caller checked that `limits`
+/// admit that size. `Ok(false)`: not cached (the backend refused a write — the cache is
+/// best effort). At most two chunks are held at once: the one being written and the next
+/// one being read.
 pub(crate) async fn put_blob<R: AsyncRead + Unpin + Send>(
     kv: &Kv,
     limits: Limits,
@@ -37,9 +38,6 @@ pub(crate) async fn put_blob<R: AsyncRead + Unpin + Send>(
     size: u64,
     mut reader: R,
 ) -> Result<bool> {
-    if size > limits.max_object_bytes {
-        return Ok(false);
-    }
     if size <= limits.inline_max_bytes() {
         return put_inline(kv, limits, sha256, size, reader).await;
     }

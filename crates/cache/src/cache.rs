@@ -17,6 +17,7 @@ use tokio::io::AsyncRead;
 use crate::blob::{self, BlobReader};
 use crate::error::Result;
 use crate::evictions::{self, Eviction, PendingEvictions};
+use crate::fill::Fills;
 use crate::keys::is_valid_sha256;
 use crate::kv::{Kv, SetNx};
 use crate::lease::Lease;
@@ -49,6 +50,8 @@ struct Inner {
     pending: Arc<PendingEvictions>,
     /// Retries `pending` (redis backend); aborted when the cache goes.
     retry_loop: Option<tokio::task::JoinHandle<()>>,
+    /// Fills running and blobs just evicted (`fill.rs`); shared with each fill's guard.
+    fills: Arc<Fills>,
 }
 
 impl Drop for Inner {
@@ -105,6 +108,7 @@ impl Cache {
                 limits: RwLock::new(limits_of(cfg)),
                 pending,
                 retry_loop,
+                fills: Arc::default(),
             }),
         }
     }
@@ -211,11 +215,15 @@ impl Cache {
         status
     }
 
-    fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         match self.inner.limits.read() {
             Ok(guard) => *guard,
             Err(poisoned) => *poisoned.into_inner(),
         }
+    }
+
+    pub(crate) fn fills(&self) -> &Arc<Fills> {
+        &self.inner.fills
     }
 
     /// Opens a cached blob for reading `range` (inclusive start..=end; None = whole blob).
@@ -244,8 +252,9 @@ impl Cache {
         let Some(kv) = self.inner.kv.as_ref() else {
             return Ok(false);
         };
-        let stored = if is_valid_sha256(sha256) {
-            blob::put_blob(kv, self.limits(), sha256, size, reader).await?
+        let limits = self.limits();
+        let stored = if is_valid_sha256(sha256) && limits.admits(size) {
+            blob::put_blob(kv, limits, sha256, size, reader).await?
         } else {
             false
         };

@@ -29,6 +29,12 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
+    /// Whether a blob of `size` bytes may be cached at all: the one place
+    /// `cache.max_object_bytes` is applied (`Cache::put_blob` and the fill both ask here).
+    pub(crate) fn admits(&self, size: u64) -> bool {
+        size <= self.max_object_bytes
+    }
+
     /// Largest blob written inline under these limits (at most one chunk).
     pub(crate) fn inline_max_bytes(&self) -> u64 {
         INLINE_MAX_BYTES.min(self.chunk_bytes)

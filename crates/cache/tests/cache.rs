@@ -3,6 +3,9 @@
 //! shard crashes).
 
 mod common;
+/// `Cache::fill_in_background`: in its own file, in this test binary (one link, not two).
+#[path = "cache/fill.rs"]
+mod fill;
 
 use std::time::Duration;
 

@@ -1,14 +1,14 @@
 //! The bytes of a download: from the cache when it has them, else from the datastore, and
 //! from the datastore for the rest when the cache loses a chunk mid-response.
 //!
-//! A cache miss fills the cache in the background (never delaying the response); one fill
-//! per blob at a time.
+//! A cache miss asks the cache to fill itself from the datastore file
+//! ([`fill_from_datastore`]); whether, when and how often is the cache's policy
+//! (`mr_cache::Cache::fill_in_background`).
 
 use std::sync::LazyLock;
 
 use actix_web::web;
 use bytes::Bytes;
-use dashmap::DashSet;
 use futures_util::{Stream, StreamExt};
 use mr_cache::{BlobRead, BlobReader};
 use prometheus::{register_int_counter_vec, IntCounterVec};
@@ -29,27 +29,6 @@ static DOWNLOAD_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .expect("metric registered once")
 });
-
-/// Blobs whose cache fill is running, so concurrent misses start one fill, not many.
-static FILLS_IN_FLIGHT: LazyLock<DashSet<String>> = LazyLock::new(DashSet::new);
-
-/// How long after an eviction a finished fill of the same blob deletes it again: a
-/// download that read its row just before a quarantine may start a fill just after the
-/// eviction. Far longer than the moment between a download's row read and its cache miss.
-pub const REFILL_GUARD: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Blobs evicted within [`REFILL_GUARD`] (quarantine): a fill of one of them is undone.
-static RECENTLY_EVICTED: LazyLock<moka::sync::Cache<String, ()>> = LazyLock::new(|| {
-    moka::sync::Cache::builder()
-        .max_capacity(1_000_000)
-        .time_to_live(REFILL_GUARD)
-        .build()
-});
-
-/// Marks a blob as just evicted, so a fill that races the eviction is undone.
-pub fn guard_against_refill(sha256: &str) {
-    RECENTLY_EVICTED.insert(sha256.to_owned(), ());
-}
 
 type FileStream = ReaderStream<tokio::io::Take<tokio::fs::File>>;
 
@@ -103,9 +82,7 @@ impl MediaBody {
         } else if let Some(reader) = state.cache.open_blob(sha256, range).await {
             Source::Cache(reader)
         } else {
-            if size <= state.config().cache.max_object_bytes {
-                fill_cache_in_background(&state, sha256, location, size);
-            }
+            fill_from_datastore(&state, sha256, location, size);
             Source::File(open_file(&state, location, start, end - start).await?)
         };
         Ok(MediaBody {
@@ -217,33 +194,14 @@ impl MediaBody {
     }
 }
 
-/// Copies a stored blob into the cache on a background task, once per blob at a time.
-pub fn fill_cache_in_background(
-    state: &web::Data<AppState>,
-    sha256: &str,
-    location: &str,
-    size: u64,
-) {
-    if state.cache.backend() == "none" || !FILLS_IN_FLIGHT.insert(sha256.to_owned()) {
-        return;
-    }
-    let state = state.clone();
-    let sha256 = sha256.to_owned();
+/// Asks the cache to copy the stored blob at `location` into itself in the background
+/// (a download's miss, a fresh upload). The cache decides whether: not for the `none`
+/// backend, not above `cache.max_object_bytes`, once per blob at a time.
+pub fn fill_from_datastore(state: &web::Data<AppState>, sha256: &str, location: &str, size: u64) {
+    let opener = state.clone();
     let location = location.to_owned();
-    actix_web::rt::spawn(async move {
-        match state.datastore.open(&location).await {
-            Ok(file) => match state.cache.put_blob(&sha256, size, file).await {
-                Ok(true) if RECENTLY_EVICTED.contains_key(&sha256) => {
-                    state.cache.delete_blob(&sha256).await;
-                    debug!(%sha256, "cache fill raced an eviction; evicted again");
-                }
-                Ok(stored) => debug!(%sha256, stored, "cache fill finished"),
-                Err(err) => debug!(%sha256, error = %err, "cache fill failed"),
-            },
-            Err(err) => {
-                warn!(%sha256, error = %err, "cache fill could not open the datastore file")
-            }
-        }
-        FILLS_IN_FLIGHT.remove(&sha256);
+    // The handle is dropped: the fill runs on, and its outcome is the cache's to log.
+    let _ = state.cache.fill_in_background(sha256, size, async move {
+        opener.datastore.open(&location).await
     });
 }

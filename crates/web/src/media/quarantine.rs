@@ -7,7 +7,7 @@
 //! (`mr1:remote:{origin/id}`, what another repo would copy from) on every shard of the
 //! ring, or from the memory cache (`Cache::evict_everywhere`; a shard down now gets the
 //! keys when it is up again). A fill of one of those blobs that was already on its way is
-//! undone when it ends (`body::guard_against_refill`).
+//! undone when it ends (`Cache::guard_against_refill`).
 
 use mr_storage::MediaRecord;
 use tracing::{info, warn};
@@ -76,7 +76,7 @@ async fn evict_one(state: &AppState, record: &MediaRecord) -> usize {
     }
     let mut pending = 0;
     for sha256 in &hashes {
-        super::body::guard_against_refill(sha256);
+        state.cache.guard_against_refill(sha256);
         pending += state.cache.delete_blob(sha256).await.shards_pending;
     }
     let record_key = mr_cache::remote_record_key(&record.origin, &record.media_id);

@@ -291,11 +291,9 @@ fn record(
 
 /// Copies a fresh upload into the cache in the background when configured to.
 fn warm_cache(state: &web::Data<AppState>, object: &StoredObject) {
-    let config = state.config();
-    if !config.uploads.warm_cache || object.size > config.cache.max_object_bytes {
-        return;
+    if state.config().uploads.warm_cache {
+        super::body::fill_from_datastore(state, &object.sha256, &object.location, object.size);
     }
-    super::body::fill_cache_in_background(state, &object.sha256, &object.location, object.size);
 }
 
 /// An upload's bytes, stored under a claim, with what the client said about them. The slot
