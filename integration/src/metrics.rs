@@ -3,6 +3,21 @@
 //! A query is written like a sample line without its value: `name` or
 //! `name{label="value",...}`. Label order does not matter, escapes (`\"`, `\\`, `\n`)
 //! are understood.
+//!
+//! Hand-written on purpose; the crates.io parsers were weighed (issue 12) and none fits:
+//! * `prometheus` (already a dependency) only encodes; it has no parser.
+//! * `prometheus-parse` (and `prometheus-scrape`, which it copies) splits label sets on `,`
+//!   and `=` and does not unescape, so `shard="a, \"b\""` comes out wrong; it folds a
+//!   histogram's `_bucket` lines into one value, so a series query like
+//!   `x_bucket{le="+Inf"}` no longer finds its sample; its last release is of 2023.
+//! * `openmetrics-parser` parses correctly, but is LGPL-3.0 in this Apache-2.0 workspace,
+//!   says its API changes to suit its author, pulls in pest, and also returns families with
+//!   histograms folded: what the tests ask ("this series' value", "the sum over series
+//!   matching these labels") would need the lines flattened back, and a query (a series
+//!   without a value) still needs parsing here.
+//!
+//! What is left is a line reader (samples are one per line by the format's definition) and
+//! a label-set reader with the format's three escapes, pinned by the tests below.
 
 use std::collections::BTreeMap;
 

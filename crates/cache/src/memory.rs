@@ -5,9 +5,10 @@
 //! the seed recommends `allkeys-lfu` for Redis). Weight is key + value bytes, so the bound
 //! is on what we actually hold (values are stored as exact-size buffers, see `blob.rs`).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use moka::future::Cache as Moka;
 use moka::ops::compute::Op;
@@ -47,8 +48,9 @@ impl Expiry<String, Entry> for PerEntryTtl {
 #[derive(Clone)]
 pub(crate) struct MemoryKv {
     /// Replaced wholesale when `memory.max_bytes` changes on reload (moka's capacity is
-    /// fixed at build time); a std lock because it is held only to clone the handle.
-    cache: Arc<RwLock<Moka<String, Entry>>>,
+    /// fixed at build time): held like every reloadable value, in an `ArcSwap` that each
+    /// call loads once.
+    cache: Arc<ArcSwap<Moka<String, Entry>>>,
     /// Leases live apart from the bytes: a full byte cache's admission filter would turn a
     /// brand-new (low-frequency) lease away, and a lease that silently fails to stick would
     /// let two fetchers in.
@@ -72,7 +74,7 @@ fn build(max_bytes: u64) -> Moka<String, Entry> {
 impl MemoryKv {
     pub(crate) fn new(max_bytes: u64) -> MemoryKv {
         MemoryKv {
-            cache: Arc::new(RwLock::new(build(max_bytes))),
+            cache: Arc::new(ArcSwap::from_pointee(build(max_bytes))),
             leases: Moka::builder()
                 .max_capacity(MAX_MEMORY_LEASES)
                 .expire_after(PerEntryTtl)
@@ -82,19 +84,12 @@ impl MemoryKv {
 
     /// Starts over with a new byte bound (the old entries are dropped: they are only copies).
     pub(crate) fn resize(&self, max_bytes: u64) {
-        let fresh = build(max_bytes);
-        match self.cache.write() {
-            Ok(mut guard) => *guard = fresh,
-            Err(poisoned) => *poisoned.into_inner() = fresh,
-        }
+        self.cache.store(Arc::new(build(max_bytes)));
         metrics::MEMORY_USED.set(0);
     }
 
-    fn handle(&self) -> Moka<String, Entry> {
-        match self.cache.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+    fn handle(&self) -> Arc<Moka<String, Entry>> {
+        self.cache.load_full()
     }
 
     /// The byte bound the cache was built with.

@@ -1,39 +1,44 @@
-//! Prometheus metrics of the cache API, in the process-wide default registry.
+//! Prometheus metrics of the cache API, in the process-wide default registry, declared the
+//! workspace's one way: `LazyLock` statics registered by the prometheus crate's
+//! `register_*!` macros (a name taken twice is a bug, and panics at first use).
 //!
 //! Per-shard numbers (latency, up, memory) belong to the shard actors; these count what the
 //! callers of the cache saw, whatever the backend.
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounterVec, IntGauge, Opts};
+use prometheus::{register_int_counter_vec, register_int_gauge, IntCounterVec, IntGauge};
 
 /// `media_repo_cache_requests_total{backend, op, result}`; result is one of
 /// hit | miss | lost | stored | skipped.
 pub(crate) static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
+    register_int_counter_vec!(
         "media_repo_cache_requests_total",
         "Cache API calls by backend, operation and outcome",
         &["backend", "op", "result"],
     )
+    .expect("metric registered once")
 });
 
 /// `media_repo_cache_bytes_served_total{backend}`: blob bytes handed to readers.
 pub(crate) static BYTES_SERVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
+    register_int_counter_vec!(
         "media_repo_cache_bytes_served_total",
         "Blob bytes served from the cache",
         &["backend"],
     )
+    .expect("metric registered once")
 });
 
 /// `media_repo_cache_backend_errors_total{backend, op, reason}`: backend failures that the
 /// callers saw as misses or no-ops (why a hit ratio dropped).
 pub(crate) static BACKEND_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
+    register_int_counter_vec!(
         "media_repo_cache_backend_errors_total",
         "Backend failures turned into misses or no-ops",
         &["backend", "op", "reason"],
     )
+    .expect("metric registered once")
 });
 
 /// `media_repo_cache_previous_owner_requests_total{op, owner, result}`: reads and leases
@@ -42,11 +47,12 @@ pub(crate) static BACKEND_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// removed (draining); `result`: hit (served from the previous owner) | miss | down (skipped
 /// without a round trip) | stored | held | unavailable | skipped (leases).
 pub(crate) static PREVIOUS_OWNER: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
+    register_int_counter_vec!(
         "media_repo_cache_previous_owner_requests_total",
         "Cache lookups on a key's previous owner after the shard list changed",
         &["op", "owner", "result"],
     )
+    .expect("metric registered once")
 });
 
 /// `media_repo_cache_moves_total{kind, result}`: copies of what a previous owner served to
@@ -54,50 +60,32 @@ pub(crate) static PREVIOUS_OWNER: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// or damaged a chunk) | refused (the new owner did not take a write) | deleted (the blob
 /// was deleted meanwhile; the copy was removed) | busy (already moving, or no slot free).
 pub(crate) static MOVES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
+    register_int_counter_vec!(
         "media_repo_cache_moves_total",
         "Blobs and records moved to their new shard after a reshard",
         &["kind", "result"],
     )
+    .expect("metric registered once")
 });
 
 /// `media_repo_cache_memory_used_bytes`: weighted size (key + value bytes) of the memory backend.
 pub(crate) static MEMORY_USED: LazyLock<IntGauge> = LazyLock::new(|| {
-    let gauge = IntGauge::new(
+    register_int_gauge!(
         "media_repo_cache_memory_used_bytes",
         "Bytes held by the in-process memory cache (keys + values)",
     )
-    .expect("static metric definition is valid");
-    register(Box::new(gauge.clone()));
-    gauge
+    .expect("metric registered once")
 });
 
 /// `media_repo_cache_pending_evictions`: keys an eviction could not delete on a shard that
 /// was down, deleted when it is up again (`evictions.rs`).
 pub(crate) static PENDING_EVICTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
-    let gauge = IntGauge::new(
+    register_int_gauge!(
         "media_repo_cache_pending_evictions",
         "Evicted keys waiting for a down shard to come back",
     )
-    .expect("static metric definition is valid");
-    register(Box::new(gauge.clone()));
-    gauge
+    .expect("metric registered once")
 });
-
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let vec = IntCounterVec::new(Opts::new(name, help), labels)
-        .expect("static metric definition is valid");
-    register(Box::new(vec.clone()));
-    vec
-}
-
-/// Registration only fails if the name is taken; the metric then still counts, unexported,
-/// which is better than refusing to serve.
-fn register(collector: Box<dyn prometheus::core::Collector>) {
-    if let Err(e) = prometheus::default_registry().register(collector) {
-        tracing::warn!(error = %e, "cache metric could not be registered");
-    }
-}
 
 pub(crate) fn request(backend: &'static str, op: &'static str, result: &'static str) {
     REQUESTS.with_label_values(&[backend, op, result]).inc();

@@ -85,6 +85,11 @@ struct Previous {
 }
 
 /// Owner of the shard actors. Start it with [`RingActor::start`].
+///
+/// Its reloadable state (the Redis settings, the shard list) is held as actor fields, not in
+/// an `ArcSwap` like the other reloadable values: applying a new list starts and stops
+/// actors and timers, which must happen one change at a time, and the mailbox orders them.
+/// Readers never see the fields; they read `snapshot`, an `ArcSwap`, like everywhere else.
 pub struct RingActor {
     redis: RedisConfig,
     shards: BTreeMap<String, RunningShard>,

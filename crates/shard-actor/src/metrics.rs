@@ -1,11 +1,15 @@
 //! Per-shard Prometheus metrics in the default registry, all prefixed
-//! `media_repo_cache_shard_` and labelled by shard name.
+//! `media_repo_cache_shard_` and labelled by shard name; declared the workspace's one way,
+//! `LazyLock` statics registered by the prometheus crate's `register_*!` macros (a name taken
+//! twice is a bug, and panics at first use).
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::core::Collector;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, HistogramVec,
+    IntCounterVec, IntGaugeVec,
+};
 
 /// Operation labels, one per command message (and the health PING).
 pub(crate) const OPS: &[&str] = &["get", "set", "setnx", "delifeq", "del", "info", "ping"];
@@ -21,40 +25,23 @@ fn latency_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(0.0001, 2.0, 15).unwrap_or_default()
 }
 
-/// Registers `metric` in the default registry. A second registration (e.g. two copies of this
-/// crate in one binary) keeps working unregistered rather than failing the cache.
-fn registered<C: Collector + Clone + 'static>(metric: C) -> C {
-    if let Err(err) = prometheus::register(Box::new(metric.clone())) {
-        tracing::warn!(%err, "shard metric not registered");
-    }
-    metric
-}
-
 static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    registered(
-        IntCounterVec::new(
-            Opts::new(
-                "media_repo_cache_shard_requests_total",
-                "Commands sent to a Redis shard, by result",
-            ),
-            &["shard", "op", "result"],
-        )
-        .expect("constant metric definition is valid"),
+    register_int_counter_vec!(
+        "media_repo_cache_shard_requests_total",
+        "Commands sent to a Redis shard, by result",
+        &["shard", "op", "result"]
     )
+    .expect("metric registered once")
 });
 
 static LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
-    registered(
-        HistogramVec::new(
-            HistogramOpts::new(
-                "media_repo_cache_shard_latency_seconds",
-                "Time a Redis shard took to answer a command",
-            )
-            .buckets(latency_buckets()),
-            &["shard", "op"],
-        )
-        .expect("constant metric definition is valid"),
+    register_histogram_vec!(
+        "media_repo_cache_shard_latency_seconds",
+        "Time a Redis shard took to answer a command",
+        &["shard", "op"],
+        latency_buckets()
     )
+    .expect("metric registered once")
 });
 
 static UP: LazyLock<IntGaugeVec> = LazyLock::new(|| {
@@ -89,23 +76,17 @@ static KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
 });
 
 static ACTORS_REPLACED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    registered(
-        IntCounterVec::new(
-            Opts::new(
-                "media_repo_cache_shard_actor_replaced_total",
-                "Shard actors found dead (a panic) and replaced by the ring's watchdog",
-            ),
-            &["shard"],
-        )
-        .expect("constant metric definition is valid"),
+    register_int_counter_vec!(
+        "media_repo_cache_shard_actor_replaced_total",
+        "Shard actors found dead (a panic) and replaced by the ring's watchdog",
+        &["shard"]
     )
+    .expect("metric registered once")
 });
 
+/// A per-shard gauge.
 fn gauge(name: &str, help: &str) -> IntGaugeVec {
-    registered(
-        IntGaugeVec::new(Opts::new(name, help), &["shard"])
-            .expect("constant metric definition is valid"),
-    )
+    register_int_gauge_vec!(name, help, &["shard"]).expect("metric registered once")
 }
 
 /// Records one command's outcome and how long it took.

@@ -20,6 +20,7 @@ use mr_config::{Cidr, Config, HomeserverConfig};
 use serde::Deserialize;
 
 use crate::error::{MatrixError, MatrixResult};
+use crate::query::{self, AccessTokenQuery};
 use mr_remote::read_limited;
 
 /// How long a rejected token is remembered, so a client retrying a bad token does not
@@ -241,9 +242,8 @@ pub(crate) fn access_token(req: &HttpRequest) -> MatrixResult<String> {
             _ => return Err(MatrixError::missing_token()),
         }
     } else {
-        url::form_urlencoded::parse(req.query_string().as_bytes())
-            .find(|(k, _)| k == "access_token")
-            .map(|(_, v)| v.into_owned())
+        query::read::<AccessTokenQuery>(req)?
+            .access_token
             .ok_or_else(MatrixError::missing_token)?
     };
     if token.is_empty() {

@@ -183,9 +183,14 @@ pub type MatrixResult<T> = Result<T, MatrixError>;
 
 /// `web::Query` refused the query string: 400 `M_INVALID_PARAM`.
 pub fn query_config() -> web::QueryConfig {
-    web::QueryConfig::default().error_handler(|err: QueryPayloadError, _req: &HttpRequest| {
-        MatrixError::bad_param(format!("Invalid query string: {err}")).into()
-    })
+    web::QueryConfig::default()
+        .error_handler(|err: QueryPayloadError, _req: &HttpRequest| invalid_query(err).into())
+}
+
+/// The answer to a query string `web::Query` refused, as an extractor or through
+/// `query::read`.
+pub fn invalid_query(err: QueryPayloadError) -> MatrixError {
+    MatrixError::bad_param(format!("Invalid query string: {err}"))
 }
 
 /// `web::Path` could not read a path segment (e.g. not UTF-8 once percent-decoded):

@@ -12,6 +12,7 @@ pub mod media;
 pub mod metrics;
 pub mod pending;
 pub mod purge;
+pub mod query;
 pub mod range;
 pub mod reload;
 pub mod routes;

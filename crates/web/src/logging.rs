@@ -20,7 +20,9 @@ const ACTIX_H1_TARGET: &str = "actix_http::h1::dispatcher";
 /// or something already logged, and a client must not be able to write ERROR lines.
 const ACTIX_STREAM_ERROR_PREFIX: &str = "stream error";
 
-/// Changes the active log filter; kept by the reload path.
+/// Changes the active log filter; kept by the reload path. Not an `ArcSwap` like the other
+/// reloadable values: the filter lives inside the subscriber, and tracing-subscriber's
+/// `reload` layer is the one way to replace it there.
 #[derive(Clone)]
 pub struct LogLevelHandle(reload::Handle<EnvFilter, Registry>);
 

@@ -1,4 +1,4 @@
-//! `bare-handlers`: the ceilings `bench/download.py` compares media-repo's downloads with,
+//! `bare-handlers`: the ceilings `scripts/download.py` compares media-repo's downloads with,
 //! one bare actix-web handler per cache backend, served side by side by one process:
 //!
 //! * `GET /memory/{name}`: the file's bytes from process memory (read once at start);
@@ -36,7 +36,9 @@ const KEY_PREFIX: &str = "bare:";
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(about = "Bare actix-web download handlers: the baseline of bench/download.py")]
+#[command(
+    about = "Bare actix-web download handlers: the baseline of crates/bench/scripts/download.py"
+)]
 struct Args {
     /// Address to listen on (loopback).
     #[arg(long)]

@@ -14,8 +14,9 @@ use serde_json::json;
 use super::synapse::non_negative;
 use super::{db_error, local_user, require_admin, OWN_ADMIN, SYNAPSE_ADMIN};
 use crate::error::{MatrixError, MatrixResult};
-use crate::media::{query_param, MediaRef};
+use crate::media::MediaRef;
 use crate::purge::{PurgeReport, Purger};
+use crate::query::{self, BeforeTsQuery, PageQuery};
 use crate::routes::resource;
 use crate::state::AppState;
 
@@ -140,8 +141,9 @@ pub async fn synapse_delete_user_media(
 ) -> MatrixResult<HttpResponse> {
     require_admin(&req, &state).await?;
     let user_id = local_user(&state, &path.into_inner())?;
-    let from = non_negative(&req, "from", 0)?;
-    let limit = non_negative(&req, "limit", DEFAULT_LIMIT)?;
+    let page: PageQuery = query::read(&req)?;
+    let from = non_negative(page.from.as_deref(), "from", 0)?;
+    let limit = non_negative(page.limit.as_deref(), "limit", DEFAULT_LIMIT)?;
     let (page, _) = state
         .db
         .user_media_page(&user_id, from, limit, MediaOrder::CreatedTs, true)
@@ -172,7 +174,8 @@ pub async fn synapse_purge_media_cache(
 
 /// The remote purge of `before_ts`, checked as Synapse checks it.
 fn remote_scope(state: &AppState, req: &HttpRequest) -> MatrixResult<PurgeScope> {
-    let text = query_param(req, "before_ts").ok_or_else(|| {
+    let query: BeforeTsQuery = query::read(req)?;
+    let text = query.before_ts.ok_or_else(|| {
         MatrixError::new(
             StatusCode::BAD_REQUEST,
             "M_MISSING_PARAM",

@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 
 use super::{db_error, local_user, require_admin};
 use crate::error::{MatrixError, MatrixResult};
-use crate::media::{query_param, MediaRef};
+use crate::media::MediaRef;
+use crate::query::{self, PageQuery};
 use crate::state::AppState;
 
 /// `limit` when none is given (Synapse's default).
@@ -92,9 +93,10 @@ async fn set_safe(
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
-/// A non-negative integer query parameter, or Synapse's 400 `M_INVALID_PARAM`.
-pub(crate) fn non_negative(req: &HttpRequest, name: &str, default: u64) -> MatrixResult<u64> {
-    match query_param(req, name) {
+/// A non-negative integer query parameter `name` (its `value`), or Synapse's 400
+/// `M_INVALID_PARAM`.
+pub(crate) fn non_negative(value: Option<&str>, name: &str, default: u64) -> MatrixResult<u64> {
+    match value {
         None => Ok(default),
         Some(text) => text.parse::<u64>().map_err(|_| {
             MatrixError::bad_param(format!(
@@ -114,10 +116,14 @@ pub async fn user_media(
 ) -> MatrixResult<HttpResponse> {
     require_admin(&req, &state).await?;
     let user_id = local_user(&state, &path.into_inner())?;
-    let from = non_negative(&req, "from", 0)?;
-    let limit = non_negative(&req, "limit", DEFAULT_LIMIT)?;
-    let order_by = query_param(&req, "order_by");
-    let dir = query_param(&req, "dir");
+    let PageQuery {
+        from,
+        limit,
+        order_by,
+        dir,
+    } = query::read(&req)?;
+    let from = non_negative(from.as_deref(), "from", 0)?;
+    let limit = non_negative(limit.as_deref(), "limit", DEFAULT_LIMIT)?;
     let (order, descending) = if order_by.is_none() && dir.is_none() {
         (MediaOrder::CreatedTs, true)
     } else {

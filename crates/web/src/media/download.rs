@@ -14,9 +14,10 @@ use serde::Deserialize;
 
 use super::body::MediaBody;
 use super::remote::{self, FetchState, RemoteHead};
-use super::{now_ms, query_param, MediaRef};
+use super::{now_ms, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
 use crate::headers::{content_disposition, content_type_value};
+use crate::query::{self, DownloadQuery};
 use crate::range::ByteRange;
 use crate::state::AppState;
 
@@ -55,8 +56,8 @@ pub async fn legacy(
 }
 
 /// How long to wait for a created-but-not-uploaded media (`timeout_ms`).
-fn wait_limit(req: &HttpRequest, config: &Config) -> MatrixResult<Duration> {
-    let asked = match query_param(req, "timeout_ms") {
+fn wait_limit(query: &DownloadQuery, config: &Config) -> MatrixResult<Duration> {
+    let asked = match &query.timeout_ms {
         None => config.downloads.default_timeout_ms,
         Some(text) => text
             .parse::<u64>()
@@ -118,9 +119,8 @@ fn is_ours(config: &Config, origin: &str) -> bool {
 
 /// A legacy (unauthenticated) download fetches remote media only with the freeze off, and
 /// never with `allow_remote=false` (servers set it to avoid fetch loops).
-fn may_fetch_for_legacy(req: &HttpRequest, config: &Config) -> bool {
-    !config.downloads.legacy_freeze.enabled
-        && query_param(req, "allow_remote").is_none_or(|v| v != "false")
+fn may_fetch_for_legacy(query: &DownloadQuery, config: &Config) -> bool {
+    !config.downloads.legacy_freeze.enabled && query.allow_remote.as_deref() != Some("false")
 }
 
 /// Legacy paths only serve media that arrived before the freeze.
@@ -191,12 +191,15 @@ pub async fn locate(
     streamable: bool,
 ) -> MatrixResult<Located> {
     let config = state.config();
-    let wait = wait_limit(req, &config)?;
+    let query: DownloadQuery = query::read(req)?;
+    let wait = wait_limit(&query, &config)?;
     let record = match find_media(state, media, wait).await {
         Err(err) if err.status == StatusCode::NOT_FOUND && !is_ours(&config, &media.origin) => {
             let as_server = match user {
                 Some(user) => user.homeserver.clone(),
-                None if may_fetch_for_legacy(req, &config) => state.auth.homeserver_for(req)?.name,
+                None if may_fetch_for_legacy(&query, &config) => {
+                    state.auth.homeserver_for(req)?.name
+                }
                 None => return Err(err),
             };
             let progress = state.remote.start(state, media, &as_server).await?;

@@ -53,13 +53,6 @@ pub fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
-/// One query parameter, percent-decoded.
-pub fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(req.query_string().as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 /// `GET /_matrix/client/v1/media/config` and the legacy `/_matrix/media/{v3,r0}/config`.
 pub async fn media_config(
     req: HttpRequest,

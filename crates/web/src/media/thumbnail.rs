@@ -25,8 +25,9 @@ use tokio::sync::{mpsc, watch, Notify, Semaphore, SemaphorePermit};
 use tracing::{debug, info, warn};
 
 use super::download::{self, Api, Located};
-use super::{now_ms, query_param, MediaRef};
+use super::{now_ms, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
+use crate::query::{self, ThumbnailQuery};
 use crate::state::AppState;
 
 /// Largest side a thumbnail is made at when no configured size covers the request.
@@ -234,8 +235,9 @@ fn method_name(method: ThumbnailMethod) -> &'static str {
 /// `width`, `height` (required, positive), `method` (`crop` | `scale`, default `scale`),
 /// `animated` (`true` | `false`, default false).
 pub fn asked(req: &HttpRequest) -> MatrixResult<Asked> {
-    let dimension = |name: &'static str| -> MatrixResult<u32> {
-        let text = query_param(req, name).ok_or_else(|| {
+    let query: ThumbnailQuery = query::read(req)?;
+    let dimension = |name: &'static str, value: &Option<String>| -> MatrixResult<u32> {
+        let text = value.as_deref().ok_or_else(|| {
             MatrixError::new(
                 StatusCode::BAD_REQUEST,
                 "M_MISSING_PARAM",
@@ -247,19 +249,19 @@ pub fn asked(req: &HttpRequest) -> MatrixResult<Asked> {
             .filter(|n| *n > 0)
             .ok_or_else(|| MatrixError::bad_param(format!("{name} must be a positive integer")))
     };
-    let method = match query_param(req, "method").as_deref() {
+    let method = match query.method.as_deref() {
         None | Some("scale") => ThumbnailMethod::Scale,
         Some("crop") => ThumbnailMethod::Crop,
         Some(_) => return Err(MatrixError::bad_param("method must be crop or scale")),
     };
-    let animated = match query_param(req, "animated").as_deref() {
+    let animated = match query.animated.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => return Err(MatrixError::bad_param("animated must be true or false")),
     };
     Ok(Asked {
-        width: dimension("width")?,
-        height: dimension("height")?,
+        width: dimension("width", &query.width)?,
+        height: dimension("height", &query.height)?,
         method,
         animated,
     })

@@ -19,8 +19,9 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::upload_phases::{timed, Phase};
-use super::{now_ms, query_param, MediaRef};
+use super::{now_ms, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
+use crate::query::{self, UploadQuery};
 use crate::state::AppState;
 
 /// Longest `filename` accepted, in bytes.
@@ -53,7 +54,9 @@ fn upload_meta(req: &HttpRequest) -> MatrixResult<UploadMeta> {
             }
         }
     };
-    let filename = query_param(req, "filename").filter(|n| !n.is_empty());
+    let filename = query::read::<UploadQuery>(req)?
+        .filename
+        .filter(|n| !n.is_empty());
     if let Some(name) = &filename {
         if name.len() > MAX_FILENAME_BYTES {
             return Err(MatrixError::bad_param("filename is too long"));

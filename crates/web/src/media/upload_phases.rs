@@ -1,6 +1,6 @@
 //! Where an upload's time goes: one histogram, `media_repo_upload_phase_seconds{phase}`,
 //! with a series per step of an upload, so a slow tail can be attributed from `/metrics`
-//! (bench/upload.py prints the mean of each phase beside wrk's latencies).
+//! (crates/bench/scripts/upload.py prints the mean of each phase beside wrk's latencies).
 //!
 //! Phases are a closed set. An upload that fails or whose client goes away stops being
 //! timed at that step.

@@ -11,15 +11,15 @@ whether the goal (p99 ≤ 2× Synapse's, req/s ≥ 3× Synapse's) is met.
 Every request body is different (its first 16 bytes are a per-thread counter), so each
 upload stores new content, as real uploads do, instead of finding its bytes already there.
 
-The Synapse set-up, process handling and build come from bench/download.py (imported).
+The Synapse set-up, process handling and build come from download.py beside it (imported).
 Everything started here is killed at the end, also on failure.
 
-Usage:  python3 bench/upload.py
+Usage:  python3 crates/bench/scripts/upload.py
 Environment: BENCH_DURATION (s, default 10), BENCH_WARMUP (s, default 2),
 BENCH_CONNECTIONS (default 16), BENCH_THREADS (default 2), BENCH_KEEP=1 keeps the temp dir,
 BENCH_BINARY=path uses that media-repo binary instead of building this checkout (to measure
 an older commit in the same run conditions), BENCH_ONLY=synapse,sqlite,postgres picks targets.
-Needs what bench/download.py needs, plus psql and a Postgres with trust auth on 127.0.0.1.
+Needs what download.py needs, plus psql and a Postgres with trust auth on 127.0.0.1.
 """
 
 import json

@@ -4,7 +4,7 @@
 Downloads of a 4 KiB, a 64 KiB and a 1 MiB file with wrk from:
   * media-repo (release build) with cache.backend memory, redis (one redis-server),
     redis (three redis-servers as three shards) and none,
-  * each beside its bare actix-web handler (`bare-handlers`, crates/bench), measured right
+  * each beside its bare actix-web handler (`bare-handlers`, crates/bench/src/bin), measured right
     after it for each size: memory (bytes from process memory), redis (one redis-rs GET per
     request, no auth, no metadata; the same handler for 1 and 3 shards) and file (the same
     file streamed from disk) -- the ratio media-repo / bare handler is the fast-path goal,
@@ -15,7 +15,7 @@ uploaded (streamed, never held in this script's memory) and downloaded.
 
 Prints markdown tables. Everything started here is killed at the end, also on failure.
 
-Usage (from the repository root or anywhere):  python3 bench/download.py
+Usage (from the repository root or anywhere):  python3 crates/bench/scripts/download.py
 Environment: BENCH_DURATION (s, default 10), BENCH_WARMUP (s, default 2),
 BENCH_CONNECTIONS (default 16), BENCH_THREADS (default 2), BENCH_BIG_MIB (default 1024),
 BENCH_KEEP=1 keeps the temp dir, BENCH_MEDIA_REPO_PRELOAD=lib.so is put in LD_PRELOAD of
@@ -43,7 +43,8 @@ import time
 import urllib.error
 import urllib.request
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+# This file is crates/bench/scripts/download.py: the repository root is three levels up.
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
 SYNAPSE_PACKAGE = "matrix-synapse==1.163.2"
 SECRET = "media-repo-bench-registration-secret"

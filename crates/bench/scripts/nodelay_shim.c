@@ -3,8 +3,8 @@
  * process accepts or connects, to show what Nagle's algorithm costs media-repo's small
  * responses (see "HTTP downloads (issue 4)" in docs/benchmarks.md).
  *
- *   gcc -shared -fPIC -O2 -o /tmp/nodelay_shim.so bench/nodelay_shim.c -ldl
- *   BENCH_MEDIA_REPO_PRELOAD=/tmp/nodelay_shim.so python3 bench/download.py
+ *   gcc -shared -fPIC -O2 -o /tmp/nodelay_shim.so crates/bench/scripts/nodelay_shim.c -ldl
+ *   BENCH_MEDIA_REPO_PRELOAD=/tmp/nodelay_shim.so python3 crates/bench/scripts/download.py
  *
  * -DNO_ACCEPT leaves accepted sockets (the HTTP listener) alone, -DNO_CONNECT leaves
  * outgoing ones (Redis, the homeserver) alone, to tell the two apart.
