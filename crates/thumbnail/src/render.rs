@@ -2,8 +2,8 @@
 //!
 //! * Decoding is bounded: [`fn@crate::probe`] has checked the pixel count from the header,
 //!   and the decoders get an allocation limit as well (`image::Limits`).
-//! * JPEG sources are decoded at 1/2, 1/4 or 1/8 scale inside the IDCT (jpeg-decoder's
-//!   DCT scaling): the smallest scale at which the reduced image still has at least as
+//! * JPEG sources are decoded at 1/2 or 1/4 scale inside the IDCT (jpeg-decoder's DCT
+//!   scaling): the smallest scale at which the reduced image still has at least as
 //!   many pixels as the output in both directions; then resized.
 //! * Resizing is fast_image_resize with Lanczos3 (alpha premultiplied while resizing).
 //! * Output: JPEG (quality [`JPEG_QUALITY`]) for JPEG sources, PNG (alpha kept)
@@ -312,7 +312,7 @@ impl JpegSource {
             return encode_jpeg(&resize(pixels, &plan, FULL_SIZE)?);
         }
         let plan = self.plan(request);
-        // The plan is in full-size pixels; the decoded image may be 1/2, 1/4 or 1/8 of
+        // The plan is in full-size pixels; the decoded image may be 1/2 or 1/4 of
         // that (each side rounded up, so the two factors can differ slightly).
         let factor = (
             f64::from(pixels.width) / f64::from(self.full.0),
@@ -351,15 +351,17 @@ fn decode_still(bytes: &[u8], format: Format, limits: &Limits) -> Result<Dynamic
     Ok(image)
 }
 
-/// The IDCT scale, in eighths (8 = full size, 1 = 1/8), for a plan: the smallest one
+/// The IDCT scale, in eighths (8 = full size, 2 = 1/4), for a plan: the smallest one
 /// whose crop rectangle still has at least the output's pixels in each direction, so the
 /// final resize never enlarges. Scaling inside the IDCT averages each 8×8 block down (it
-/// filters, it does not drop pixels), so it needs no headroom above the output: a rule of
-/// twice the output cost the 800×600 of a 12 MP photo a 1/2 decode (2000×1500) where 1/4
-/// (1000×750) serves, about 20 ms more decoding and four times the pixels to resample.
-/// Pillow's `draft`, which Synapse relies on, picks its JPEG scale by the same rule.
+/// filters, it does not drop pixels), so it needs no headroom above the output (Pillow's
+/// `draft`, which Synapse relies on, picks its JPEG scale by the same rule); a rule of
+/// twice the output cost the 800×600 of a 12 MP photo a 1/2 decode where 1/4 serves.
+/// Never 1/8: the Huffman decoding, which every scale pays in full, is nearly all of the
+/// time (the bench's 12 MP JPEG: 100 ms of decoder-thread CPU at 1/8, 97 ms at 1/4), so
+/// 1/8 saves nothing and would split an upload's small and large sizes over two decodes.
 fn idct_eighths(plan: &Plan) -> u32 {
-    for eighths in [1u32, 2, 4] {
+    for eighths in [2u32, 4] {
         let w = u64::from(plan.crop.width) * u64::from(eighths) / 8;
         let h = u64::from(plan.crop.height) * u64::from(eighths) / 8;
         if w >= u64::from(plan.width) && h >= u64::from(plan.height) {
@@ -661,8 +663,8 @@ mod tests {
         assert_eq!(idct_eighths(&plan(4000, 3000, 800, 600)), 2);
         assert_eq!(idct_eighths(&plan(4000, 3000, 1000, 750)), 2);
         assert_eq!(idct_eighths(&plan(4000, 3000, 1001, 750)), 4);
-        assert_eq!(idct_eighths(&plan(3000, 3000, 96, 96)), 1);
-        assert_eq!(idct_eighths(&plan(4000, 3000, 320, 240)), 1);
+        assert_eq!(idct_eighths(&plan(3000, 3000, 96, 96)), 2);
+        assert_eq!(idct_eighths(&plan(4000, 3000, 320, 240)), 2);
         assert_eq!(idct_eighths(&plan(4000, 3000, 640, 480)), 2);
         assert_eq!(idct_eighths(&plan(600, 300, 300, 150)), 4);
         assert_eq!(idct_eighths(&plan(600, 300, 301, 150)), 8);

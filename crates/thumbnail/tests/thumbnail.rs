@@ -277,7 +277,7 @@ fn default_sizes() -> Vec<Request> {
 #[test]
 fn batch_gives_the_bytes_of_single_thumbnails() {
     let sources = [
-        // 32 and 96 crop at 1/8, 320×240 at 1/2, the larger scaled sizes at full size.
+        // 32 and 96 crop at 1/4, 320×240 at 1/2, the larger scaled sizes at full size.
         jpeg(&photo(1200, 900)),
         with_exif(&jpeg(&photo(900, 600)), &exif_block(Some(6), false)),
         encode(
@@ -343,16 +343,22 @@ fn sizes_someone_waits_for_come_first_with_the_same_bytes() {
 #[test]
 fn shared_decodes_group_jpegs_by_idct_scale_largest_first() {
     let requests = default_sizes();
-    // 4000×3000: 32 and 96 crop and 320×240 at 1/8, 640×480 and 800×600 at 1/4.
+    // 4000×3000: every default size at 1/4, one decode.
     let big = jpeg(&photo(4000, 3000));
     assert_eq!(
         shared_decodes(&big, &requests, &LIMITS).unwrap(),
-        vec![vec![3, 4], vec![0, 1, 2]]
+        vec![vec![0, 1, 2, 3, 4]]
     );
-    // 2000×1500: 32 and 96 crop at 1/8, 320×240 at 1/4, 640×480 and 800×600 at 1/2.
+    // 2000×1500: 32 and 96 crop and 320×240 at 1/4, 640×480 and 800×600 at 1/2.
     let medium = jpeg(&photo(2000, 1500));
     assert_eq!(
         shared_decodes(&medium, &requests, &LIMITS).unwrap(),
+        vec![vec![3, 4], vec![0, 1, 2]]
+    );
+    // 1200×900: 32 and 96 crop at 1/4, 320×240 at 1/2, 640×480 and 800×600 at full size.
+    let small = jpeg(&photo(1200, 900));
+    assert_eq!(
+        shared_decodes(&small, &requests, &LIMITS).unwrap(),
         vec![vec![3, 4], vec![2], vec![0, 1]]
     );
     // Any other still: one decode for every size.
