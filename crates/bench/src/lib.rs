@@ -5,5 +5,6 @@
 //! ring lookup. This crate is the one documented exception to "only `mr-shard-actor`
 //! imports `redis`": it uses redis-rs for the *baseline* only, never for the path measured.
 
+pub mod cpu;
 pub mod load;
 pub mod stats;

@@ -86,8 +86,7 @@ impl Cache {
             CacheBackend::Memory => (Some(Kv::Memory(MemoryKv::new(cfg.memory.max_bytes))), None),
             CacheBackend::Redis => {
                 let (addr, handle) = RingActor::start(&cfg.redis);
-                let timeout = Duration::from_millis(cfg.redis.response_timeout_ms);
-                (Some(Kv::Redis(RingKv::new(handle, timeout))), Some(addr))
+                (Some(Kv::Redis(RingKv::new(handle))), Some(addr))
             }
         };
         tracing::info!(
@@ -142,9 +141,6 @@ impl Cache {
                     && memory.capacity() != cfg.memory.max_bytes =>
             {
                 memory.resize(cfg.memory.max_bytes);
-            }
-            Some(Kv::Redis(redis)) => {
-                redis.set_response_timeout(Duration::from_millis(cfg.redis.response_timeout_ms));
             }
             _ => {}
         }

@@ -39,4 +39,3 @@ pub use limits::{INLINE_MAX_BYTES, MAX_CHUNK_BYTES, MAX_RECORD_BYTES, MIN_CHUNK_
 /// A shard as [`Cache::status`] reports it (the ring's own type).
 pub use mr_ring::ShardStatus;
 pub use reshard::MAX_MOVES_IN_FLIGHT;
-pub use shards::MAILBOX_GRACE;

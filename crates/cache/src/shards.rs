@@ -1,9 +1,11 @@
 //! The Redis backend: the key-value layer over the ring of shard actors.
 //!
 //! Keys are routed with the ring's lock-free snapshot (no trip through the ring actor's
-//! mailbox); the command goes to that shard's actor by message with a bounded wait. No
-//! shard up, a full mailbox, an actor gone, a shard error or a late answer all become a miss
-//! (reads) or a no-op (writes), counted by reason. A write to a shard whose writes are
+//! mailbox); the command goes to that shard's actor by message. The wait for its answer
+//! needs no deadline of its own: the shard actor owns the response timeout and answers every
+//! command within it, and an actor that is gone fails the send at once. No shard up, an
+//! actor gone, a shard error or a timed-out command all become a miss (reads) or a no-op
+//! (writes), counted by reason. A write to a shard whose writes are
 //! paused (it refused one: OOM, READONLY) is skipped here, before any message, by reading the
 //! shard's shared health; the shard actor lets the one probe through once the pause is over.
 //! A shard holding another key-format version is not up, so routing skips it like a down one.
@@ -13,7 +15,6 @@
 //! A copy made with [`RingKv::pinned_to`] reads every key from one shard instead of routing
 //! it: a blob found on its previous owner after a reshard is read there to the end.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,36 +30,16 @@ use crate::metrics;
 
 const BACKEND: &str = mr_config::CacheBackend::Redis.name();
 
-/// Added to the shard's response timeout to bound our wait for an answer: the time a
-/// message may queue in a busy mailbox. Past it the call is a miss, whatever the shard does.
-pub const MAILBOX_GRACE: Duration = Duration::from_millis(250);
-
 #[derive(Clone)]
 pub(crate) struct RingKv {
     ring: RingHandle,
-    /// Milliseconds we wait for a shard's answer; changes on reload, read per call.
-    wait_ms: Arc<AtomicU64>,
     /// When set, `get` reads from this shard rather than from the key's route.
     pinned: Option<ShardHandle>,
 }
 
 impl RingKv {
-    pub(crate) fn new(ring: RingHandle, response_timeout: Duration) -> RingKv {
-        let kv = RingKv {
-            ring,
-            wait_ms: Arc::new(AtomicU64::new(0)),
-            pinned: None,
-        };
-        kv.set_response_timeout(response_timeout);
-        kv
-    }
-
-    pub(crate) fn set_response_timeout(&self, response_timeout: Duration) {
-        let wait = response_timeout + MAILBOX_GRACE;
-        self.wait_ms.store(
-            u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+    pub(crate) fn new(ring: RingHandle) -> RingKv {
+        RingKv { ring, pinned: None }
     }
 
     pub(crate) fn ring(&self) -> &RingHandle {
@@ -129,28 +110,27 @@ impl RingKv {
         shard
     }
 
-    /// Sends `msg` to `shard` and waits a bounded time; None on any failure.
+    /// Sends `msg` to `shard` and waits for the answer, which the shard actor gives within
+    /// its response timeout; None on any failure.
     async fn call<M, T>(&self, shard: &ShardHandle, msg: M, op: &'static str) -> Option<T>
     where
         M: Message<Result = Result<T, ShardError>> + Send + 'static,
         T: Send + 'static,
         ShardActor: Handler<M>,
     {
-        let wait = Duration::from_millis(self.wait_ms.load(Ordering::Relaxed));
-        let reason = match tokio::time::timeout(wait, shard.addr.send(msg)).await {
-            Ok(Ok(Ok(value))) => return Some(value),
-            Ok(Ok(Err(ShardError::Down(_)))) => "shard_down",
-            Ok(Ok(Err(ShardError::FormatMismatch(_)))) => "format_mismatch",
-            Ok(Ok(Err(ShardError::WritesPaused(_)))) => "write_paused",
-            Ok(Ok(Err(e))) => {
+        let reason = match shard.addr.send(msg).await {
+            Ok(Ok(value)) => return Some(value),
+            Ok(Err(ShardError::Down(_))) => "shard_down",
+            Ok(Err(ShardError::FormatMismatch(_))) => "format_mismatch",
+            Ok(Err(ShardError::WritesPaused(_))) => "write_paused",
+            Ok(Err(e)) => {
                 tracing::debug!(shard = %shard.name, op, error = %e, "shard command failed");
                 "shard_error"
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::debug!(shard = %shard.name, op, error = %e, "shard actor unreachable");
                 "mailbox"
             }
-            Err(_) => "timeout",
         };
         metrics::backend_error(BACKEND, op, reason);
         None

@@ -576,7 +576,7 @@ mod redis_faults {
     use super::*;
 
     /// Longest any single cache call may take while shards die: a bounded wait per shard
-    /// command (response timeout + mailbox grace) times the few sequential commands of a read.
+    /// command (the shard actor's response timeout) times the few sequential commands of a read.
     const CALL_BOUND: Duration = Duration::from_secs(3);
 
     #[derive(Default)]

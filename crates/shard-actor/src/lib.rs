@@ -5,8 +5,10 @@
 //! connection threads (at most [`MAX_IO_THREADS_PER_SHARD`]) for values of at least
 //! [`LARGE_VALUE_BYTES`], so the copying of large values runs beside the actor's thread. It
 //! PINGs the server every health interval and flips the shared [`ShardHealth`] the ring reads
-//! without a mailbox trip, and runs the commands of [`messages`] concurrently, each bounded by
-//! the response timeout. A shard marked down
+//! without a mailbox trip, and runs the commands of [`messages`] concurrently. Every exchange
+//! with the server (commands, PING, the periodic INFO) takes one path, `command.rs`, which
+//! owns the response timeout: it is the only one (redis-rs has none, and callers need none,
+//! because the actor answers every command within it). A shard marked down
 //! answers [`ShardError::Down`] at once; callers treat every error as a cache miss.
 //!
 //! A shard that answers writes with an error (OOM under `noeviction`, READONLY, ...) has its
@@ -23,13 +25,18 @@
 //! This is the only crate of the workspace that knows `redis`.
 
 mod actor;
+mod command;
+mod encode;
 pub mod error;
 mod format;
+mod handlers;
 mod health;
+mod info;
 mod io_threads;
 pub mod messages;
 mod metrics;
 mod pool;
+mod probe;
 mod settings;
 
 pub use actor::{ShardActor, MAILBOX_CAPACITY, STATS_INTERVAL};

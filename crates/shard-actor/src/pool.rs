@@ -150,12 +150,14 @@ impl Pool {
     }
 }
 
-/// Manager settings: both timeouts tuned, because redis-rs' defaults take 9–16 s to give up
-/// on a refused or blackholed server.
+/// Manager settings. The connection timeout bounds each connect attempt with its handshake,
+/// the manager's own reconnects included (redis-rs' default takes seconds to give up on a
+/// blackholed server). No response timeout: commands are bounded once, by the command path
+/// (`crate::command`), and a second timer per command here would only race it.
 pub(crate) fn manager_config(settings: &ShardSettings) -> ConnectionManagerConfig {
     ConnectionManagerConfig::new()
         .set_connection_timeout(Some(settings.connect_timeout))
-        .set_response_timeout(Some(settings.response_timeout))
+        .set_response_timeout(None)
         .set_number_of_retries(CONNECT_RETRIES)
         .set_min_delay(RECONNECT_MIN_DELAY)
         .set_max_delay(RECONNECT_MAX_DELAY)

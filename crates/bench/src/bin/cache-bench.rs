@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use integration::RedisServer;
+use mr_bench::cpu::{CpuSnapshot, CpuUse};
 use mr_bench::load::{drive, Outcome};
 use mr_bench::stats::{median, min_max};
 use mr_cache::{BlobRead, Cache};
@@ -132,6 +133,8 @@ struct Sample {
     op: Op,
     path: Path,
     outcome: Outcome,
+    /// CPU this process and the redis-server used during the measured run.
+    cpu: CpuUse,
 }
 
 /// The same allocator as the `media-repo` binary, so the actor path is measured as it runs
@@ -187,12 +190,15 @@ fn main() -> Result<()> {
                         }
                     };
                     run(warmup);
+                    let before = CpuSnapshot::take(server.pid());
                     let outcome = run(measure);
+                    let cpu = before.until(&CpuSnapshot::take(server.pid()));
                     samples.push(Sample {
                         size_idx,
                         op,
                         path,
                         outcome,
+                        cpu,
                     });
                 }
             }
@@ -546,9 +552,57 @@ fn print_report(args: &Args, samples: &[Sample], ring: &[(String, f64)], connect
             failed.join(", ")
         );
     }
+    print_cpu(samples);
     println!("| ring lookup | ns/op |");
     println!("|---|---:|");
     for (label, ns) in ring {
         println!("| {label} | {ns:.0} |");
     }
+}
+
+/// Where the CPU went, per case, for the actor path and the baseline: CPU per operation of
+/// this process and the redis-server together (medians over the rounds), how many cores each
+/// kept busy, and this process's busiest threads in the last round.
+fn print_cpu(samples: &[Sample]) {
+    println!(
+        "| blob | op | path | CPU µs/op (bench + redis) | bench cores | redis cores | \
+         busiest threads, last round (share of a core) |"
+    );
+    println!("|---|---|---|---:|---:|---:|---|");
+    for (size_idx, &(label, _, _)) in SIZES.iter().enumerate() {
+        for op in [Op::Put, Op::Get] {
+            for path in [Path::Actor, Path::Plain] {
+                let runs: Vec<&Sample> = samples
+                    .iter()
+                    .filter(|s| s.size_idx == size_idx && s.op == op && s.path == path)
+                    .collect();
+                let Some(last) = runs.last() else {
+                    continue;
+                };
+                let per_run = |f: &dyn Fn(&Sample) -> f64| -> f64 {
+                    median(&runs.iter().map(|s| f(s)).collect::<Vec<_>>())
+                };
+                let us_per_op = per_run(&|s| {
+                    (s.cpu.process_secs + s.cpu.redis_secs) * 1e6 / s.outcome.ok.max(1) as f64
+                });
+                let cores = |secs: &dyn Fn(&CpuUse) -> f64| {
+                    per_run(&|s| secs(&s.cpu) / s.outcome.elapsed.as_secs_f64())
+                };
+                let threads: Vec<String> = last
+                    .cpu
+                    .busiest
+                    .iter()
+                    .map(|(name, share)| format!("{name} {:.0} %", share * 100.0))
+                    .collect();
+                println!(
+                    "| {label} | {} | {path:?} | {us_per_op:.1} | {:.2} | {:.2} | {} |",
+                    if op == Op::Put { "put" } else { "get" },
+                    cores(&|c| c.process_secs),
+                    cores(&|c| c.redis_secs),
+                    threads.join(", "),
+                );
+            }
+        }
+    }
+    println!();
 }
