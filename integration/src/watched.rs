@@ -207,7 +207,14 @@ mod tests {
             watched.exited().is_some()
         })
         .unwrap();
-        assert!(!pid_exists(pid), "watched {pid} outlived its parent");
+        // The killed process is an orphan by then: it is gone once init has reaped it,
+        // which may come a moment after the watchdog itself exited.
+        let gone = wait_until(
+            "the watched process to be reaped",
+            Duration::from_secs(5),
+            || !pid_exists(pid),
+        );
+        assert!(gone.is_ok(), "watched {pid} outlived its parent");
         assert!(!dir.exists(), "{} outlived the parent", dir.display());
     }
 

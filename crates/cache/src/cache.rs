@@ -4,8 +4,10 @@
 //! turns every backend failure into a miss. Nothing here can fail a request: the only
 //! errors returned are about the caller's own reader in `put_blob`.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use actix::Addr;
 use bytes::Bytes;
@@ -45,7 +47,7 @@ struct Inner {
     /// The ring actor, for reloads and status (never on the request path).
     ring: Option<Addr<RingActor>>,
     /// Swapped on reload; a std lock because it is only held to copy the value out.
-    limits: RwLock<Limits>,
+    limits: ArcSwap<Limits>,
     /// Evictions a down shard still has to get.
     pending: Arc<PendingEvictions>,
     /// Retries `pending` (redis backend); aborted when the cache goes.
@@ -104,7 +106,7 @@ impl Cache {
             inner: Arc::new(Inner {
                 kv,
                 ring,
-                limits: RwLock::new(limits_of(cfg)),
+                limits: ArcSwap::from_pointee(limits_of(cfg)),
                 pending,
                 retry_loop,
                 fills: Arc::default(),
@@ -131,10 +133,7 @@ impl Cache {
     /// the ring actor). A different backend needs a restart and is ignored here.
     pub fn apply_config(&self, cfg: &CacheConfig) {
         let limits = limits_of(cfg);
-        match self.inner.limits.write() {
-            Ok(mut guard) => *guard = limits,
-            Err(poisoned) => *poisoned.into_inner() = limits,
-        }
+        self.inner.limits.store(Arc::new(limits));
         match &self.inner.kv {
             Some(Kv::Memory(memory))
                 if cfg.backend == CacheBackend::Memory
@@ -212,10 +211,7 @@ impl Cache {
     }
 
     pub(crate) fn limits(&self) -> Limits {
-        match self.inner.limits.read() {
-            Ok(guard) => *guard,
-            Err(poisoned) => *poisoned.into_inner(),
-        }
+        **self.inner.limits.load()
     }
 
     pub(crate) fn fills(&self) -> &Arc<Fills> {
