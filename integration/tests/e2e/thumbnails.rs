@@ -327,3 +327,55 @@ fn a_flood_of_thumbnails_stays_within_the_pool() {
     );
     assert!(peak >= 1.0, "the watcher saw the pool busy");
 }
+
+/// Sizes above the configured ones are made at the asked size for up to 8 sizes per media
+/// and method (`MAX_EXTRA_SIZES_PER_MEDIA`); a ninth gets one thumbnail at the largest size
+/// (1600 square), which then serves every further size: never smaller than asked, and a
+/// client cannot make one media store a thumbnail per size it names.
+#[test]
+fn sizes_above_the_configured_ones_are_bounded_per_media() {
+    let s = Stack::start(Options::default());
+    let alice = &users().alice;
+    let (server, id) = s.upload(
+        alice,
+        picture(2000, 1500, ImageFormat::Png),
+        "image/png",
+        None,
+    );
+    // The five configured sizes are made in the background first.
+    for _ in 0..300 {
+        if generations(&s) >= 5.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    settle(&s);
+    let before = generations(&s);
+    assert_eq!(before, 5.0, "the configured sizes, pre-generated");
+    for i in 0..12u32 {
+        let width = 900 + 10 * i;
+        let query = format!("width={width}&height=700&method=scale");
+        let got = decoded(thumbnail(&s, &server, &id, &query));
+        // 2000×1500 fitted inside width×700 (the tighter side decides).
+        let fitted = if width * 1500 <= 700 * 2000 {
+            (width, width * 1500 / 2000)
+        } else {
+            (700 * 2000 / 1500, 700)
+        };
+        let expected = if i < 8 { fitted } else { (1600, 1200) };
+        assert!(
+            got.0.abs_diff(expected.0) <= 1 && got.1.abs_diff(expected.1) <= 1,
+            "{query}: got {}x{}, expected {}x{}",
+            got.0,
+            got.1,
+            expected.0,
+            expected.1
+        );
+        assert!(
+            got.0 + 1 >= fitted.0 && got.1 + 1 >= fitted.1,
+            "{query}: smaller than asked"
+        );
+    }
+    // Eight sizes of their own, then one at the largest size for the other four.
+    assert_eq!(generations(&s) - before, 9.0);
+}

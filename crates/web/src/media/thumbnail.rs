@@ -32,6 +32,12 @@ use crate::state::AppState;
 
 /// Largest side a thumbnail is made at when no configured size covers the request.
 pub const MAX_GENERATED_DIMENSION: u32 = 1600;
+/// Sizes other than the configured ones stored per media, method and animation. Beyond,
+/// a request no stored thumbnail covers is made at [`MAX_GENERATED_DIMENSION`] square (at
+/// least as large as any request, so never smaller than asked), which later requests of
+/// any size are served: a client cannot make one media store a thumbnail for every size it
+/// can name.
+pub const MAX_EXTRA_SIZES_PER_MEDIA: usize = 8;
 /// Thumbnail jobs that may wait for a worker; one more answers 429.
 pub const MAX_QUEUED: usize = 64;
 /// Seconds a client refused for a full queue is told to wait.
@@ -360,6 +366,37 @@ fn target(config: &Config, asked: Asked) -> (u32, u32) {
         ))
 }
 
+/// The size to make for `asked` given what is `stored` of its method: [`target`], unless
+/// that is not a configured size and [`MAX_EXTRA_SIZES_PER_MEDIA`] such sizes are stored
+/// already; then the largest size made.
+fn bounded_target(config: &Config, asked: Asked, stored: &[ThumbnailRecord]) -> (u32, u32) {
+    let configured = |width: u32, height: u32| {
+        config
+            .thumbnails
+            .sizes
+            .iter()
+            .any(|s| s.method == asked.method && s.width == width && s.height == height)
+    };
+    let (width, height) = target(config, asked);
+    let extra_stored = stored
+        .iter()
+        .filter(|t| !configured(t.width, t.height))
+        .count();
+    if configured(width, height) || extra_stored < MAX_EXTRA_SIZES_PER_MEDIA {
+        (width, height)
+    } else {
+        (MAX_GENERATED_DIMENSION, MAX_GENERATED_DIMENSION)
+    }
+}
+
+/// The smallest of `stored` covering `asked` in both dimensions.
+fn smallest_covering(stored: Vec<ThumbnailRecord>, asked: Asked) -> Option<ThumbnailRecord> {
+    stored
+        .into_iter()
+        .filter(|t| t.width >= asked.width && t.height >= asked.height)
+        .min_by_key(|t| u64::from(t.width) * u64::from(t.height))
+}
+
 /// The stored thumbnails of `media` made with `asked`'s method and animation.
 async fn stored_thumbnails(
     state: &web::Data<AppState>,
@@ -386,10 +423,7 @@ async fn covering(
     let stored = stored_thumbnails(state, media, asked)
         .await
         .map_err(|err| MatrixError::internal("reading thumbnails failed", &err))?;
-    Ok(stored
-        .into_iter()
-        .filter(|t| t.width >= asked.width && t.height >= asked.height)
-        .min_by_key(|t| u64::from(t.width) * u64::from(t.height)))
+    Ok(smallest_covering(stored, asked))
 }
 
 impl Thumbnailer {
@@ -399,7 +433,8 @@ impl Thumbnailer {
     }
 
     /// The thumbnail `asked` of `media`: the one being made for its size if one is under
-    /// way, else the smallest stored one covering it, else one made now.
+    /// way, else the smallest stored one covering it, else one made now (at the size
+    /// [`bounded_target`] picks).
     pub async fn thumbnail_of(
         &self,
         state: &web::Data<AppState>,
@@ -424,9 +459,14 @@ impl Thumbnailer {
                 }
                 continue;
             }
-            if let Some(thumbnail) = covering(state, media, asked).await? {
+            let stored = stored_thumbnails(state, media, asked)
+                .await
+                .map_err(|err| MatrixError::internal("reading thumbnails failed", &err))?;
+            let (width, height) = bounded_target(&config, asked, &stored);
+            if let Some(thumbnail) = smallest_covering(stored, asked) {
                 return Ok(thumbnail);
             }
+            let key = generation_key(media, width, height, asked);
             match self.turn(state, &key) {
                 Turn::Mine(claim) => {
                     // A generation that finished between our look and the claim stored it.
