@@ -343,12 +343,10 @@ fn sizes_above_the_configured_ones_are_bounded_per_media() {
         None,
     );
     // The five configured sizes are made in the background first.
-    for _ in 0..300 {
-        if generations(&s) >= 5.0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    integration::wait_until("the configured sizes", Duration::from_secs(30), || {
+        generations(&s) >= 5.0
+    })
+    .unwrap();
     settle(&s);
     let before = generations(&s);
     assert_eq!(before, 5.0, "the configured sizes, pre-generated");
