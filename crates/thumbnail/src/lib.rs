@@ -7,6 +7,7 @@ mod error;
 mod geometry;
 mod probe;
 mod render;
+mod stream;
 
 pub use error::{Error, Result};
 pub use geometry::{plan, Method, Plan, Rect};
@@ -15,3 +16,4 @@ pub use render::{
     shared_decodes, thumbnail, thumbnails, thumbnails_each, Request, Thumbnail, JPEG_QUALITY,
     MAX_ANIMATED_FRAMES, MAX_ANIMATED_SOURCE_PIXELS,
 };
+pub use stream::thumbnails_each_streaming;

@@ -18,7 +18,7 @@
 //! * Deterministic: no randomness, no clocks, no threads whose order matters; the same
 //!   input gives the same bytes (federation thumbnails must be byte-identical).
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 
 use fast_image_resize as fr;
 use image::codecs::gif::{GifDecoder, GifEncoder, Repeat};
@@ -136,16 +136,16 @@ pub fn thumbnails_each(
         match info.format {
             Format::Jpeg => {
                 let source = JpegSource::read(bytes, limits)?;
-                let mut groups = source.groups(requests, &still);
-                while let Some(group) = take_next(&mut groups, |g| g.iter().any(|&i| waited_for(i)))
-                {
-                    let eighths = source.eighths(&requests[group[0]]);
-                    let pixels = source.decode(bytes, limits, eighths)?;
-                    let mut left = group;
-                    while let Some(i) = take_next(&mut left, |&i| waited_for(i)) {
-                        each(i, source.render(&pixels, &requests[i])?);
-                    }
-                }
+                let groups = source.groups(requests, &still);
+                render_jpeg_groups(
+                    &source,
+                    bytes,
+                    limits,
+                    requests,
+                    groups,
+                    &waited_for,
+                    &mut each,
+                )?;
             }
             Format::Png | Format::Gif | Format::WebP => {
                 let pixels = Pixels::from_dynamic(decode_still(bytes, info.format, limits)?);
@@ -160,8 +160,41 @@ pub fn thumbnails_each(
     Ok(())
 }
 
+/// Decodes a JPEG once per group of `groups` (a group someone waits for first, else in
+/// their order) and renders each group's requests from that decode.
+pub(crate) fn render_jpeg_groups(
+    source: &JpegSource,
+    bytes: &[u8],
+    limits: &Limits,
+    requests: &[Request],
+    mut groups: Vec<Vec<usize>>,
+    waited_for: &impl Fn(usize) -> bool,
+    each: &mut impl FnMut(usize, Thumbnail),
+) -> Result<()> {
+    while let Some(group) = take_next(&mut groups, |g| g.iter().any(|&i| waited_for(i))) {
+        let pixels = source.decode(bytes, limits, source.eighths(&requests[group[0]]))?;
+        render_jpeg_group(source, &pixels, requests, group, waited_for, each)?;
+    }
+    Ok(())
+}
+
+/// Renders the requests of one group from its decode, one someone waits for first.
+pub(crate) fn render_jpeg_group(
+    source: &JpegSource,
+    pixels: &Pixels,
+    requests: &[Request],
+    mut group: Vec<usize>,
+    waited_for: &impl Fn(usize) -> bool,
+    each: &mut impl FnMut(usize, Thumbnail),
+) -> Result<()> {
+    while let Some(i) = take_next(&mut group, |&i| waited_for(i)) {
+        each(i, source.render(pixels, &requests[i])?);
+    }
+    Ok(())
+}
+
 /// Removes and returns the first item of `left` that is `urgent`, else the first item.
-fn take_next<T>(left: &mut Vec<T>, urgent: impl Fn(&T) -> bool) -> Option<T> {
+pub(crate) fn take_next<T>(left: &mut Vec<T>, urgent: impl Fn(&T) -> bool) -> Option<T> {
     if left.is_empty() {
         return None;
     }
@@ -205,7 +238,7 @@ pub fn shared_decodes(
 }
 
 /// A JPEG's header: what every decode of it needs.
-struct JpegSource {
+pub(crate) struct JpegSource {
     /// `None` for CMYK and 12/16-bit JPEGs, decoded at full size by the image crate.
     layout: Option<Layout>,
     orientation: Orientation,
@@ -219,6 +252,11 @@ impl JpegSource {
     fn read(bytes: &[u8], limits: &Limits) -> Result<JpegSource> {
         let mut decoder = jpeg_decoder(bytes, limits);
         decoder.read_info().map_err(undecodable)?;
+        JpegSource::from_header(&decoder)
+    }
+
+    /// The source as described by a decoder that has read the header.
+    pub(crate) fn from_header<R: Read>(decoder: &jpeg_decoder::Decoder<R>) -> Result<JpegSource> {
         let info = decoder.info().ok_or_else(|| undecodable("no JPEG frame"))?;
         let layout = match info.pixel_format {
             jpeg_decoder::PixelFormat::L8 => Some(Layout::L8),
@@ -243,6 +281,12 @@ impl JpegSource {
         })
     }
 
+    /// Whether jpeg-decoder decodes this source (with IDCT scaling); otherwise (CMYK,
+    /// 12/16-bit) the image crate decodes it at full size, from all of its bytes.
+    pub(crate) fn scalable(&self) -> bool {
+        self.layout.is_some()
+    }
+
     fn plan(&self, request: &Request) -> Plan {
         geometry::plan(
             self.full.0,
@@ -255,7 +299,7 @@ impl JpegSource {
 
     /// The IDCT scale a request is decoded at (8: full size, always for the image crate's
     /// full-size path).
-    fn eighths(&self, request: &Request) -> u32 {
+    pub(crate) fn eighths(&self, request: &Request) -> u32 {
         match self.layout {
             Some(_) => idct_eighths(&self.plan(request)),
             None => 8,
@@ -264,7 +308,7 @@ impl JpegSource {
 
     /// `indices` of `requests` grouped by IDCT scale, smallest scale first, each group in
     /// the order of `indices`.
-    fn groups(&self, requests: &[Request], indices: &[usize]) -> Vec<Vec<usize>> {
+    pub(crate) fn groups(&self, requests: &[Request], indices: &[usize]) -> Vec<Vec<usize>> {
         let mut groups: Vec<(u32, Vec<usize>)> = Vec::new();
         for &i in indices {
             let eighths = self.eighths(&requests[i]);
@@ -279,14 +323,27 @@ impl JpegSource {
 
     /// Decodes at `eighths` of full size in the IDCT and applies the orientation.
     fn decode(&self, bytes: &[u8], limits: &Limits, eighths: u32) -> Result<Pixels> {
-        let Some(layout) = self.layout else {
+        if self.layout.is_none() {
             let image = decode_still(bytes, Format::Jpeg, limits)?;
             return Ok(Pixels::from_dynamic(DynamicImage::ImageRgb8(
                 image.to_rgb8(),
             )));
-        };
+        }
         let mut decoder = jpeg_decoder(bytes, limits);
         decoder.read_info().map_err(undecodable)?;
+        self.decode_from(decoder, eighths)
+    }
+
+    /// Decodes with `decoder`, which has read this source's header (and must be
+    /// [`JpegSource::scalable`]), at `eighths` of full size, and applies the orientation.
+    pub(crate) fn decode_from<R: Read>(
+        &self,
+        mut decoder: jpeg_decoder::Decoder<R>,
+        eighths: u32,
+    ) -> Result<Pixels> {
+        let Some(layout) = self.layout else {
+            return Err(undecodable("not a JPEG jpeg-decoder scales"));
+        };
         if eighths < 8 {
             let scaled = |side: u16| ((u32::from(side) * eighths - 1) / 8 + 1) as u16;
             decoder
@@ -306,7 +363,7 @@ impl JpegSource {
     }
 
     /// Resizes decoded pixels for `request` and encodes a JPEG.
-    fn render(&self, pixels: &Pixels, request: &Request) -> Result<Thumbnail> {
+    pub(crate) fn render(&self, pixels: &Pixels, request: &Request) -> Result<Thumbnail> {
         if self.layout.is_none() {
             let plan = plan_for(pixels, request);
             return encode_jpeg(&resize(pixels, &plan, FULL_SIZE)?);
@@ -323,8 +380,8 @@ impl JpegSource {
 }
 
 /// A jpeg-decoder whose buffers are bounded by `limits`.
-fn jpeg_decoder<'a>(bytes: &'a [u8], limits: &Limits) -> jpeg_decoder::Decoder<&'a [u8]> {
-    let mut decoder = jpeg_decoder::Decoder::new(bytes);
+pub(crate) fn jpeg_decoder<R: Read>(source: R, limits: &Limits) -> jpeg_decoder::Decoder<R> {
+    let mut decoder = jpeg_decoder::Decoder::new(source);
     decoder.set_max_decoding_buffer_size(
         usize::try_from(limits.max_pixels.saturating_mul(4)).unwrap_or(usize::MAX),
     );
@@ -469,7 +526,7 @@ impl Layout {
 }
 
 /// A decoded, oriented image as plain 8-bit rows.
-struct Pixels {
+pub(crate) struct Pixels {
     width: u32,
     height: u32,
     layout: Layout,

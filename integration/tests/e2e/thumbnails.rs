@@ -377,3 +377,128 @@ fn sizes_above_the_configured_ones_are_bounded_per_media() {
     // Eight sizes of their own, then one at the largest size for the other four.
     assert_eq!(generations(&s) - before, 9.0);
 }
+
+fn early_uploads(s: &Stack, outcome: &str) -> f64 {
+    s.repo
+        .metric_value(&format!(
+            "media_repo_thumbnail_early_uploads_total{{outcome=\"{outcome}\"}}"
+        ))
+        .unwrap_or(0.0)
+}
+
+/// An upload body read from memory in two halves, with a pause (or a failure) between.
+struct TwoHalves {
+    bytes: Vec<u8>,
+    at: usize,
+    pause: Duration,
+    fail_in_between: bool,
+}
+
+impl std::io::Read for TwoHalves {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let half = self.bytes.len() / 2;
+        if self.at == half {
+            if self.fail_in_between {
+                return Err(std::io::Error::other("client gives up"));
+            }
+            std::thread::sleep(std::mem::take(&mut self.pause));
+        }
+        let end = if self.at < half {
+            half
+        } else {
+            self.bytes.len()
+        };
+        let n = buf.len().min(end - self.at);
+        buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+fn upload_in_two_halves(
+    s: &Stack,
+    bytes: Vec<u8>,
+    pause: Duration,
+    fail: bool,
+) -> reqwest::Result<reqwest::blocking::Response> {
+    s.http
+        .post(s.url("/_matrix/media/v3/upload"))
+        .bearer_auth(&users().alice)
+        .header("Content-Type", "image/jpeg")
+        .body(reqwest::blocking::Body::new(TwoHalves {
+            bytes,
+            at: 0,
+            pause,
+            fail_in_between: fail,
+        }))
+        .send()
+}
+
+#[test]
+fn thumbnails_made_as_the_upload_arrives_are_those_made_after_it() {
+    let s = Stack::start(Options::default());
+    let alice = users().alice.clone();
+    // 1200×900: its five configured sizes need three JPEG decodes (1/4, 1/2, full), the
+    // first from the arriving body, the others from all of its bytes.
+    let source = picture(1200, 900, ImageFormat::Jpeg);
+    let (server, early_id) = s.upload(&alice, source.clone(), "image/jpeg", None);
+    s.repo
+        .wait_for(
+            "thumbnails made as the upload arrived",
+            Duration::from_secs(60),
+            || early_uploads(&s, "made") >= 1.0 && generations(&s) >= 5.0,
+        )
+        .unwrap();
+
+    // Bytes that stall longer than the decode waits for: it gives its worker back and the
+    // thumbnails are made from the datastore after the upload.
+    let response =
+        upload_in_two_halves(&s, source.clone(), Duration::from_millis(1500), false).unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().unwrap();
+    let late_id = body["content_uri"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    s.repo
+        .wait_for(
+            "thumbnails made after the upload",
+            Duration::from_secs(60),
+            || early_uploads(&s, "fell_back") >= 1.0 && generations(&s) >= 10.0,
+        )
+        .unwrap();
+    settle(&s);
+    assert_eq!(generations(&s), 10.0, "each size made once per upload");
+    assert_eq!(early_uploads(&s, "made"), 1.0);
+
+    for query in [
+        "width=32&height=32&method=crop",
+        "width=96&height=96&method=crop",
+        "width=320&height=240&method=scale",
+        "width=640&height=480&method=scale",
+        "width=800&height=600&method=scale",
+    ] {
+        let early = decoded(thumbnail(&s, &server, &early_id, query));
+        let late = decoded(thumbnail(&s, &server, &late_id, query));
+        assert!(early == late, "{query}: the same thumbnail either way");
+    }
+    assert_eq!(generations(&s), 10.0, "all served from the stored sizes");
+
+    // A client that gives up halfway: nothing stored, and the worker is free again.
+    let before = early_uploads(&s, "made") + early_uploads(&s, "fell_back");
+    assert!(upload_in_two_halves(&s, source, Duration::ZERO, true).is_err());
+    s.repo
+        .wait_for("the pool is idle", Duration::from_secs(10), || {
+            s.repo.metric_value("media_repo_thumbnail_pool_in_flight") == Some(0.0)
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(generations(&s), 10.0, "nothing made for a failed upload");
+    assert_eq!(
+        early_uploads(&s, "made") + early_uploads(&s, "fell_back"),
+        before
+    );
+}

@@ -3,6 +3,7 @@
 pub mod access;
 pub mod body;
 pub mod download;
+pub mod early_thumbnails;
 pub mod quarantine;
 pub mod remote;
 pub mod remote_shared;

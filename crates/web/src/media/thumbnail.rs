@@ -21,10 +21,11 @@ use mr_config::{Config, ThumbnailMethod};
 use mr_storage::{content, MediaRecord, ThumbnailRecord};
 use prometheus::{register_int_counter, register_int_gauge, IntCounter, IntGauge};
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch, Notify, Semaphore, SemaphorePermit};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::download::{self, Api, Located};
+use super::early_thumbnails::EarlyThumbnails;
 use super::{now_ms, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
 use crate::query::{self, ThumbnailQuery};
@@ -94,10 +95,10 @@ impl InProgress {
 pub struct Thumbnailer {
     workers: usize,
     /// One per worker: every decode and resize holds one.
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     /// Background (pre-generation) jobs hold one of these before a worker permit: they
     /// never take every worker, so a client's request always finds one free of them.
-    background: Semaphore,
+    background: Arc<Semaphore>,
     /// Clients' jobs waiting for a worker (at most [`MAX_QUEUED`]).
     queued: AtomicUsize,
     /// Pre-generation jobs waiting (at most [`MAX_QUEUED`]; beyond, sizes wait for a request).
@@ -112,10 +113,11 @@ impl Default for Thumbnailer {
         LazyLock::force(&GENERATIONS);
         LazyLock::force(&IN_FLIGHT);
         LazyLock::force(&QUEUED);
+        super::early_thumbnails::register_metrics();
         Thumbnailer {
             workers,
-            permits: Semaphore::new(workers),
-            background: Semaphore::new(workers.saturating_sub(1).max(1)),
+            permits: Arc::new(Semaphore::new(workers)),
+            background: Arc::new(Semaphore::new(workers.saturating_sub(1).max(1))),
             queued: AtomicUsize::new(0),
             background_queued: AtomicUsize::new(0),
             in_progress: DashMap::new(),
@@ -186,12 +188,12 @@ impl Drop for Claim {
 }
 
 /// A worker of the pool, held while a job decodes and resizes.
-struct Worker<'a> {
-    _background: Option<SemaphorePermit<'a>>,
-    _permit: SemaphorePermit<'a>,
+pub(super) struct Worker {
+    _background: Option<OwnedSemaphorePermit>,
+    _permit: OwnedSemaphorePermit,
 }
 
-impl Drop for Worker<'_> {
+impl Drop for Worker {
     fn drop(&mut self) {
         IN_FLIGHT.dec();
     }
@@ -512,7 +514,7 @@ impl Thumbnailer {
         &self,
         priority: Priority,
         urgent: impl std::future::Future<Output = ()>,
-    ) -> MatrixResult<Worker<'_>> {
+    ) -> MatrixResult<Worker> {
         // Clients and background jobs queue apart: pre-generation after a burst of
         // uploads must not fill the queue clients are refused by.
         let queue = match priority {
@@ -530,12 +532,13 @@ impl Thumbnailer {
         let acquired = async {
             let background = match priority {
                 Priority::Background => tokio::select! {
-                    permit = self.background.acquire() => Some(permit?),
+                    permit = self.background.clone().acquire_owned() => Some(permit?),
                     () = urgent => None,
                 },
                 Priority::Client => None,
             };
-            Ok::<_, tokio::sync::AcquireError>((background, self.permits.acquire().await?))
+            let permit = self.permits.clone().acquire_owned().await?;
+            Ok::<_, tokio::sync::AcquireError>((background, permit))
         }
         .await;
         queue.fetch_sub(1, Ordering::AcqRel);
@@ -545,6 +548,18 @@ impl Thumbnailer {
         IN_FLIGHT.inc();
         Ok(Worker {
             _background: background,
+            _permit: permit,
+        })
+    }
+
+    /// A background worker now, if one is free (never waits, never queues): for work that
+    /// is only worth doing at once, like decoding an upload as it arrives.
+    pub(super) fn try_background_worker(&self) -> Option<Worker> {
+        let background = self.background.clone().try_acquire_owned().ok()?;
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        IN_FLIGHT.inc();
+        Some(Worker {
+            _background: Some(background),
             _permit: permit,
         })
     }
@@ -685,41 +700,39 @@ impl Thumbnailer {
     /// Makes the configured sizes of a freshly uploaded image in the background (the upload
     /// answer is not delayed). Every size is claimed at once, before the upload is answered,
     /// so a client asking for one right after the upload joins this generation instead of
-    /// decoding the image a second time. Sizes that share a decode are made by one job, the
-    /// job with the largest decode first, and within a job the largest size first (a
+    /// decoding the image a second time. The sizes `early` made while the upload arrived
+    /// are stored as they come (a size someone waits for is made first); the rest, or all
+    /// without `early`, are made from the datastore: sizes that share a decode by one job,
+    /// the job with the largest decode first, and within a job the largest size first (a
     /// client shows a fresh image at the largest size; a size someone waits for goes before
     /// all others). Jobs wait behind clients' requests (see [`Thumbnailer::worker`]) until
     /// someone waits for one of their sizes; a full queue skips them (made on first request
     /// instead). Non-images are skipped.
-    pub fn pregenerate(state: &web::Data<AppState>, media: MediaRecord) {
+    pub fn pregenerate(
+        state: &web::Data<AppState>,
+        media: MediaRecord,
+        early: Option<EarlyThumbnails>,
+    ) {
         let config = state.config();
-        if !config.thumbnails.enabled || !media.content_type.starts_with("image/") {
+        if !config.thumbnails.enabled
+            || !media.content_type.starts_with("image/")
+            || media.size_bytes > config.thumbnails.max_source_bytes
+        {
             return;
         }
-        let mut sizes: Vec<Asked> = config
-            .thumbnails
-            .sizes
-            .iter()
-            .map(|size| Asked {
-                width: size.width,
-                height: size.height,
-                method: size.method,
-                animated: false,
-            })
-            .collect();
-        if sizes.is_empty() || media.size_bytes > config.thumbnails.max_source_bytes {
-            return;
-        }
-        sizes.sort_by_key(|a| std::cmp::Reverse(u64::from(a.width) * u64::from(a.height)));
-        let claims: Vec<(Asked, Claim)> = sizes
+        let sizes = match &early {
+            Some(early) => early.sizes().to_vec(),
+            None => configured_sizes(&config),
+        };
+        let claims: Vec<Option<(Asked, Claim)>> = sizes
             .into_iter()
-            .filter_map(|asked| {
+            .map(|asked| {
                 let key = generation_key(&media, asked.width, asked.height, asked);
                 let claim = state.thumbnails.claim_if_free(state, &key)?;
                 Some((asked, claim))
             })
             .collect();
-        if claims.is_empty() {
+        if claims.iter().all(Option::is_none) {
             return;
         }
         let limits = mr_thumbnail::Limits {
@@ -728,30 +741,93 @@ impl Thumbnailer {
         };
         let state = state.clone();
         actix_web::rt::spawn(async move {
-            let sizes: Vec<Asked> = claims.iter().map(|(asked, _)| *asked).collect();
-            // Dropping the claims (not thumbnailable) sends their waiters to make their own
-            // and get the error that belongs to their request.
-            let groups = match Self::decode_groups(&state, &media, &sizes, limits).await {
-                Ok(groups) => groups,
-                Err(why) => {
-                    debug!(origin = %media.origin, media_id = %media.media_id, reason = %why, "upload is not thumbnailable; no pre-generation");
-                    return;
+            let claims = match early {
+                Some(early) => {
+                    state
+                        .thumbnails
+                        .store_early(&state, &media, early, claims)
+                        .await
                 }
+                None => claims,
             };
-            let mut claims: Vec<Option<(Asked, Claim)>> = claims.into_iter().map(Some).collect();
-            // Polled in order, so the jobs queue for workers largest decode first.
-            let jobs = groups.into_iter().map(|group| {
-                let group: Vec<(Asked, Claim)> = group
-                    .into_iter()
-                    .filter_map(|i| claims.get_mut(i).and_then(Option::take))
-                    .collect();
-                state
-                    .thumbnails
-                    .pregenerate_group(&state, &media, group, limits)
-            });
-            futures_util::future::join_all(jobs).await;
+            let claims: Vec<(Asked, Claim)> = claims.into_iter().flatten().collect();
+            if !claims.is_empty() {
+                Self::pregenerate_from_datastore(&state, &media, claims, limits).await;
+            }
             info!(origin = %media.origin, media_id = %media.media_id, "thumbnails pre-generated");
         });
+    }
+
+    /// Stores the thumbnails `early` makes, handing each to its claim's waiters; returns
+    /// the claims it did not make (all of them when the early decode failed or gave up).
+    async fn store_early(
+        &self,
+        state: &web::Data<AppState>,
+        media: &MediaRecord,
+        mut early: EarlyThumbnails,
+        mut claims: Vec<Option<(Asked, Claim)>>,
+    ) -> Vec<Option<(Asked, Claim)>> {
+        let results: Vec<_> = claims
+            .iter()
+            .map(|claim| claim.as_ref().map(|(_, c)| c.result.clone()))
+            .collect();
+        // A size a client asks for meanwhile is made next: its request waits on it.
+        early.set_waited_for(move |i| {
+            results
+                .get(i)
+                .and_then(Option::as_deref)
+                .is_some_and(Claim::waited_for)
+        });
+        while let Some((i, made)) = early.next().await {
+            // A size claimed elsewhere first is made here anyway (the decode is shared);
+            // only claimed ones are stored.
+            let Some((asked, claim)) = claims.get_mut(i).and_then(Option::take) else {
+                continue;
+            };
+            GENERATIONS.inc();
+            let result = self
+                .store(state, media, asked.width, asked.height, asked, made)
+                .await;
+            if let Err(err) = &result {
+                warn!(reason = %err.message, "storing a pre-generated thumbnail failed");
+            }
+            claim.publish(&result);
+        }
+        if let Err(why) = early.finish().await {
+            debug!(origin = %media.origin, media_id = %media.media_id, reason = %why, "thumbnails not made as the upload arrived; made from the datastore");
+        }
+        claims
+    }
+
+    /// Makes the claimed sizes from the stored media: one job per shared decode.
+    async fn pregenerate_from_datastore(
+        state: &web::Data<AppState>,
+        media: &MediaRecord,
+        claims: Vec<(Asked, Claim)>,
+        limits: mr_thumbnail::Limits,
+    ) {
+        let sizes: Vec<Asked> = claims.iter().map(|(asked, _)| *asked).collect();
+        // Dropping the claims (not thumbnailable) sends their waiters to make their own
+        // and get the error that belongs to their request.
+        let groups = match Self::decode_groups(state, media, &sizes, limits).await {
+            Ok(groups) => groups,
+            Err(why) => {
+                debug!(origin = %media.origin, media_id = %media.media_id, reason = %why, "upload is not thumbnailable; no pre-generation");
+                return;
+            }
+        };
+        let mut claims: Vec<Option<(Asked, Claim)>> = claims.into_iter().map(Some).collect();
+        // Polled in order, so the jobs queue for workers largest decode first.
+        let jobs = groups.into_iter().map(|group| {
+            let group: Vec<(Asked, Claim)> = group
+                .into_iter()
+                .filter_map(|i| claims.get_mut(i).and_then(Option::take))
+                .collect();
+            state
+                .thumbnails
+                .pregenerate_group(state, media, group, limits)
+        });
+        futures_util::future::join_all(jobs).await;
     }
 
     /// Which of `sizes` share a decode ([`mr_thumbnail::shared_decodes`]); reads the file
@@ -880,8 +956,25 @@ impl Thumbnailer {
     }
 }
 
+/// The configured sizes (not animated), largest first: the order uploads make them in.
+pub(super) fn configured_sizes(config: &Config) -> Vec<Asked> {
+    let mut sizes: Vec<Asked> = config
+        .thumbnails
+        .sizes
+        .iter()
+        .map(|size| Asked {
+            width: size.width,
+            height: size.height,
+            method: size.method,
+            animated: false,
+        })
+        .collect();
+    sizes.sort_by_key(|a| std::cmp::Reverse(u64::from(a.width) * u64::from(a.height)));
+    sizes
+}
+
 /// The render request for a size made for `asked`.
-fn render_request(width: u32, height: u32, asked: Asked) -> mr_thumbnail::Request {
+pub(super) fn render_request(width: u32, height: u32, asked: Asked) -> mr_thumbnail::Request {
     mr_thumbnail::Request {
         width,
         height,

@@ -18,6 +18,7 @@ use mr_storage::{MediaRecord, PendingUpload, StoredObject};
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::early_thumbnails::EarlyThumbnails;
 use super::upload_phases::{timed, Phase};
 use super::{now_ms, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
@@ -68,8 +69,9 @@ fn upload_meta(req: &HttpRequest) -> MatrixResult<UploadMeta> {
     })
 }
 
-/// Refuses a body whose declared length is over the limit before reading any of it.
-fn check_declared_length(req: &HttpRequest, max_bytes: u64) -> MatrixResult<()> {
+/// Refuses a body whose declared length is over the limit before reading any of it; the
+/// declared length, if any.
+fn check_declared_length(req: &HttpRequest, max_bytes: u64) -> MatrixResult<Option<u64>> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -77,7 +79,7 @@ fn check_declared_length(req: &HttpRequest, max_bytes: u64) -> MatrixResult<()> 
         .and_then(|v| v.trim().parse::<u64>().ok());
     match declared {
         Some(len) if len > max_bytes => Err(too_large(max_bytes)),
-        _ => Ok(()),
+        _ => Ok(declared),
     }
 }
 
@@ -87,22 +89,24 @@ fn too_large(max_bytes: u64) -> MatrixError {
     ))
 }
 
-/// Streams the request body into the datastore and stores it under a claim: the caller
-/// writes its row, then releases the claim (or discards the object if the row failed).
+/// Streams the request body into the datastore (and to `early`, which thumbnails it as it
+/// arrives) and stores it under a claim: the caller writes its row, then releases the
+/// claim (or discards the object if the row failed).
 async fn store_body(
     req: &HttpRequest,
     state: &AppState,
     mut payload: web::Payload,
-    max_bytes: u64,
-    idle_timeout: Duration,
+    limits: BodyLimits,
+    early: Option<&EarlyThumbnails>,
 ) -> MatrixResult<(StoredObject, Claim)> {
+    let max_bytes = limits.max_bytes;
     let mut writer = state
         .datastore
         .writer(max_bytes)
         .map_err(|err| MatrixError::internal("opening a datastore temp file failed", &err))?;
     let received = timed(
         Phase::Body,
-        receive_body(&mut writer, &mut payload, max_bytes, idle_timeout),
+        receive_body(&mut writer, &mut payload, limits, early),
     )
     .await;
     if let Err(err) = received {
@@ -139,18 +143,34 @@ async fn store_body(
     Ok(stored)
 }
 
-/// Feeds the body into the writer until it ends, fails, passes the limit or stalls.
+/// How much of a body is taken, and how long a pause in it.
+#[derive(Clone, Copy)]
+struct BodyLimits {
+    max_bytes: u64,
+    idle_timeout: Duration,
+}
+
+/// Feeds the body into the writer (and `early`) until it ends, fails, passes the limit or
+/// stalls.
 async fn receive_body(
     writer: &mut mr_storage::ObjectWriter,
     payload: &mut web::Payload,
-    max_bytes: u64,
-    idle_timeout: Duration,
+    BodyLimits {
+        max_bytes,
+        idle_timeout,
+    }: BodyLimits,
+    early: Option<&EarlyThumbnails>,
 ) -> MatrixResult<()> {
     loop {
         let next = tokio::time::timeout(idle_timeout, payload.next())
             .await
             .map_err(|_| idle_timeout_error(idle_timeout))?;
-        let Some(chunk) = next else { return Ok(()) };
+        let Some(chunk) = next else {
+            if let Some(early) = early {
+                early.body_complete();
+            }
+            return Ok(());
+        };
         let chunk = chunk.map_err(|err| {
             info!(error = %err, "upload body ended early; nothing stored");
             MatrixError::new(
@@ -159,6 +179,9 @@ async fn receive_body(
                 "Upload body was interrupted",
             )
         })?;
+        if let Some(early) = early {
+            early.feed(&chunk);
+        }
         writer.write(chunk).await.map_err(|err| match err {
             mr_storage::Error::TooLarge { .. } => too_large(max_bytes),
             other => MatrixError::internal("writing an upload failed", &other),
@@ -305,6 +328,8 @@ struct Received {
     meta: UploadMeta,
     object: StoredObject,
     claim: Claim,
+    /// Its thumbnails, made as it arrived (when it is an image and a worker was free).
+    early: Option<EarlyThumbnails>,
     _slot: super::slots::UploadSlot,
 }
 
@@ -317,21 +342,20 @@ async fn receive(
     user_id: &str,
     config: &mr_config::Config,
 ) -> MatrixResult<Received> {
-    check_declared_length(req, config.uploads.max_bytes)?;
+    let declared = check_declared_length(req, config.uploads.max_bytes)?;
     let meta = upload_meta(req)?;
     let slot = admit(state, user_id, config)?;
-    let (object, claim) = store_body(
-        req,
-        state,
-        payload,
-        config.uploads.max_bytes,
-        Duration::from_secs(config.uploads.idle_timeout_secs),
-    )
-    .await?;
+    let early = EarlyThumbnails::start(state, &meta.content_type, declared);
+    let limits = BodyLimits {
+        max_bytes: config.uploads.max_bytes,
+        idle_timeout: Duration::from_secs(config.uploads.idle_timeout_secs),
+    };
+    let (object, claim) = store_body(req, state, payload, limits, early.as_ref()).await?;
     Ok(Received {
         meta,
         object,
         claim,
+        early,
         _slot: slot,
     })
 }
@@ -361,6 +385,7 @@ pub async fn upload(
         meta,
         object,
         claim,
+        early,
         _slot,
     } = receive(&req, &state, payload, &user.user_id, &config).await?;
     let media = MediaRef {
@@ -374,7 +399,7 @@ pub async fn upload(
     refuse_if_quarantined_meanwhile(&state, &media, &object, standing).await?;
     info!(mxc = %media.mxc(), size = object.size, user = %user.user_id, "media uploaded");
     warm_cache(&state, &object);
-    super::thumbnail::Thumbnailer::pregenerate(&state, row);
+    super::thumbnail::Thumbnailer::pregenerate(&state, row, early);
     Ok(HttpResponse::Ok().json(json!({ "content_uri": media.mxc() })))
 }
 
@@ -467,6 +492,7 @@ pub async fn upload_to(
         meta,
         object,
         claim,
+        early,
         _slot,
     } = receive(&req, &state, payload, &user.user_id, &config).await?;
     let row = record(&media, &user.user_id, meta, &object, state.datastore.id());
@@ -489,6 +515,6 @@ pub async fn upload_to(
     refuse_if_quarantined_meanwhile(&state, &media, &object, standing).await?;
     info!(mxc = %media.mxc(), size = object.size, "async upload completed");
     warm_cache(&state, &object);
-    super::thumbnail::Thumbnailer::pregenerate(&state, row);
+    super::thumbnail::Thumbnailer::pregenerate(&state, row, early);
     Ok(HttpResponse::Ok().json(json!({})))
 }
