@@ -201,6 +201,14 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
             cached[i]
         ));
     }
+    let early = ["made", "fell_back", "busy"].map(|outcome| {
+        stack
+            .repo
+            .metric_value(&format!(
+                "media_repo_thumbnail_early_uploads_total{{outcome=\"{outcome}\"}}"
+            ))
+            .unwrap_or(0.0)
+    });
     let load_after = load_average();
     drop(stack);
 
@@ -209,6 +217,12 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
          median of {rounds} fresh uploads per cell (min–max in brackets); \
          load average before {load_before}, after {load_after}\n",
         integration::media_repo_bin().display(),
+    );
+    println!(
+        "media-repo's image uploads (warm-up included) by how their thumbnails were made: \
+         as they arrived {}, after them because the early decode gave up {}, after them \
+         because no worker was free {}\n",
+        early[0], early[1], early[2]
     );
     print!("{}", table(&cold, cached, rss));
     Ok(())
