@@ -64,7 +64,11 @@ enum Piece {
 /// The configured thumbnails of one upload, being made from its body as it arrives.
 pub struct EarlyThumbnails {
     sizes: Vec<Asked>,
-    pieces: std_mpsc::Sender<Piece>,
+    /// `None` once the body passed `max_source_bytes`: the decode then ends at once
+    /// instead of the chunks piling up for it.
+    pieces: Option<std_mpsc::Sender<Piece>>,
+    fed_bytes: u64,
+    max_source_bytes: u64,
     waited_for: Arc<OnceLock<WaitedFor>>,
     made: mpsc::UnboundedReceiver<(usize, mr_thumbnail::Thumbnail)>,
     done: tokio::task::JoinHandle<Result<(), String>>,
@@ -124,7 +128,9 @@ impl EarlyThumbnails {
         });
         Some(EarlyThumbnails {
             sizes,
-            pieces,
+            pieces: Some(pieces),
+            fed_bytes: 0,
+            max_source_bytes: limits.max_source_bytes,
             waited_for,
             made,
             done,
@@ -137,14 +143,23 @@ impl EarlyThumbnails {
     }
 
     /// Hands a chunk of the body to the decode (never waits: the chunk is shared, not
-    /// copied, and the decode may have given up already).
-    pub fn feed(&self, chunk: &Bytes) {
-        let _ = self.pieces.send(Piece::Chunk(chunk.clone()));
+    /// copied, and the decode may have given up already). A body past the thumbnail
+    /// limit ends the decode.
+    pub fn feed(&mut self, chunk: &Bytes) {
+        self.fed_bytes += chunk.len() as u64;
+        if self.fed_bytes > self.max_source_bytes {
+            self.pieces = None;
+        }
+        if let Some(pieces) = &self.pieces {
+            let _ = pieces.send(Piece::Chunk(chunk.clone()));
+        }
     }
 
     /// Tells the decode the body is complete. Without it, a dropped upload is a failed one.
     pub fn body_complete(&self) {
-        let _ = self.pieces.send(Piece::End);
+        if let Some(pieces) = &self.pieces {
+            let _ = pieces.send(Piece::End);
+        }
     }
 
     /// Tells the decode how to learn whether someone waits for a size (made next).

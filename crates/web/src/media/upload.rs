@@ -97,7 +97,7 @@ async fn store_body(
     state: &AppState,
     mut payload: web::Payload,
     limits: BodyLimits,
-    early: Option<&EarlyThumbnails>,
+    early: Option<&mut EarlyThumbnails>,
 ) -> MatrixResult<(StoredObject, Claim)> {
     let max_bytes = limits.max_bytes;
     let mut writer = state
@@ -159,7 +159,7 @@ async fn receive_body(
         max_bytes,
         idle_timeout,
     }: BodyLimits,
-    early: Option<&EarlyThumbnails>,
+    mut early: Option<&mut EarlyThumbnails>,
 ) -> MatrixResult<()> {
     loop {
         let next = tokio::time::timeout(idle_timeout, payload.next())
@@ -179,7 +179,7 @@ async fn receive_body(
                 "Upload body was interrupted",
             )
         })?;
-        if let Some(early) = early {
+        if let Some(early) = early.as_deref_mut() {
             early.feed(&chunk);
         }
         writer.write(chunk).await.map_err(|err| match err {
@@ -345,12 +345,12 @@ async fn receive(
     let declared = check_declared_length(req, config.uploads.max_bytes)?;
     let meta = upload_meta(req)?;
     let slot = admit(state, user_id, config)?;
-    let early = EarlyThumbnails::start(state, &meta.content_type, declared);
+    let mut early = EarlyThumbnails::start(state, &meta.content_type, declared);
     let limits = BodyLimits {
         max_bytes: config.uploads.max_bytes,
         idle_timeout: Duration::from_secs(config.uploads.idle_timeout_secs),
     };
-    let (object, claim) = store_body(req, state, payload, limits, early.as_ref()).await?;
+    let (object, claim) = store_body(req, state, payload, limits, early.as_mut()).await?;
     Ok(Received {
         meta,
         object,
