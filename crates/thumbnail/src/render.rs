@@ -120,9 +120,7 @@ pub fn thumbnails_each(
     waited_for: impl Fn(usize) -> bool,
     mut each: impl FnMut(usize, Thumbnail),
 ) -> Result<()> {
-    if requests.iter().any(|r| r.width == 0 || r.height == 0) {
-        return Err(Error::InvalidRequest("width and height must be at least 1"));
-    }
+    check_requests(requests)?;
     let info = probe::probe(bytes, limits)?;
     let still: Vec<usize> = (0..requests.len())
         .filter(|&i| !(requests[i].animated && matches!(info.format, Format::Gif | Format::WebP)))
@@ -156,6 +154,14 @@ pub fn thumbnails_each(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Refuses a request for a zero width or height.
+pub(crate) fn check_requests(requests: &[Request]) -> Result<()> {
+    if requests.iter().any(|r| r.width == 0 || r.height == 0) {
+        return Err(Error::InvalidRequest("width and height must be at least 1"));
     }
     Ok(())
 }

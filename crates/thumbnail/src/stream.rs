@@ -18,8 +18,8 @@ use std::rc::Rc;
 use crate::error::{Error, Result};
 use crate::probe::{self, undecodable, Format, Limits};
 use crate::render::{
-    jpeg_decoder, render_jpeg_group, render_jpeg_groups, take_next, thumbnails_each, JpegSource,
-    Request, Thumbnail,
+    check_requests, jpeg_decoder, render_jpeg_group, render_jpeg_groups, take_next,
+    thumbnails_each, JpegSource, Request, Thumbnail,
 };
 
 /// Bytes read ahead of the JPEG decoder at once (it parses marker by marker, in small reads).
@@ -41,9 +41,7 @@ pub fn thumbnails_each_streaming(
     waited_for: impl Fn(usize) -> bool,
     mut each: impl FnMut(usize, Thumbnail),
 ) -> Result<()> {
-    if requests.iter().any(|r| r.width == 0 || r.height == 0) {
-        return Err(Error::InvalidRequest("width and height must be at least 1"));
-    }
+    check_requests(requests)?;
     let mut recorder = Recorder::new(source, limits.max_source_bytes);
     recorder.read_at_least(SNIFF_BYTES)?;
     if requests.is_empty() || !matches!(probe::sniff(&recorder.bytes()), Ok(Format::Jpeg)) {
@@ -293,36 +291,22 @@ mod tests {
     #[test]
     fn the_limits_hold() {
         let bytes = photo(640, 480);
-        let small = Limits {
+        let few_bytes = Limits {
             max_source_bytes: bytes.len() as u64 - 1,
             ..LIMITS
         };
-        let got = thumbnails_each_streaming(
-            Trickle {
-                bytes: &bytes,
-                step: 4096,
-            },
-            &sizes(),
-            &small,
-            |_| false,
-            |_, _| {},
-        );
-        assert!(matches!(got, Err(Error::TooLarge(_))), "{got:?}");
         let few_pixels = Limits {
             max_pixels: 640 * 480 - 1,
             ..LIMITS
         };
-        let got = thumbnails_each_streaming(
-            Trickle {
+        for limits in [few_bytes, few_pixels] {
+            let source = Trickle {
                 bytes: &bytes,
                 step: 4096,
-            },
-            &sizes(),
-            &few_pixels,
-            |_| false,
-            |_, _| {},
-        );
-        assert!(matches!(got, Err(Error::TooLarge(_))), "{got:?}");
+            };
+            let got = thumbnails_each_streaming(source, &sizes(), &limits, |_| false, |_, _| {});
+            assert!(matches!(got, Err(Error::TooLarge(_))), "{got:?}");
+        }
     }
 
     #[test]

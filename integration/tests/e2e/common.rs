@@ -272,7 +272,18 @@ pub fn upload_to(http: &Client, base_url: &str, token: &str, bytes: &[u8]) -> St
         .unwrap()
         .json()
         .unwrap();
-    let uri = body["content_uri"].as_str().expect("content_uri");
+    media_id_in(&body)
+}
+
+/// The media id of a 200 upload answer.
+pub fn media_id(response: Response) -> String {
+    assert_eq!(response.status(), 200);
+    media_id_in(&response.json().unwrap())
+}
+
+/// The media id in an upload answer's `content_uri`.
+pub fn media_id_in(answer: &serde_json::Value) -> String {
+    let uri = answer["content_uri"].as_str().expect("content_uri");
     uri.rsplit('/').next().unwrap().to_owned()
 }
 

@@ -242,13 +242,7 @@ fn media_over_federation_with_two_synapses() {
         .unwrap()
         .json()
         .unwrap();
-    let image_id = uploaded["content_uri"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let image_id = crate::common::media_id_in(&uploaded);
     let query = "width=96&height=96&method=crop";
     let ours = s
         .https
@@ -806,13 +800,7 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
         .unwrap()
         .json()
         .unwrap();
-    let our_id = uploaded["content_uri"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let our_id = crate::common::media_id_in(&uploaded);
     let path = format!("/_matrix/federation/v1/media/download/{our_id}");
     let header = sign_request(
         &origin_key,

@@ -72,14 +72,7 @@ fn upload_download_round_trip_with_every_header(db: Db) {
     let response = s.download(&server, &id, &u.alice);
     assert_eq!(header(&response, "content-disposition"), "inline");
     let response = s.upload_raw(&u.alice, b"x".to_vec(), None, "");
-    let uri: serde_json::Value = response.json().unwrap();
-    let id = uri["content_uri"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let id = crate::common::media_id(response);
     let response = s.download(&server, &id, &u.alice);
     assert_eq!(
         header(&response, "content-type"),

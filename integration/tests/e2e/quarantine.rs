@@ -18,7 +18,7 @@ use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::common::{count_files, matrix_error, random_bytes, sqlite_count, urlencode};
+use crate::common::{count_files, matrix_error, media_id, random_bytes, sqlite_count, urlencode};
 use crate::thumbnails::picture;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -217,18 +217,6 @@ impl Stack {
         )
         .unwrap();
     }
-}
-
-fn media_id(response: Response) -> String {
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().unwrap();
-    body["content_uri"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned()
 }
 
 #[test]

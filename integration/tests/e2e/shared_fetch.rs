@@ -255,13 +255,7 @@ fn a_lease_holder_killed_mid_download_is_taken_over() {
         .unwrap()
         .json()
         .unwrap();
-    let id = body["content_uri"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let id = crate::common::media_id_in(&body);
     let (alice, carol) = (
         hs1.user_token("alice").unwrap(),
         hs3.user_token("carol").unwrap(),

@@ -454,15 +454,7 @@ fn thumbnails_made_as_the_upload_arrives_are_those_made_after_it() {
     // thumbnails are made from the datastore after the upload.
     let response =
         upload_in_two_halves(&s, source.clone(), Duration::from_millis(1500), false).unwrap();
-    assert_eq!(response.status(), 200);
-    let body: serde_json::Value = response.json().unwrap();
-    let late_id = body["content_uri"]
-        .as_str()
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let late_id = crate::common::media_id(response);
     s.repo
         .wait_for(
             "thumbnails made after the upload",
