@@ -271,6 +271,24 @@ impl BlobReader {
         (self.pos, self.end)
     }
 
+    /// All the bytes still to deliver, when they are in hand already (an inline blob,
+    /// verified when it was opened), counted as served like [`BlobReader::next`] counts
+    /// them; the reader is at its end afterwards. None for a chunked blob (its bytes are
+    /// still to fetch: read them with `next`). Lets a caller answer a small download with
+    /// the bytes instead of a stream.
+    pub fn take_ready(&mut self) -> Option<Bytes> {
+        match &self.source {
+            Source::Inline(bytes) if self.lost_at.is_none() && self.pos < self.end => {
+                // `open_blob` checked the range against the inline length.
+                let ready = bytes.slice(self.pos as usize..self.end as usize);
+                self.pos = self.end;
+                metrics::bytes_served(self.kv.kind(), ready.len());
+                Some(ready)
+            }
+            _ => None,
+        }
+    }
+
     pub async fn next(&mut self) -> BlobRead {
         if let Some(at) = self.lost_at {
             return BlobRead::Lost { at };
@@ -292,7 +310,7 @@ impl BlobReader {
         let from = (self.pos - chunk_start) as usize;
         let to = (self.end.min(chunk_start + chunk_len) - chunk_start) as usize;
         self.pos = chunk_start + to as u64;
-        metrics::bytes_served(self.kv.backend(), to - from);
+        metrics::bytes_served(self.kv.kind(), to - from);
         BlobRead::Data(bytes.slice(from..to))
     }
 
