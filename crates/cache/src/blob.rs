@@ -9,7 +9,9 @@
 //! trust nothing: eviction may drop any single chunk and a key may be overwritten, so every
 //! chunk is checked for length and checksum before a byte of it is handed out. A chunk that
 //! fails ends the read with [`BlobRead::Lost`] at the offset where correct bytes stop —
-//! never wrong or short bytes.
+//! never wrong or short bytes. A memory-backend value is hashed once: its bytes never
+//! change in place, so the first check that passes holds for every later read of that entry
+//! (`kv::Checked`).
 
 use std::sync::Arc;
 
@@ -22,7 +24,7 @@ use crate::header::{
     checksum, seal_inline, start_inline, BlobHeader, StoredBlob, INLINE_HEADER_LEN,
 };
 use crate::keys::{blob_chunk_key, blob_header_key};
-use crate::kv::Kv;
+use crate::kv::{Checked, Kv};
 use crate::limits::Limits;
 use crate::metrics;
 use crate::reshard;
@@ -184,8 +186,8 @@ pub(crate) async fn open_blob(
     range: Option<(u64, u64)>,
 ) -> Option<BlobReader> {
     let header_key = blob_header_key(sha256);
-    let (stored, source) = match kv.get(&header_key).await {
-        Some(raw) => (StoredBlob::decode(&raw)?, kv.clone()),
+    let (stored, source) = match kv.get_checked(&header_key).await {
+        Some((raw, checked)) => (StoredBlob::decode_checked(&raw, &checked)?, kv.clone()),
         None => {
             let found = reshard::read_previous(kv, &header_key, "blob_open").await?;
             let Some(stored) = StoredBlob::decode(&found.value) else {
@@ -322,19 +324,29 @@ impl BlobReader {
         let fetched = match self.prefetch.take() {
             Some((i, handle)) if i == index => {
                 self.start_prefetch(header, index + 1);
-                handle.await.ok().flatten()
+                // Prefetched from a remote backend: nothing known, hashed below.
+                handle
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|bytes| (bytes, Checked::default()))
             }
             stale => {
                 if let Some((_, handle)) = stale {
                     handle.abort();
                 }
                 self.start_prefetch(header, index + 1);
-                self.kv.get(&blob_chunk_key(&self.sha256, index)).await
+                self.kv
+                    .get_checked(&blob_chunk_key(&self.sha256, index))
+                    .await
             }
         };
-        let verified = fetched.filter(|bytes| {
-            bytes.len() as u64 == chunk_len && checksum(bytes) == header.checksums[index as usize]
-        });
+        let verified = fetched
+            .filter(|(bytes, checked)| {
+                bytes.len() as u64 == chunk_len
+                    && checked.verify(bytes, header.checksums[index as usize])
+            })
+            .map(|(bytes, _)| bytes);
         verified.map(|bytes| (chunk_start, bytes))
     }
 
