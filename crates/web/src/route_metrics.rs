@@ -119,19 +119,20 @@ where
         let started = Instant::now();
         let method = method_index(req.method());
         let tracker = Rc::clone(&self.tracker);
+        // The span gives the log lines written while the handler runs their context. It
+        // has no `status` field: the status is known only once the handler is done, when
+        // no line can be written inside the span any more (the body is streamed outside
+        // it, and span-close events are not logged), so recording it (a second
+        // formatting of the span's fields) was never seen.
         let span = tracing::info_span!(
             "request",
             method = METHOD_LABELS[method],
-            route = %tracker.route,
-            status = tracing::field::Empty
+            route = %tracker.route
         );
-        let response = self.service.call(req);
+        let response = self.service.call(req).instrument(span);
         Box::pin(async move {
-            let response = response.instrument(span.clone()).await?;
-            let status = response.status();
-            // The exact code (a number below 1000) is bounded, so the span keeps it.
-            span.record("status", status.as_u16());
-            tracker.count(method, status, started);
+            let response = response.await?;
+            tracker.count(method, response.status(), started);
             Ok(response)
         })
     }
