@@ -105,7 +105,16 @@ pub fn content_disposition(content_type: &str, filename: Option<&str>) -> Header
     };
     let value = match filename.filter(|n| !n.is_empty()) {
         None => return HeaderValue::from_static(kind),
-        Some(name) if is_token(name) => format!("{kind}; filename={name}"),
+        // Built by hand: this runs on every download, and `format!` costs several times
+        // as much.
+        Some(name) if is_token(name) => {
+            const PARAM: &str = "; filename=";
+            let mut value = String::with_capacity(kind.len() + PARAM.len() + name.len());
+            value.push_str(kind);
+            value.push_str(PARAM);
+            value.push_str(name);
+            value
+        }
         Some(name) => format!(
             "{kind}; filename*=utf-8''{}",
             utf8_percent_encode(name, ATTR_CHAR_ESCAPES)
@@ -113,6 +122,15 @@ pub fn content_disposition(content_type: &str, filename: Option<&str>) -> Header
     };
     // Every byte above is a visible ASCII character, so this cannot fail; fall back anyway.
     owned_value(value).unwrap_or_else(|| HeaderValue::from_static("attachment"))
+}
+
+/// The ETag of content with this sha256: the hash, quoted.
+pub fn etag(sha256: &str) -> Option<HeaderValue> {
+    let mut value = String::with_capacity(sha256.len() + 2);
+    value.push('"');
+    value.push_str(sha256);
+    value.push('"');
+    owned_value(value)
 }
 
 /// A header value made from a string built for it, taking over its buffer (`from_str`

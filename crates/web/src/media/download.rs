@@ -17,7 +17,7 @@ use super::body::MediaBody;
 use super::remote::{self, FetchState, RemoteHead};
 use super::{now_ms, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
-use crate::headers::{content_disposition, content_type_value, owned_value};
+use crate::headers::{content_disposition, content_type_value, etag};
 use crate::query::{self, DownloadQuery};
 use crate::range::ByteRange;
 use crate::state::AppState;
@@ -298,7 +298,7 @@ pub async fn respond(
             HeaderValue::from_static(CACHE_CONTROL),
         ));
     // A stored media's sha256 is hex, so the ETag is always a valid value.
-    if let Some(etag) = owned_value(format!("\"{}\"", record.sha256)) {
+    if let Some(etag) = etag(&record.sha256) {
         response.insert_header((header::ETAG, etag));
     }
     if status == StatusCode::PARTIAL_CONTENT {
