@@ -145,3 +145,25 @@ impl Kv {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_is_trusted_only_for_the_sum_it_matched() {
+        let bytes = b"the bytes of one entry";
+        let sum = checksum(bytes);
+        let checked = Checked::remembering();
+        assert!(!checked.verify(bytes, sum ^ 1), "a wrong sum never matches");
+        assert!(checked.verify(bytes, sum));
+        // Remembered: the entry's bytes are not hashed again for this sum...
+        assert!(checked.verify(b"not hashed", sum));
+        // ...but are for any other.
+        assert!(!checked.verify(bytes, sum ^ 1));
+        // A value from a remote backend remembers nothing.
+        let remote = Checked::default();
+        assert!(remote.verify(bytes, sum));
+        assert!(!remote.verify(b"hashed again", sum));
+    }
+}
