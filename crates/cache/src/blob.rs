@@ -9,7 +9,9 @@
 //! trust nothing: eviction may drop any single chunk and a key may be overwritten, so every
 //! chunk is checked for length and checksum before a byte of it is handed out. A chunk that
 //! fails ends the read with [`BlobRead::Lost`] at the offset where correct bytes stop —
-//! never wrong or short bytes.
+//! never wrong or short bytes. A memory-backend value is hashed once: its bytes never
+//! change in place, so the first check that passes holds for every later read of that entry
+//! (`kv::Checked`).
 
 use std::sync::Arc;
 
@@ -22,7 +24,7 @@ use crate::header::{
     checksum, seal_inline, start_inline, BlobHeader, StoredBlob, INLINE_HEADER_LEN,
 };
 use crate::keys::{blob_chunk_key, blob_header_key};
-use crate::kv::Kv;
+use crate::kv::{Checked, Kv};
 use crate::limits::Limits;
 use crate::metrics;
 use crate::reshard;
@@ -184,8 +186,8 @@ pub(crate) async fn open_blob(
     range: Option<(u64, u64)>,
 ) -> Option<BlobReader> {
     let header_key = blob_header_key(sha256);
-    let (stored, source) = match kv.get(&header_key).await {
-        Some(raw) => (StoredBlob::decode(&raw)?, kv.clone()),
+    let (stored, source) = match kv.get_checked(&header_key).await {
+        Some((raw, checked)) => (StoredBlob::decode_checked(&raw, &checked)?, kv.clone()),
         None => {
             let found = reshard::read_previous(kv, &header_key, "blob_open").await?;
             let Some(stored) = StoredBlob::decode(&found.value) else {
@@ -271,6 +273,24 @@ impl BlobReader {
         (self.pos, self.end)
     }
 
+    /// All the bytes still to deliver, when they are in hand already (an inline blob,
+    /// verified when it was opened), counted as served like [`BlobReader::next`] counts
+    /// them; the reader is at its end afterwards. None for a chunked blob (its bytes are
+    /// still to fetch: read them with `next`). Lets a caller answer a small download with
+    /// the bytes instead of a stream.
+    pub fn take_ready(&mut self) -> Option<Bytes> {
+        match &self.source {
+            Source::Inline(bytes) if self.lost_at.is_none() && self.pos < self.end => {
+                // `open_blob` checked the range against the inline length.
+                let ready = bytes.slice(self.pos as usize..self.end as usize);
+                self.pos = self.end;
+                metrics::bytes_served(self.kv.kind(), ready.len());
+                Some(ready)
+            }
+            _ => None,
+        }
+    }
+
     pub async fn next(&mut self) -> BlobRead {
         if let Some(at) = self.lost_at {
             return BlobRead::Lost { at };
@@ -292,7 +312,7 @@ impl BlobReader {
         let from = (self.pos - chunk_start) as usize;
         let to = (self.end.min(chunk_start + chunk_len) - chunk_start) as usize;
         self.pos = chunk_start + to as u64;
-        metrics::bytes_served(self.kv.backend(), to - from);
+        metrics::bytes_served(self.kv.kind(), to - from);
         BlobRead::Data(bytes.slice(from..to))
     }
 
@@ -304,19 +324,29 @@ impl BlobReader {
         let fetched = match self.prefetch.take() {
             Some((i, handle)) if i == index => {
                 self.start_prefetch(header, index + 1);
-                handle.await.ok().flatten()
+                // Prefetched from a remote backend: nothing known, hashed below.
+                handle
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|bytes| (bytes, Checked::default()))
             }
             stale => {
                 if let Some((_, handle)) = stale {
                     handle.abort();
                 }
                 self.start_prefetch(header, index + 1);
-                self.kv.get(&blob_chunk_key(&self.sha256, index)).await
+                self.kv
+                    .get_checked(&blob_chunk_key(&self.sha256, index))
+                    .await
             }
         };
-        let verified = fetched.filter(|bytes| {
-            bytes.len() as u64 == chunk_len && checksum(bytes) == header.checksums[index as usize]
-        });
+        let verified = fetched
+            .filter(|(bytes, checked)| {
+                bytes.len() as u64 == chunk_len
+                    && checked.verify(bytes, header.checksums[index as usize])
+            })
+            .map(|(bytes, _)| bytes);
         verified.map(|bytes| (chunk_start, bytes))
     }
 

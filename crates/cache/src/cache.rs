@@ -227,8 +227,7 @@ impl Cache {
         } else {
             None
         };
-        let result = if reader.is_some() { "hit" } else { "miss" };
-        metrics::request(kv.backend(), "blob_open", result);
+        metrics::blob_open(kv.kind(), reader.is_some());
         reader
     }
 

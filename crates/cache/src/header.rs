@@ -37,6 +37,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use xxhash_rust::xxh64::xxh64;
 
+use crate::kv::Checked;
+
 const MAGIC: &[u8; 4] = b"MRBH";
 /// Version byte of the chunked form.
 const VERSION_CHUNKED: u8 = 1;
@@ -66,8 +68,16 @@ pub(crate) enum StoredBlob {
 impl StoredBlob {
     /// Decodes a header value of either form; None for anything damaged or unknown.
     pub(crate) fn decode(value: &Bytes) -> Option<StoredBlob> {
+        Self::decode_checked(value, &Checked::default())
+    }
+
+    /// [`StoredBlob::decode`] of a value whose inline bytes may be known to match their
+    /// checksum already (`checked`, see `kv::Checked`): then they are not hashed again, and
+    /// when they are hashed and match, `checked` remembers it. Everything else (the fixed
+    /// fields, the header's own checksum) is checked every time.
+    pub(crate) fn decode_checked(value: &Bytes, checked: &Checked) -> Option<StoredBlob> {
         match value.get(4) {
-            Some(&VERSION_INLINE) => decode_inline(value).map(StoredBlob::Inline),
+            Some(&VERSION_INLINE) => decode_inline(value, checked).map(StoredBlob::Inline),
             _ => BlobHeader::decode(value).map(StoredBlob::Chunked),
         }
     }
@@ -105,7 +115,7 @@ pub(crate) fn seal_inline(buf: &mut BytesMut) {
 }
 
 /// The verified bytes of an inline value, sharing its buffer; None if anything is off.
-fn decode_inline(value: &Bytes) -> Option<Bytes> {
+fn decode_inline(value: &Bytes, checked: &Checked) -> Option<Bytes> {
     if value.len() < INLINE_HEADER_LEN || &value[..4] != MAGIC || value[4] != VERSION_INLINE {
         return None;
     }
@@ -117,7 +127,7 @@ fn decode_inline(value: &Bytes) -> Option<Bytes> {
         return None;
     }
     let bytes = value.slice(INLINE_HEADER_LEN..);
-    (checksum(&bytes) == data_sum).then_some(bytes)
+    checked.verify(&bytes, data_sum).then_some(bytes)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,14 +15,16 @@ use moka::ops::compute::Op;
 use moka::policy::EvictionPolicy;
 use moka::Expiry;
 
-use crate::kv::SetNx;
+use crate::kv::{Checked, SetNx};
 use crate::metrics;
 
-/// What we store per key: the bytes and how long they may live.
+/// What we store per key: the bytes, how long they may live, and which checksum readers
+/// found them to match (`kv::Checked`; one per entry, so a new write starts unchecked).
 #[derive(Clone)]
 struct Entry {
     value: Bytes,
     ttl: Option<Duration>,
+    checked: Checked,
 }
 
 /// Expires each entry after the TTL it was written with (leases need one per key).
@@ -113,9 +115,21 @@ impl MemoryKv {
         self.handle().get(key).await.map(|entry| entry.value)
     }
 
+    pub(crate) async fn get_checked(&self, key: &str) -> Option<(Bytes, Checked)> {
+        self.handle()
+            .get(key)
+            .await
+            .map(|entry| (entry.value, entry.checked))
+    }
+
     pub(crate) async fn set(&self, key: String, value: Bytes, ttl: Option<Duration>) -> bool {
         let cache = self.handle();
-        cache.insert(key, Entry { value, ttl }).await;
+        let entry = Entry {
+            value,
+            ttl,
+            checked: Checked::remembering(),
+        };
+        cache.insert(key, entry).await;
         metrics::MEMORY_USED.set(clamp_i64(cache.weighted_size()));
         true
     }
@@ -127,6 +141,8 @@ impl MemoryKv {
             .or_insert(Entry {
                 value,
                 ttl: Some(ttl),
+                // Leases are compared, never hashed.
+                checked: Checked::default(),
             })
             .await;
         if entry.is_fresh() {

@@ -7,7 +7,10 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_int_counter_vec, register_int_gauge, IntCounterVec, IntGauge};
+use mr_config::CacheBackend;
+use prometheus::{
+    register_int_counter_vec, register_int_gauge, IntCounter, IntCounterVec, IntGauge,
+};
 
 /// `media_repo_cache_requests_total{backend, op, result}`; result is one of
 /// hit | miss | lost | stored | skipped.
@@ -87,6 +90,49 @@ pub(crate) static PENDING_EVICTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registered once")
 });
 
+/// The counters every cached download touches, resolved once per backend:
+/// `with_label_values` hashes each label and takes the vector's lock on every call, a
+/// measurable share of a small download. Each is resolved on first use, so a series still
+/// appears only once it has counted something.
+struct ReadCounters {
+    open_hit: LazyLock<IntCounter>,
+    open_miss: LazyLock<IntCounter>,
+    bytes_served: LazyLock<IntCounter>,
+}
+
+static MEMORY_READS: ReadCounters = ReadCounters {
+    open_hit: LazyLock::new(|| REQUESTS.with_label_values(&["memory", "blob_open", "hit"])),
+    open_miss: LazyLock::new(|| REQUESTS.with_label_values(&["memory", "blob_open", "miss"])),
+    bytes_served: LazyLock::new(|| BYTES_SERVED.with_label_values(&["memory"])),
+};
+
+static REDIS_READS: ReadCounters = ReadCounters {
+    open_hit: LazyLock::new(|| REQUESTS.with_label_values(&["redis", "blob_open", "hit"])),
+    open_miss: LazyLock::new(|| REQUESTS.with_label_values(&["redis", "blob_open", "miss"])),
+    bytes_served: LazyLock::new(|| BYTES_SERVED.with_label_values(&["redis"])),
+};
+
+fn reads(backend: CacheBackend) -> Option<&'static ReadCounters> {
+    match backend {
+        CacheBackend::Memory => Some(&MEMORY_READS),
+        CacheBackend::Redis => Some(&REDIS_READS),
+        CacheBackend::None => None,
+    }
+}
+
+/// `media_repo_cache_requests_total{backend, op="blob_open", result=hit|miss}`.
+pub(crate) fn blob_open(backend: CacheBackend, hit: bool) {
+    match reads(backend) {
+        Some(counters) if hit => counters.open_hit.inc(),
+        Some(counters) => counters.open_miss.inc(),
+        None => request(
+            backend.name(),
+            "blob_open",
+            if hit { "hit" } else { "miss" },
+        ),
+    }
+}
+
 pub(crate) fn request(backend: &'static str, op: &'static str, result: &'static str) {
     REQUESTS.with_label_values(&[backend, op, result]).inc();
 }
@@ -97,8 +143,13 @@ pub(crate) fn backend_error(backend: &'static str, op: &'static str, reason: &'s
         .inc();
 }
 
-pub(crate) fn bytes_served(backend: &'static str, n: usize) {
-    BYTES_SERVED.with_label_values(&[backend]).inc_by(n as u64);
+pub(crate) fn bytes_served(backend: CacheBackend, n: usize) {
+    match reads(backend) {
+        Some(counters) => counters.bytes_served.inc_by(n as u64),
+        None => BYTES_SERVED
+            .with_label_values(&[backend.name()])
+            .inc_by(n as u64),
+    }
 }
 
 pub(crate) fn previous_owner(op: &'static str, owner: &'static str, result: &'static str) {

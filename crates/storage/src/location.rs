@@ -33,9 +33,44 @@ pub(crate) fn resolve(root: &Path, location: &str) -> Result<PathBuf> {
         (Some(a), Some(b), Some(sha), None) => (a, b, sha),
         _ => return Err(invalid()),
     };
-    let is_hex = |s: &str| s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    // Every byte is looked at (no early exit), which lets the compiler check many at once.
+    let is_hex = |s: &str| {
+        s.bytes()
+            .fold(true, |ok, c| ok & matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    };
     if sha.len() != SHA256_HEX_LEN || !is_hex(sha) || a != &sha[0..2] || b != &sha[2..4] {
         return Err(invalid());
     }
-    Ok(root.join(a).join(b).join(sha))
+    // One buffer rather than a path per `join`: every datastore read resolves a location.
+    // `location` is exactly `a/b/sha` (checked above), so this is `root/a/b/sha`.
+    let mut path = PathBuf::with_capacity(root.as_os_str().len() + 1 + location.len());
+    path.push(root);
+    path.push(location);
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_location_resolves_under_the_root_and_nothing_else_does() {
+        let root = Path::new("/srv/media");
+        let sha = format!("abcd{}", "0".repeat(60));
+        let location = format!("ab/cd/{sha}");
+        assert_eq!(
+            resolve(root, &location).expect("a valid location"),
+            root.join("ab").join("cd").join(&sha)
+        );
+        for bad in [
+            format!("ab/ce/{sha}"),
+            format!("ab/cd/{sha}/x"),
+            format!("/ab/cd/{sha}"),
+            format!("ab/cd/{}", sha.to_uppercase()),
+            format!("ab/cd/{}", &sha[..63]),
+            "ab/cd/..".to_owned(),
+        ] {
+            assert!(resolve(root, &bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -15,6 +15,7 @@ pub mod purge;
 pub mod query;
 pub mod range;
 pub mod reload;
+pub mod route_metrics;
 pub mod routes;
 pub mod server;
 pub mod state;

@@ -1,27 +1,23 @@
 //! Prometheus metrics of the HTTP layer and the `/metrics` endpoint.
 //!
 //! Every crate registers its metrics in the prometheus default registry; this module adds the
-//! request-level ones and renders the whole registry as text. Every label value comes from a
+//! request-level ones (counted per route by `route_metrics.rs`) and renders the whole
+//! registry as text. Every label value comes from a
 //! closed set, never from what a client sent: the method is one of a few names or `other`,
 //! the route is the matched route pattern or `unmatched` (never the raw path), the status
 //! is its class (`2xx`). A client inventing methods or paths therefore cannot grow
 //! `/metrics` (series are never freed) nor the log's span fields.
 
 use std::sync::LazyLock;
-use std::time::Instant;
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
-use actix_web::middleware::Next;
 use actix_web::{HttpResponse, Responder};
 use prometheus::{
     register_histogram_vec, register_int_counter_vec, register_int_gauge, Encoder, HistogramVec,
     IntCounterVec, IntGauge, TextEncoder,
 };
-use tracing::Instrument;
 
-static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+pub(crate) static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "media_repo_http_requests_total",
         "HTTP requests answered, by method (GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH or other), route pattern and status class (2xx...)",
@@ -30,7 +26,7 @@ static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registered once")
 });
 
-static HTTP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+pub(crate) static HTTP_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "media_repo_http_request_duration_seconds",
         "Time until the response head was ready, by route pattern",
@@ -59,59 +55,52 @@ pub static CONFIG_GENERATION: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registered once")
 });
 
-/// Counts and times each request inside a tracing span named after its route.
-pub async fn track_requests(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = Instant::now();
-    let method = method_label(req.method());
-    // Patterns come from the route table, so they are a closed set too.
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let span =
-        tracing::info_span!("request", method, route = %route, status = tracing::field::Empty);
-    let response = next.call(req).instrument(span.clone()).await?;
-    let status = response.status();
-    // The exact code (a number below 1000) is bounded, so the span keeps it.
-    span.record("status", status.as_u16());
-    HTTP_REQUESTS
-        .with_label_values(&[method, &route, status_class(status)])
-        .inc();
-    HTTP_DURATION
-        .with_label_values(&[&route])
-        .observe(started.elapsed().as_secs_f64());
-    Ok(response)
-}
+/// The method labels, in the order [`method_index`] numbers them; `other` last.
+pub const METHOD_LABELS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "other",
+];
 
-/// The method as a label: the methods the media API knows, anything else `other` (HTTP
-/// allows any token as a method, so the raw value is unbounded).
-pub fn method_label(method: &Method) -> &'static str {
+/// The status labels, in the order [`status_class_index`] numbers them; `other` last.
+pub const STATUS_CLASS_LABELS: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// The method as an index into [`METHOD_LABELS`]: the methods the media API knows,
+/// anything else `other` (HTTP allows any token as a method, so the raw value is unbounded).
+pub fn method_index(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        _ => "other",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::OPTIONS => 5,
+        Method::PATCH => 6,
+        _ => 7,
     }
 }
 
-/// The status as a label: its class (`1xx`..`5xx`). Handlers only produce a few codes, but a class keeps
-/// the series count fixed whatever a future handler (or actix) answers.
-pub fn status_class(status: StatusCode) -> &'static str {
+/// The method as a label (see [`method_index`]).
+pub fn method_label(method: &Method) -> &'static str {
+    METHOD_LABELS[method_index(method)]
+}
+
+/// The status as an index into [`STATUS_CLASS_LABELS`]: its class. Handlers only produce a
+/// few codes, but a class keeps the series count fixed whatever a future handler (or actix)
+/// answers.
+pub fn status_class_index(status: StatusCode) -> usize {
     match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
         // Codes 600-999 are syntactically valid but have no class.
-        _ => "other",
+        _ => 5,
     }
+}
+
+/// The status as a label: its class (`1xx`..`5xx`, see [`status_class_index`]).
+pub fn status_class(status: StatusCode) -> &'static str {
+    STATUS_CLASS_LABELS[status_class_index(status)]
 }
 
 /// Makes sure metrics that should be visible from the first scrape exist.

@@ -13,6 +13,7 @@ use actix_web::{web, HttpRequest, HttpResponse, Responder, Route};
 
 use crate::error::MatrixError;
 use crate::media::{self, download, upload};
+use crate::route_metrics::{TrackRoute, UNMATCHED};
 use crate::{health, metrics};
 
 /// Which listener a route lives on.
@@ -74,6 +75,16 @@ pub(crate) fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(wrong_method))
 }
 
+/// Registers the public listener's resource at `path`, with the routes `routes` adds, its
+/// requests counted and traced under the route `path` (`route_metrics.rs`).
+pub(crate) fn serve(
+    cfg: &mut web::ServiceConfig,
+    path: &str,
+    routes: impl FnOnce(actix_web::Resource) -> actix_web::Resource,
+) {
+    cfg.service(routes(resource(path)).wrap(TrackRoute::new(path)));
+}
+
 /// Every GET (and HEAD) route of `listener`, as path pattern and what it serves. The
 /// configure functions below register exactly these; tests walk this list.
 pub fn get_routes(listener: Listener) -> Vec<(String, Read)> {
@@ -133,8 +144,8 @@ fn download_paths(prefix: &str) -> [String; 2] {
     ]
 }
 
-/// The resource serving `read` at `path`, for GET and HEAD.
-fn read_resource(path: &str, read: Read) -> actix_web::Resource {
+/// The routes serving `read` at `resource`'s path, for GET and HEAD.
+fn read_routes(resource: actix_web::Resource, read: Read) -> actix_web::Resource {
     let [get, head] = match read {
         Read::Healthz => get_and_head(health::healthz),
         Read::Readyz => get_and_head(health::readyz),
@@ -149,12 +160,19 @@ fn read_resource(path: &str, read: Read) -> actix_web::Resource {
         Read::Metrics => get_and_head(metrics::render),
         Read::CacheStatus => get_and_head(health::cache_status),
     };
-    crate::admin::add_writes(read, resource(path).route(get).route(head))
+    crate::admin::add_writes(read, resource.route(get).route(head))
 }
 
+/// The reads of `listener`; only the public listener's requests are counted and traced
+/// (the operators' one serves the scrapes of those counts).
 fn register_reads(cfg: &mut web::ServiceConfig, listener: Listener) {
     for (path, read) in get_routes(listener) {
-        cfg.service(read_resource(&path, read));
+        match listener {
+            Listener::Public => serve(cfg, &path, |resource| read_routes(resource, read)),
+            Listener::Operators => {
+                cfg.service(read_routes(resource(&path), read));
+            }
+        }
     }
 }
 
@@ -163,15 +181,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     register_reads(cfg, Listener::Public);
     for version in ["v3", "r0"] {
         let legacy = format!("/_matrix/media/{version}");
-        cfg.service(resource(&format!("{legacy}/upload")).route(web::post().to(upload::upload)));
-        cfg.service(
-            resource(&format!("{legacy}/upload/{{server}}/{{media_id}}"))
-                .route(web::put().to(upload::upload_to)),
+        serve(cfg, &format!("{legacy}/upload"), |resource| {
+            resource.route(web::post().to(upload::upload))
+        });
+        serve(
+            cfg,
+            &format!("{legacy}/upload/{{server}}/{{media_id}}"),
+            |resource| resource.route(web::put().to(upload::upload_to)),
         );
     }
-    cfg.service(resource("/_matrix/media/v1/create").route(web::post().to(upload::create)));
+    serve(cfg, "/_matrix/media/v1/create", |resource| {
+        resource.route(web::post().to(upload::create))
+    });
     crate::admin::configure(cfg);
-    cfg.default_service(web::to(unknown_path));
+    cfg.default_service(TrackRoute::new(UNMATCHED).around(web::to(unknown_path)));
 }
 
 /// The operators' listener: metrics and cache status.
@@ -180,7 +203,7 @@ pub fn configure_operators(cfg: &mut web::ServiceConfig) {
     cfg.default_service(web::to(unknown_path));
 }
 
-/// Headers on every response (CORS, CSP, CORP), and request metrics + tracing spans.
+/// Headers on every response (CORS, CSP, CORP).
 pub fn default_headers() -> DefaultHeaders {
     crate::headers::security_headers()
         .into_iter()

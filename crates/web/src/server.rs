@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
-use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use mr_cache::Cache;
@@ -101,7 +100,7 @@ pub async fn run(
             .app_data(state.clone())
             .configure(extractor_errors)
             .wrap(routes::default_headers())
-            .wrap(from_fn(metrics::track_requests))
+            // Request metrics and spans are per route (`route_metrics.rs`).
             .configure(routes::configure)
     })
     // Without it, a body that is not ready together with the headers (a cache or file

@@ -22,7 +22,7 @@ use actix_web::web;
 pub use auth::{require_admin, AdminAuth};
 
 use crate::error::{MatrixError, MatrixResult};
-use crate::routes::{resource, Read};
+use crate::routes::{serve, Read};
 use crate::state::AppState;
 
 /// Prefix of the Synapse admin API.
@@ -34,7 +34,7 @@ pub const OWN_ADMIN: &str = "/_media_repo/v1/admin";
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let s = SYNAPSE_ADMIN;
     let post = |cfg: &mut web::ServiceConfig, path: String, route: actix_web::Route| {
-        cfg.service(resource(&path).route(route));
+        serve(cfg, &path, |resource| resource.route(route));
     };
     post(
         cfg,

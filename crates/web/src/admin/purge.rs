@@ -17,7 +17,7 @@ use crate::error::{MatrixError, MatrixResult};
 use crate::media::MediaRef;
 use crate::purge::{PurgeReport, Purger};
 use crate::query::{self, BeforeTsQuery, PageQuery};
-use crate::routes::resource;
+use crate::routes::serve;
 use crate::state::AppState;
 
 /// Media a `DELETE /users/{user_id}/media` removes when no `limit` is given (Synapse's
@@ -57,9 +57,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (format!("{o}/purge/remote"), web::post().to(purge_remote)),
     ];
     for (path, route) in routes {
-        cfg.service(resource(&path).route(route));
+        serve(cfg, &path, |resource| resource.route(route));
     }
-    cfg.service(resource(&format!("{o}/purge/orphans")).route(web::post().to(purge_orphans)));
+    serve(cfg, &format!("{o}/purge/orphans"), |resource| {
+        resource.route(web::post().to(purge_orphans))
+    });
 }
 
 fn media_scope(media: MediaRef) -> PurgeScope {

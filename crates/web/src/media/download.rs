@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::body::SizedStream;
-use actix_web::http::{header, Method, StatusCode};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use mr_config::Config;
 use mr_storage::MediaRecord;
@@ -16,10 +17,13 @@ use super::body::MediaBody;
 use super::remote::{self, FetchState, RemoteHead};
 use super::{now_ms, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
-use crate::headers::{content_disposition, content_type_value};
+use crate::headers::{content_disposition, content_type_value, etag};
 use crate::query::{self, DownloadQuery};
 use crate::range::ByteRange;
 use crate::state::AppState;
+
+/// Media never changes under its id, so clients may keep it for a year.
+const CACHE_CONTROL: &str = "private, max-age=31536000, immutable";
 
 /// Which family of paths a download came in on.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -142,14 +146,19 @@ async fn serve(
         Api::Authenticated => Some(state.auth.authenticate(&req).await?),
         Api::Legacy => None,
     };
-    let media = MediaRef::parse(&path.server, &path.media_id)?;
+    let DownloadPath {
+        server,
+        media_id,
+        file_name,
+    } = path;
+    let media = MediaRef::from_owned(server, media_id)?;
     // A plain GET is answered while remote bytes arrive; HEAD and ranges wait for the
     // stored media (its size and hash are known only then).
     let streamable = req.method() == Method::GET && !req.headers().contains_key(header::RANGE);
     let record = match locate(&req, &state, api, user.as_ref(), &media, streamable).await? {
         Located::Stored(record) => record,
         Located::Arriving(head, progress) => {
-            let filename = path.file_name.or(head.upload_name);
+            let filename = file_name.or(head.upload_name);
             let mut response = HttpResponse::Ok();
             response
                 .insert_header((header::CONTENT_TYPE, content_type_value(&head.content_type)))
@@ -159,13 +168,13 @@ async fn serve(
                 ))
                 .insert_header((
                     header::CACHE_CONTROL,
-                    "private, max-age=31536000, immutable",
+                    HeaderValue::from_static(CACHE_CONTROL),
                 ));
             return Ok(response.streaming(remote::tail_body(state.clone(), progress)));
         }
     };
-    let filename = path.file_name.or_else(|| record.upload_name.clone());
-    respond(&req, &state, &record, filename.as_deref()).await
+    let filename = file_name.as_deref().or(record.upload_name.as_deref());
+    respond(&req, &state, &record, filename).await
 }
 
 /// Where a media is: stored (ours, or a remote one we have or just fetched), or arriving
@@ -283,12 +292,15 @@ pub async fn respond(
             header::CONTENT_DISPOSITION,
             content_disposition(&record.content_type, filename),
         ))
-        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")))
         .insert_header((
             header::CACHE_CONTROL,
-            "private, max-age=31536000, immutable",
-        ))
-        .insert_header((header::ETAG, format!("\"{}\"", record.sha256)));
+            HeaderValue::from_static(CACHE_CONTROL),
+        ));
+    // A stored media's sha256 is hex, so the ETag is always a valid value.
+    if let Some(etag) = etag(&record.sha256) {
+        response.insert_header((header::ETAG, etag));
+    }
     if status == StatusCode::PARTIAL_CONTENT {
         response.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}")));
     }
@@ -298,7 +310,7 @@ pub async fn respond(
             futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
         )));
     }
-    let body = match MediaBody::open(
+    let mut body = match MediaBody::open(
         state.clone(),
         &record.sha256,
         &record.location,
@@ -317,5 +329,8 @@ pub async fn respond(
             ))
         }
     };
-    Ok(response.body(SizedStream::new(length, body.into_stream())))
+    Ok(match body.take_ready() {
+        Some(bytes) => response.body(bytes),
+        None => response.body(SizedStream::new(length, body.into_stream())),
+    })
 }

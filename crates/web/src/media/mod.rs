@@ -42,6 +42,19 @@ impl MediaRef {
         })
     }
 
+    /// [`MediaRef::parse`] of parts the caller owns already (a request path's), reusing
+    /// their buffers.
+    pub fn from_owned(mut origin: String, media_id: String) -> MatrixResult<MediaRef> {
+        if !mr_storage::is_valid_server_name(&origin) {
+            return Err(MatrixError::bad_param("Invalid server name in media path"));
+        }
+        if !mr_storage::is_valid_media_id(&media_id) {
+            return Err(MatrixError::bad_param("Invalid media ID"));
+        }
+        origin.make_ascii_lowercase();
+        Ok(MediaRef { origin, media_id })
+    }
+
     pub fn mxc(&self) -> String {
         format!("mxc://{}/{}", self.origin, self.media_id)
     }
