@@ -64,11 +64,7 @@ enum Piece {
 /// The configured thumbnails of one upload, being made from its body as it arrives.
 pub struct EarlyThumbnails {
     sizes: Vec<Asked>,
-    /// `None` once the body passed `max_source_bytes`: the decode then ends at once
-    /// instead of the chunks piling up for it.
-    pieces: Option<std_mpsc::Sender<Piece>>,
-    fed_bytes: u64,
-    max_source_bytes: u64,
+    feed: Feed,
     waited_for: Arc<OnceLock<WaitedFor>>,
     made: mpsc::UnboundedReceiver<(usize, mr_thumbnail::Thumbnail)>,
     done: tokio::task::JoinHandle<Result<(), String>>,
@@ -128,9 +124,11 @@ impl EarlyThumbnails {
         });
         Some(EarlyThumbnails {
             sizes,
-            pieces: Some(pieces),
-            fed_bytes: 0,
-            max_source_bytes: limits.max_source_bytes,
+            feed: Feed {
+                pieces: Some(pieces),
+                fed_bytes: 0,
+                max_bytes: limits.max_source_bytes,
+            },
             waited_for,
             made,
             done,
@@ -146,20 +144,12 @@ impl EarlyThumbnails {
     /// copied, and the decode may have given up already). A body past the thumbnail
     /// limit ends the decode.
     pub fn feed(&mut self, chunk: &Bytes) {
-        self.fed_bytes += chunk.len() as u64;
-        if self.fed_bytes > self.max_source_bytes {
-            self.pieces = None;
-        }
-        if let Some(pieces) = &self.pieces {
-            let _ = pieces.send(Piece::Chunk(chunk.clone()));
-        }
+        self.feed.chunk(chunk);
     }
 
     /// Tells the decode the body is complete. Without it, a dropped upload is a failed one.
     pub fn body_complete(&self) {
-        if let Some(pieces) = &self.pieces {
-            let _ = pieces.send(Piece::End);
-        }
+        self.feed.end();
     }
 
     /// Tells the decode how to learn whether someone waits for a size (made next).
@@ -182,6 +172,33 @@ impl EarlyThumbnails {
         let outcome = if result.is_ok() { "made" } else { "fell_back" };
         EARLY_UPLOADS.with_label_values(&[outcome]).inc();
         result
+    }
+}
+
+/// The upload's side of the channel to the decoding thread.
+struct Feed {
+    /// `None` once the body passed `max_bytes`: the decode then ends at once instead of
+    /// the chunks piling up for it.
+    pieces: Option<std_mpsc::Sender<Piece>>,
+    fed_bytes: u64,
+    max_bytes: u64,
+}
+
+impl Feed {
+    fn chunk(&mut self, chunk: &Bytes) {
+        self.fed_bytes += chunk.len() as u64;
+        if self.fed_bytes > self.max_bytes {
+            self.pieces = None;
+        }
+        if let Some(pieces) = &self.pieces {
+            let _ = pieces.send(Piece::Chunk(chunk.clone()));
+        }
+    }
+
+    fn end(&self) {
+        if let Some(pieces) = &self.pieces {
+            let _ = pieces.send(Piece::End);
+        }
     }
 }
 
@@ -222,5 +239,76 @@ impl Read for BodyReader {
         buf[..n].copy_from_slice(&self.current[..n]);
         self.current.advance(n);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(deadline: Duration) -> (std_mpsc::Sender<Piece>, BodyReader) {
+        let (tx, rx) = std_mpsc::channel();
+        let body = BodyReader {
+            pieces: rx,
+            current: Bytes::new(),
+            ended: false,
+            deadline: Instant::now() + deadline,
+        };
+        (tx, body)
+    }
+
+    #[test]
+    fn the_body_reads_as_sent_and_ends_only_when_complete() {
+        let (tx, mut body) = reader(TIME_LIMIT);
+        tx.send(Piece::Chunk(Bytes::from_static(b"hello ")))
+            .unwrap();
+        tx.send(Piece::Chunk(Bytes::from_static(b"world"))).unwrap();
+        tx.send(Piece::End).unwrap();
+        let mut all = Vec::new();
+        body.read_to_end(&mut all).unwrap();
+        assert_eq!(all, b"hello world");
+        assert_eq!(body.read(&mut [0; 4]).unwrap(), 0, "stays at its end");
+
+        // Dropped without `End`: the upload failed, never a short source.
+        let (tx, mut body) = reader(TIME_LIMIT);
+        tx.send(Piece::Chunk(Bytes::from_static(b"half"))).unwrap();
+        drop(tx);
+        let err = body.read_to_end(&mut Vec::new()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_body_past_the_limit_ends_the_decode_at_once() {
+        let (tx, mut body) = reader(TIME_LIMIT);
+        let mut feed = Feed {
+            pieces: Some(tx),
+            fed_bytes: 0,
+            max_bytes: 10,
+        };
+        feed.chunk(&Bytes::from_static(b"0123456789"));
+        let mut buf = [0; 16];
+        assert_eq!(body.read(&mut buf).unwrap(), 10);
+        feed.chunk(&Bytes::from_static(b"x"));
+        feed.end();
+        let started = Instant::now();
+        let err = body.read(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(started.elapsed() < IDLE_LIMIT, "not left waiting for more");
+    }
+
+    #[test]
+    fn a_stalled_or_slow_body_is_given_up() {
+        // Nothing for longer than IDLE_LIMIT.
+        let (_tx, mut body) = reader(TIME_LIMIT);
+        let started = Instant::now();
+        let err = body.read(&mut [0; 4]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= IDLE_LIMIT);
+        // Past the time limit, even while bytes keep coming.
+        let (tx, mut body) = reader(Duration::ZERO);
+        tx.send(Piece::Chunk(Bytes::from_static(b"late"))).unwrap();
+        assert_eq!(body.read(&mut [0; 4]).unwrap(), 4, "what is there is read");
+        let err = body.read(&mut [0; 4]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }
