@@ -70,9 +70,14 @@ pub fn thumbnails_each_streaming(
     let Some(first) = take_next(&mut groups, |g| g.iter().any(|&i| waited_for(i))) else {
         return Ok(());
     };
+    if groups.is_empty() {
+        // One decode serves every size (a photo's usual case): no need to keep its bytes.
+        recorder.stop_keeping();
+    }
     let pixels = jpeg.decode_from(decoder, jpeg.eighths(&requests[first[0]]))?;
     render_jpeg_group(&jpeg, &pixels, requests, first, &waited_for, &mut each)?;
     drop(pixels);
+    // To its end either way: the limit and the source's own end are checked there.
     let bytes = recorder.read_to_end()?;
     render_jpeg_groups(
         &jpeg,
@@ -105,7 +110,11 @@ struct Recorder<R> {
 struct Recorded<R> {
     source: R,
     bytes: Vec<u8>,
+    /// Bytes read in all (kept or not), held to `limit`.
+    read: u64,
     limit: u64,
+    /// False once nothing more needs the bytes: they are counted, not kept.
+    keep: bool,
 }
 
 impl<R: Read> Recorder<R> {
@@ -114,7 +123,9 @@ impl<R: Read> Recorder<R> {
             shared: Rc::new(RefCell::new(Recorded {
                 source,
                 bytes: Vec::new(),
+                read: 0,
                 limit,
+                keep: true,
             })),
         }
     }
@@ -132,6 +143,14 @@ impl<R: Read> Recorder<R> {
         std::cell::Ref::map(self.shared.borrow(), |r| r.bytes.as_slice())
     }
 
+    /// From now on bytes read are only counted (against the limit), not kept; what was
+    /// kept is dropped.
+    fn stop_keeping(&mut self) {
+        let mut shared = self.shared.borrow_mut();
+        shared.keep = false;
+        shared.bytes = Vec::new();
+    }
+
     /// Reads until `want` bytes are in or the source ends.
     fn read_at_least(&mut self, want: usize) -> Result<()> {
         let mut reader = self.reader();
@@ -144,7 +163,8 @@ impl<R: Read> Recorder<R> {
         Ok(())
     }
 
-    /// Reads the rest of the source; all of its bytes.
+    /// Reads the rest of the source; all of its bytes (none after
+    /// [`Recorder::stop_keeping`]).
     fn read_to_end(self) -> Result<Vec<u8>> {
         io::copy(&mut self.reader(), &mut io::sink()).map_err(source_error)?;
         let bytes = std::mem::take(&mut self.shared.borrow_mut().bytes);
@@ -161,10 +181,13 @@ impl<R: Read> Read for RecordingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut shared = self.shared.borrow_mut();
         let n = shared.source.read(buf)?;
-        if shared.bytes.len() as u64 + n as u64 > shared.limit {
+        shared.read += n as u64;
+        if shared.read > shared.limit {
             return Err(io::Error::new(io::ErrorKind::FileTooLarge, TOO_LARGE));
         }
-        shared.bytes.extend_from_slice(&buf[..n]);
+        if shared.keep {
+            shared.bytes.extend_from_slice(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -279,6 +302,38 @@ mod tests {
                 assert_eq!(sorted(streamed(&bytes, step, None).unwrap()), whole);
             }
         }
+    }
+
+    #[test]
+    fn one_decode_for_every_size_gives_the_same_bytes_without_keeping_the_source() {
+        // 1600×1200 with sizes up to 400×300: every size from the 1/4 decode.
+        let small: Vec<Request> = sizes().into_iter().filter(|r| r.width <= 320).collect();
+        let bytes = photo(1600, 1200);
+        let whole = crate::thumbnails(&bytes, &small, &LIMITS).unwrap();
+        let mut made = Vec::new();
+        thumbnails_each_streaming(
+            Trickle {
+                bytes: &bytes,
+                step: 4096,
+            },
+            &small,
+            &LIMITS,
+            |_| false,
+            |i, t| made.push((i, t)),
+        )
+        .unwrap();
+        assert_eq!(sorted(made), whole);
+        // The limit still holds for the bytes no longer kept.
+        let tight = Limits {
+            max_source_bytes: bytes.len() as u64 - 1,
+            ..LIMITS
+        };
+        let source = Trickle {
+            bytes: &bytes,
+            step: 4096,
+        };
+        let got = thumbnails_each_streaming(source, &small, &tight, |_| false, |_, _| {});
+        assert!(matches!(got, Err(Error::TooLarge(_))), "{got:?}");
     }
 
     #[test]
