@@ -35,10 +35,11 @@ pub const TIME_LIMIT: Duration = Duration::from_secs(10);
 static EARLY_UPLOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "media_repo_thumbnail_early_uploads_total",
-        "Stored image uploads by how their configured thumbnails were made: outcome=made (as \
-         the upload arrived), fell_back (the decode as it arrived gave up or failed: bytes \
-         stalled, not decodable...; made from the datastore after), busy (no background \
-         worker free when the upload began; made from the datastore after)",
+        "Image uploads by how their configured thumbnails were made: outcome=made (as the \
+         upload arrived) and fell_back (the decode as it arrived gave up or failed: bytes \
+         stalled, not decodable...; made from the datastore after) count stored uploads; \
+         busy counts uploads that found no background worker free when they began (counted \
+         then, stored or not; their thumbnails are made from the datastore after)",
         &["outcome"]
     )
     .expect("metric registered once")
