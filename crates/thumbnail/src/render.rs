@@ -18,7 +18,7 @@
 //! * Deterministic: no randomness, no clocks, no threads whose order matters; the same
 //!   input gives the same bytes (federation thumbnails must be byte-identical).
 
-use std::io::{Cursor, Read};
+use std::io::{BufRead, Cursor, Read, Seek};
 
 use fast_image_resize as fr;
 use image::codecs::gif::{GifDecoder, GifEncoder, Repeat};
@@ -147,13 +147,25 @@ pub fn thumbnails_each(
             }
             Format::Png | Format::Gif | Format::WebP => {
                 let pixels = Pixels::from_dynamic(decode_still(bytes, info.format, limits)?);
-                let mut left = still;
-                while let Some(i) = take_next(&mut left, |&i| waited_for(i)) {
-                    let plan = plan_for(&pixels, &requests[i]);
-                    each(i, encode_png(&resize(&pixels, &plan, FULL_SIZE)?)?);
-                }
+                render_stills(&pixels, requests, still, &waited_for, &mut each)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Renders `indices` of `requests` from the decoded pixels of a still that is not a JPEG
+/// (a PNG out), one someone waits for first.
+pub(crate) fn render_stills(
+    pixels: &Pixels,
+    requests: &[Request],
+    mut indices: Vec<usize>,
+    waited_for: &impl Fn(usize) -> bool,
+    each: &mut impl FnMut(usize, Thumbnail),
+) -> Result<()> {
+    while let Some(i) = take_next(&mut indices, |&i| waited_for(i)) {
+        let plan = plan_for(pixels, &requests[i]);
+        each(i, encode_png(&resize(pixels, &plan, FULL_SIZE)?)?);
     }
     Ok(())
 }
@@ -405,7 +417,16 @@ fn image_limits(limits: &Limits) -> image::Limits {
 /// Decodes the first (or only) frame with the `image` crate and applies the EXIF
 /// orientation.
 fn decode_still(bytes: &[u8], format: Format, limits: &Limits) -> Result<DynamicImage> {
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format.image_format());
+    decode_still_from(Cursor::new(bytes), format, limits)
+}
+
+/// [`decode_still`] from a reader: the same decoder and settings, so the same pixels.
+pub(crate) fn decode_still_from<R: BufRead + Seek>(
+    source: R,
+    format: Format,
+    limits: &Limits,
+) -> Result<DynamicImage> {
+    let mut reader = ImageReader::with_format(source, format.image_format());
     reader.limits(image_limits(limits));
     let mut decoder = reader.into_decoder().map_err(undecodable)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
@@ -542,7 +563,7 @@ pub(crate) struct Pixels {
 impl Pixels {
     /// Keeps 8-bit gray/RGB with or without alpha as is; anything else (16-bit, float)
     /// becomes RGB8 or RGBA8, keeping alpha when there is one.
-    fn from_dynamic(image: DynamicImage) -> Pixels {
+    pub(crate) fn from_dynamic(image: DynamicImage) -> Pixels {
         let (width, height) = (image.width(), image.height());
         let (layout, data) = match image {
             DynamicImage::ImageLuma8(b) => (Layout::L8, b.into_raw()),

@@ -1,6 +1,6 @@
 //! Thumbnails of an image upload made while its bytes arrive.
 //!
-//! A photo's configured thumbnails cost one JPEG decode, several times longer than the
+//! A photo's configured thumbnails cost one decode, several times longer than the
 //! upload itself. Decoding after the upload is answered makes a client that asks for a
 //! thumbnail right away wait for upload + re-read + decode; decoding from the upload's
 //! body as it arrives (`mr_thumbnail::thumbnails_each_streaming`) overlaps the decode with
