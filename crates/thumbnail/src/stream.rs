@@ -69,12 +69,11 @@ fn png<R: Read>(
     if probe::probe(&recorder.bytes(), limits).is_err() {
         return all_of_it(recorder, requests, limits, waited_for, each);
     }
-    let sniffed = io::Cursor::new(recorder.bytes().to_vec());
-    recorder.stop_keeping();
     let source = ForwardOnly {
-        inner: ReadAhead::new(sniffed.chain(recorder.reader())),
+        inner: recorder.reader_from_the_start(),
         position: 0,
     };
+    recorder.stop_keeping();
     let pixels = decode_still_from(source, Format::Png, limits)
         .map_err(|err| recorder.limit_error().unwrap_or(err))?;
     render_stills(
@@ -97,9 +96,7 @@ fn jpeg<R: Read>(
     waited_for: &impl Fn(usize) -> bool,
     each: &mut impl FnMut(usize, Thumbnail),
 ) -> Result<()> {
-    // The decoder reads from the first byte: the sniffed bytes again, then the source.
-    let sniffed = io::Cursor::new(recorder.bytes().to_vec());
-    let mut decoder = jpeg_decoder(ReadAhead::new(sniffed.chain(recorder.reader())), limits);
+    let mut decoder = jpeg_decoder(recorder.reader_from_the_start(), limits);
     let header = decoder.read_info().ok().and_then(|()| {
         // The header as the other path checks it: formats, pixel limits, orientation. A
         // header that fails here (even only for being cut short) goes the other way,
@@ -282,6 +279,15 @@ impl<R: Read> Recorder<R> {
         RecordingReader {
             shared: self.shared.clone(),
         }
+    }
+
+    /// A reader for a decoder: from the first byte (what was read so far again, then the
+    /// rest of the source as it comes), with a read-ahead.
+    fn reader_from_the_start(
+        &self,
+    ) -> ReadAhead<io::Chain<io::Cursor<Vec<u8>>, RecordingReader<R>>> {
+        let so_far = io::Cursor::new(self.bytes().to_vec());
+        ReadAhead::new(so_far.chain(self.reader()))
     }
 
     /// Everything read so far.
