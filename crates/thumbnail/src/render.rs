@@ -6,7 +6,7 @@
 //!   scaling): the smallest scale at which the reduced image still has at least as
 //!   many pixels as the output in both directions; then resized.
 //! * Resizing is fast_image_resize with Lanczos3 (alpha premultiplied while resizing).
-//! * Output: JPEG (quality [`JPEG_QUALITY`]) for JPEG sources, PNG (alpha kept)
+//! * Output: JPEG (quality [`JPEG_QUALITY`], jpeg-encoder) for JPEG sources, PNG (alpha kept)
 //!   otherwise, an animated GIF for an animated GIF or WebP asked `animated` (at most
 //!   [`MAX_ANIMATED_FRAMES`] frames). The encoders are given pixels only: no EXIF, GPS,
 //!   XMP or ICC block is ever written. PNGs use the fast deflate: on a 4000×3000 PNG
@@ -22,7 +22,6 @@ use std::io::{BufRead, Cursor, Read, Seek};
 
 use fast_image_resize as fr;
 use image::codecs::gif::{GifDecoder, GifEncoder, Repeat};
-use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::codecs::webp::WebPDecoder;
 use image::metadata::Orientation;
@@ -613,10 +612,32 @@ fn resize(pixels: &Pixels, plan: &Plan, factor: (f64, f64)) -> Result<Pixels> {
     })
 }
 
+/// JPEG out: jpeg-encoder (integer DCT, scalar: the same bytes on every CPU), chroma at
+/// full resolution (4:4:4, as the image crate's encoder wrote them: 4:2:0 blurred the
+/// colours of small thumbnails of detailed sources, a mean error of 13.5 against 8 at
+/// 96×96). An 800×600 thumbnail took 5.2 ms to encode where the image crate's encoder took
+/// 8.6 ms, for 5 % more bytes.
 fn encode_jpeg(p: &Pixels) -> Result<Thumbnail> {
+    let side = |n: u32| {
+        u16::try_from(n).map_err(|_| Error::Encode(format!("{n} pixels is too wide for JPEG")))
+    };
+    let (width, height) = (side(p.width)?, side(p.height)?);
+    // JPEG sources decode to gray or RGB; alpha (never expected here) is dropped.
+    let gray_of_gray_alpha: Vec<u8>;
+    let (data, color) = match p.layout {
+        Layout::L8 => (&p.data[..], jpeg_encoder::ColorType::Luma),
+        Layout::Rgb8 => (&p.data[..], jpeg_encoder::ColorType::Rgb),
+        Layout::Rgba8 => (&p.data[..], jpeg_encoder::ColorType::Rgba),
+        Layout::La8 => {
+            gray_of_gray_alpha = p.data.chunks_exact(2).map(|px| px[0]).collect();
+            (&gray_of_gray_alpha[..], jpeg_encoder::ColorType::Luma)
+        }
+    };
     let mut bytes = Vec::new();
-    JpegEncoder::new_with_quality(&mut bytes, JPEG_QUALITY)
-        .write_image(&p.data, p.width, p.height, p.layout.color_type())
+    let mut encoder = jpeg_encoder::Encoder::new(&mut bytes, JPEG_QUALITY);
+    encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::F_1_1);
+    encoder
+        .encode(data, width, height, color)
         .map_err(|e| Error::Encode(e.to_string()))?;
     Ok(still(bytes, "image/jpeg", p))
 }
