@@ -24,7 +24,8 @@ use crate::render::{
     render_stills, take_next, thumbnails_each, JpegSource, Pixels, Request, Thumbnail,
 };
 
-/// Bytes read ahead of the JPEG decoder at once (it parses marker by marker, in small reads).
+/// Bytes read ahead of a decoder at once (the JPEG decoder parses marker by marker, in
+/// small reads, and its entropy-coded data a byte at a time).
 const READ_AHEAD_BYTES: usize = 64 * 1024;
 
 /// Bytes read before the format is sniffed (enough for [`crate::sniff`]'s SVG check).
@@ -142,8 +143,8 @@ fn all_of_it<R: Read>(
     thumbnails_each(&bytes, requests, limits, waited_for, each)
 }
 
-/// A read-ahead buffer in front of the JPEG decoder, which reads its entropy-coded data
-/// one byte at a time: a one-byte read here is an index and an increment, where
+/// A read-ahead buffer in front of a decoder. The JPEG decoder reads its entropy-coded
+/// data one byte at a time: a one-byte read here is an index and an increment, where
 /// `BufReader`'s goes through a length-generic copy (measured: the stream's decode took
 /// ~25 % longer than the same decode from a slice with `BufReader` in front).
 struct ReadAhead<R> {
