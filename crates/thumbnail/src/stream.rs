@@ -554,6 +554,64 @@ mod tests {
         assert!(made_before_the_end(&gif(300, 200), 4096, &small).is_empty());
     }
 
+    /// `png` with a `tEXt` chunk of `text_bytes` after its header, so its first image data
+    /// starts that far in.
+    fn png_with_text(width: u32, height: u32, text_bytes: usize) -> Vec<u8> {
+        let plain = png(width, height);
+        let mut chunk = b"tEXt".to_vec();
+        chunk.extend(b"Comment\0");
+        chunk.resize(4 + text_bytes, b'x');
+        let mut crc = !0u32;
+        for byte in &chunk {
+            crc ^= u32::from(*byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        // Signature (8) and IHDR (4 length + 4 type + 13 data + 4 CRC) come first.
+        let after_header = 8 + 25;
+        let mut out = plain[..after_header].to_vec();
+        out.extend((chunk.len() as u32 - 4).to_be_bytes());
+        out.extend(&chunk);
+        out.extend((!crc).to_be_bytes());
+        out.extend(&plain[after_header..]);
+        out
+    }
+
+    #[test]
+    fn a_png_whose_header_ends_past_the_sniffed_bytes_is_made_after_its_end() {
+        // 8 KiB of text before the image data: the header is not checked from the sniffed
+        // bytes, so the PNG is made from all of its bytes, the same as the other path.
+        let bytes = png_with_text(300, 200, 8192);
+        let whole = crate::thumbnails(&bytes, &sizes(), &LIMITS).unwrap();
+        assert_eq!(sorted(streamed(&bytes, 4096, None).unwrap()), whole);
+        assert!(made_before_the_end(&bytes, 4096, &sizes()).is_empty());
+    }
+
+    #[test]
+    fn the_forward_only_reader_tells_its_position_and_refuses_to_seek() {
+        use io::{BufRead as _, Seek as _};
+        let mut reader = ForwardOnly {
+            inner: ReadAhead::new(&b"0123456789"[..]),
+            position: 0,
+        };
+        let mut three = [0; 3];
+        reader.read_exact(&mut three).unwrap();
+        assert_eq!(&three, b"012");
+        reader.fill_buf().unwrap();
+        reader.consume(2);
+        assert_eq!(reader.stream_position().unwrap(), 5);
+        assert!(reader.seek(io::SeekFrom::Start(0)).is_err());
+        assert!(reader.seek(io::SeekFrom::Current(1)).is_err());
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        assert_eq!(rest, b"56789");
+    }
+
     #[test]
     fn a_waited_for_size_comes_first() {
         let made = streamed(&photo(1200, 900), 4096, Some(3)).unwrap();
