@@ -613,6 +613,32 @@ mod tests {
     }
 
     #[test]
+    fn a_progressive_jpeg_streams_to_the_same_bytes() {
+        // Every scan is read before any pixel comes out; from the stream or not, the same.
+        let img = RgbImage::from_fn(1200, 900, |x, y| {
+            image::Rgb([
+                (x * 5 % 251) as u8,
+                (y * 11 % 241) as u8,
+                ((x + y) % 256) as u8,
+            ])
+        });
+        let mut bytes = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut bytes, 90);
+        encoder.set_progressive(true);
+        encoder
+            .encode(img.as_raw(), 1200, 900, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
+        let whole = crate::thumbnails(&bytes, &sizes(), &LIMITS).unwrap();
+        for step in [1 << 20, 4096, 777] {
+            assert_eq!(
+                sorted(streamed(&bytes, step, None).unwrap()),
+                whole,
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
     fn a_waited_for_size_comes_first() {
         let made = streamed(&photo(1200, 900), 4096, Some(3)).unwrap();
         assert_eq!(made[0].0, 3);
