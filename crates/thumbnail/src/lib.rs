@@ -16,4 +16,4 @@ pub use render::{
     shared_decodes, thumbnail, thumbnails, thumbnails_each, Request, Thumbnail, JPEG_QUALITY,
     MAX_ANIMATED_FRAMES, MAX_ANIMATED_SOURCE_PIXELS,
 };
-pub use stream::thumbnails_each_streaming;
+pub use stream::{thumbnails_each_streaming, Decoded};

@@ -31,9 +31,21 @@ const READ_AHEAD_BYTES: usize = 64 * 1024;
 /// Bytes read before the format is sniffed (enough for [`crate::sniff`]'s SVG check).
 const SNIFF_BYTES: usize = 4096;
 
+/// When [`thumbnails_each_streaming`] decoded its source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// As it arrived: a JPEG's first decode or a PNG's one decode read the bytes as they
+    /// came (a JPEG's other scales, if any, were decoded after the end).
+    AsItArrived,
+    /// After its end, from all of its bytes: GIF, WebP, a header that did not fit in the
+    /// first bytes, a JPEG jpeg-decoder cannot scale, or nothing asked.
+    AfterItsEnd,
+}
+
 /// As [`crate::thumbnails_each`], reading the source from `source` as it arrives instead of
 /// from a slice: a JPEG's first decode runs while the rest is still coming. `source` must
-/// end (`Ok(0)`) after the last byte; an error from it fails the whole call.
+/// end (`Ok(0)`) after the last byte; an error from it fails the whole call. Says when the
+/// source was decoded (so a caller can tell a stream decode that quietly stopped working).
 ///
 /// A caller that receives an error must discard the thumbnails already handed to `each`:
 /// a source found too large only at its end, say, had its first decode made before.
@@ -43,7 +55,7 @@ pub fn thumbnails_each_streaming(
     limits: &Limits,
     waited_for: impl Fn(usize) -> bool,
     mut each: impl FnMut(usize, Thumbnail),
-) -> Result<()> {
+) -> Result<Decoded> {
     check_requests(requests)?;
     let mut recorder = Recorder::new(source, limits.max_source_bytes);
     recorder.read_at_least(SNIFF_BYTES)?;
@@ -64,7 +76,7 @@ fn png<R: Read>(
     limits: &Limits,
     waited_for: &impl Fn(usize) -> bool,
     each: &mut impl FnMut(usize, Thumbnail),
-) -> Result<()> {
+) -> Result<Decoded> {
     // The header as the other path checks it (pixel limits, orientation), from the bytes
     // sniffed; a header that does not fit in them goes the other way.
     if probe::probe(&recorder.bytes(), limits).is_err() {
@@ -85,7 +97,8 @@ fn png<R: Read>(
         each,
     )?;
     // To its end: the limit and the source's own end are checked there.
-    recorder.read_to_end().map(drop)
+    recorder.read_to_end()?;
+    Ok(Decoded::AsItArrived)
 }
 
 /// A JPEG: its first decode (the smallest scale, or one someone waits for) is made as the
@@ -96,7 +109,7 @@ fn jpeg<R: Read>(
     limits: &Limits,
     waited_for: &impl Fn(usize) -> bool,
     each: &mut impl FnMut(usize, Thumbnail),
-) -> Result<()> {
+) -> Result<Decoded> {
     let mut decoder = jpeg_decoder(recorder.reader_from_the_start(), limits);
     let header = decoder.read_info().ok().and_then(|()| {
         // The header as the other path checks it: formats, pixel limits, orientation. A
@@ -114,7 +127,7 @@ fn jpeg<R: Read>(
     let indices: Vec<usize> = (0..requests.len()).collect();
     let mut groups = jpeg.groups(requests, &indices);
     let Some(first) = take_next(&mut groups, |g| g.iter().any(|&i| waited_for(i))) else {
-        return Ok(());
+        return all_of_it(recorder, requests, limits, waited_for, each);
     };
     if groups.is_empty() {
         // One decode serves every size (a photo's usual case): no need to keep its bytes.
@@ -128,7 +141,8 @@ fn jpeg<R: Read>(
     drop(pixels);
     // To its end either way: the limit and the source's own end are checked there.
     let bytes = recorder.read_to_end()?;
-    render_jpeg_groups(&jpeg, &bytes, limits, requests, groups, waited_for, each)
+    render_jpeg_groups(&jpeg, &bytes, limits, requests, groups, waited_for, each)?;
+    Ok(Decoded::AsItArrived)
 }
 
 /// Reads the rest of the source and makes every thumbnail from all of its bytes.
@@ -138,9 +152,10 @@ fn all_of_it<R: Read>(
     limits: &Limits,
     waited_for: &impl Fn(usize) -> bool,
     each: &mut impl FnMut(usize, Thumbnail),
-) -> Result<()> {
+) -> Result<Decoded> {
     let bytes = recorder.read_to_end()?;
-    thumbnails_each(&bytes, requests, limits, waited_for, each)
+    thumbnails_each(&bytes, requests, limits, waited_for, each)?;
+    Ok(Decoded::AfterItsEnd)
 }
 
 /// A read-ahead buffer in front of a decoder. The JPEG decoder reads its entropy-coded
@@ -636,6 +651,18 @@ mod tests {
                 "step {step}"
             );
         }
+    }
+
+    #[test]
+    fn it_says_when_it_decoded() {
+        let when = |bytes: &[u8]| {
+            let source = Trickle { bytes, step: 4096 };
+            thumbnails_each_streaming(source, &sizes(), &LIMITS, |_| false, |_, _| {}).unwrap()
+        };
+        assert_eq!(when(&photo(1200, 900)), Decoded::AsItArrived);
+        assert_eq!(when(&png(900, 700)), Decoded::AsItArrived);
+        assert_eq!(when(&gif(300, 200)), Decoded::AfterItsEnd);
+        assert_eq!(when(&png_with_text(300, 200, 8192)), Decoded::AfterItsEnd);
     }
 
     #[test]

@@ -435,7 +435,9 @@ fn upload_in_two_halves(
         .send()
 }
 
-/// Uploads `source` twice: once decoded as it arrives, once with a stall longer than the
+/// Uploads `source` twice: once decoded as it arrives (counted `made`, which only a decode
+/// that read the arriving bytes is: one after the body's end is `made_after_end`), once
+/// with a stall longer than the
 /// decode waits for (it gives its worker back and the thumbnails are made from the
 /// datastore after the upload); every configured size must be the same either way.
 fn same_thumbnails_as_it_arrives_and_after(s: &Stack, source: Vec<u8>, content_type: &str) {

@@ -35,11 +35,13 @@ pub const TIME_LIMIT: Duration = Duration::from_secs(10);
 static EARLY_UPLOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "media_repo_thumbnail_early_uploads_total",
-        "Image uploads by how their configured thumbnails were made: outcome=made (as the \
-         upload arrived) and fell_back (the decode as it arrived gave up or failed: bytes \
-         stalled, not decodable...; made from the datastore after) count stored uploads; \
-         busy counts uploads that found no background worker free when they began (counted \
-         then, stored or not; their thumbnails are made from the datastore after)",
+        "Image uploads by how their configured thumbnails were made: outcome=made (decoded \
+         as the upload arrived: a JPEG or PNG), made_after_end (from the upload's bytes in \
+         memory once all were in: GIF, WebP, a header past the first 4 KiB...) and \
+         fell_back (the decode gave up or failed: bytes stalled, not decodable...; made from \
+         the datastore after) count stored uploads; busy counts uploads that found no \
+         background worker free when they began (counted then, stored or not; their \
+         thumbnails are made from the datastore after)",
         &["outcome"]
     )
     .expect("metric registered once")
@@ -47,7 +49,7 @@ static EARLY_UPLOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// Registers the metric with every outcome at zero.
 pub(super) fn register_metrics() {
-    for outcome in ["made", "fell_back", "busy"] {
+    for outcome in ["made", "made_after_end", "fell_back", "busy"] {
         EARLY_UPLOADS.with_label_values(&[outcome]);
     }
 }
@@ -68,7 +70,7 @@ pub struct EarlyThumbnails {
     feed: Feed,
     waited_for: Arc<OnceLock<WaitedFor>>,
     made: mpsc::UnboundedReceiver<(usize, mr_thumbnail::Thumbnail)>,
-    done: tokio::task::JoinHandle<Result<(), String>>,
+    done: tokio::task::JoinHandle<Result<mr_thumbnail::Decoded, String>>,
 }
 
 impl EarlyThumbnails {
@@ -170,9 +172,13 @@ impl EarlyThumbnails {
             Ok(result) => result,
             Err(err) => Err(format!("the decoding task failed: {err}")),
         };
-        let outcome = if result.is_ok() { "made" } else { "fell_back" };
+        let outcome = match result {
+            Ok(mr_thumbnail::Decoded::AsItArrived) => "made",
+            Ok(mr_thumbnail::Decoded::AfterItsEnd) => "made_after_end",
+            Err(_) => "fell_back",
+        };
         EARLY_UPLOADS.with_label_values(&[outcome]).inc();
-        result
+        result.map(drop)
     }
 }
 

@@ -207,7 +207,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
             cached[i]
         ));
     }
-    let early = ["made", "fell_back", "busy"].map(|outcome| {
+    let early = ["made", "made_after_end", "fell_back", "busy"].map(|outcome| {
         stack
             .repo
             .metric_value(&format!(
@@ -226,9 +226,10 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
     );
     println!(
         "media-repo's image uploads (warm-up included) by how their thumbnails were made: \
-         as they arrived {}, after them because the early decode gave up {}, after them \
+         decoded as they arrived {}, from their bytes in memory once all were in {}, \
+         from the datastore because the early decode gave up {}, from the datastore \
          because no worker was free {}\n",
-        early[0], early[1], early[2]
+        early[0], early[1], early[2], early[3]
     );
     print!("{}", table(&cold, cached, rss));
     Ok(())
