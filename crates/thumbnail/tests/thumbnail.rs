@@ -99,7 +99,11 @@ fn other_pixel_layouts() {
         .unwrap();
     let t = thumbnail(&out, &request(96, 96, Method::Crop), &LIMITS).unwrap();
     assert_eq!((t.content_type, t.width, t.height), ("image/jpeg", 96, 96));
-    decode(&t);
+    assert_eq!(
+        decode(&t).color(),
+        image::ColorType::L8,
+        "a gray source, a gray JPEG"
+    );
 
     let la = DynamicImage::ImageRgba8(half_transparent(300, 200)).to_luma_alpha8();
     let rgba16 = DynamicImage::ImageRgba8(half_transparent(300, 200)).to_rgba16();
