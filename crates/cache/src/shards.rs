@@ -1,7 +1,9 @@
 //! The Redis backend: the key-value layer over the ring of shard actors.
 //!
 //! Keys are routed with the ring's lock-free snapshot (no trip through the ring actor's
-//! mailbox); the command goes to that shard's actor by message. The wait for its answer
+//! mailbox); the command goes to that shard's actor by message, except a `GET`, which goes to
+//! the shard's reader on the calling thread when there is one (no thread crossed; see
+//! `mr_shard_actor::ShardReaders`). The wait for its answer
 //! needs no deadline of its own: the shard actor owns the response timeout and answers every
 //! command within it, and an actor that is gone fails the send at once. No shard up, an
 //! actor gone, a shard error or a timed-out command all become a miss (reads) or a no-op
@@ -18,7 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Handler, Message};
+use actix::{Handler, MailboxError, Message};
 use bytes::Bytes;
 use futures_util::future::join_all;
 use mr_ring::{PreviousOwner, RingHandle, ShardHandle};
@@ -62,8 +64,19 @@ impl RingKv {
             .previous_owner(key, current.as_ref().map(|shard| &*shard.name))
     }
 
-    /// `GET key` on `shard`, whatever the routes say.
+    /// `GET key` on `shard`, whatever the routes say: by this thread's reader of the shard
+    /// when there is one with a connection (no thread crossed), else by the shard actor.
     pub(crate) async fn get_on(&self, shard: &ShardHandle, key: &str) -> Option<Bytes> {
+        if let Some(reader) = shard.readers.local() {
+            let msg = Get {
+                key: key.to_owned(),
+            };
+            match reader.send(msg).await {
+                // Still connecting, or just gone: the shard actor answers this one.
+                Ok(Err(ShardError::NotConnected(_))) | Err(_) => {}
+                answer => return judge(shard, answer, "get").flatten(),
+            }
+        }
         let msg = Get {
             key: key.to_owned(),
         };
@@ -118,22 +131,7 @@ impl RingKv {
         T: Send + 'static,
         ShardActor: Handler<M>,
     {
-        let reason = match shard.addr.send(msg).await {
-            Ok(Ok(value)) => return Some(value),
-            Ok(Err(ShardError::Down(_))) => "shard_down",
-            Ok(Err(ShardError::FormatMismatch(_))) => "format_mismatch",
-            Ok(Err(ShardError::WritesPaused(_))) => "write_paused",
-            Ok(Err(e)) => {
-                tracing::debug!(shard = %shard.name, op, error = %e, "shard command failed");
-                "shard_error"
-            }
-            Err(e) => {
-                tracing::debug!(shard = %shard.name, op, error = %e, "shard actor unreachable");
-                "mailbox"
-            }
-        };
-        metrics::backend_error(BACKEND, op, reason);
-        None
+        judge(shard, shard.addr.send(msg).await, op)
     }
 
     pub(crate) async fn get(&self, key: &str) -> Option<Bytes> {
@@ -208,4 +206,29 @@ impl RingKv {
     pub(crate) async fn del_on(&self, shard: &ShardHandle, keys: Vec<String>) -> bool {
         self.call(shard, Del { keys }, "del").await.is_some()
     }
+}
+
+/// What a shard's answer (from its actor or a reader) means to the cache: the value, or
+/// `None` with the reason counted.
+fn judge<T>(
+    shard: &ShardHandle,
+    answer: Result<Result<T, ShardError>, MailboxError>,
+    op: &'static str,
+) -> Option<T> {
+    let reason = match answer {
+        Ok(Ok(value)) => return Some(value),
+        Ok(Err(ShardError::Down(_))) => "shard_down",
+        Ok(Err(ShardError::FormatMismatch(_))) => "format_mismatch",
+        Ok(Err(ShardError::WritesPaused(_))) => "write_paused",
+        Ok(Err(e)) => {
+            tracing::debug!(shard = %shard.name, op, error = %e, "shard command failed");
+            "shard_error"
+        }
+        Err(e) => {
+            tracing::debug!(shard = %shard.name, op, error = %e, "shard actor unreachable");
+            "mailbox"
+        }
+    };
+    metrics::backend_error(BACKEND, op, reason);
+    None
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use arc_swap::ArcSwap;
 use mr_config::{RedisConfig, ShardConfig, ShardDiff};
-use mr_shard_actor::{ShardActor, ShardHealth, ShardSettings};
+use mr_shard_actor::{ShardActor, ShardHealth, ShardReaders, ShardSettings};
 
 use crate::messages::{ApplyRedisConfig, ShardStatus, Status};
 use crate::snapshot::{PreviousRing, RingHandle, ShardHandle, Snapshot};
@@ -43,11 +43,13 @@ impl RunningShard {
         settings: ShardSettings,
         health: Arc<ShardHealth>,
     ) -> RunningShard {
-        let (arbiter, addr) = spawn_actor(&settings, &health);
+        let readers = ShardReaders::new(settings.clone(), health.clone());
+        let (arbiter, addr) = spawn_actor(&readers);
         let handle = ShardHandle {
             name: Arc::from(settings.name.as_str()),
             addr,
             health,
+            readers,
         };
         tracing::info!(shard = %settings.name, addr = %config.redacted_addr(), "redis shard started");
         RunningShard {
@@ -64,11 +66,11 @@ impl RunningShard {
     }
 }
 
-fn spawn_actor(settings: &ShardSettings, health: &Arc<ShardHealth>) -> (Arbiter, Addr<ShardActor>) {
+fn spawn_actor(readers: &Arc<ShardReaders>) -> (Arbiter, Addr<ShardActor>) {
     let arbiter = Arbiter::new();
-    let (settings, health) = (settings.clone(), health.clone());
+    let readers = readers.clone();
     let addr = ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
-        ShardActor::new(settings, health)
+        ShardActor::with_readers(&readers)
     });
     (arbiter, addr)
 }
@@ -166,7 +168,8 @@ impl RingActor {
             }
             tracing::warn!(shard = %shard.settings.name, "shard actor died; starting a fresh one");
             mr_shard_actor::note_actor_replaced(&shard.settings.name);
-            let (arbiter, addr) = spawn_actor(&shard.settings, &shard.handle.health);
+            // The same readers (and health tracker): the fresh actor takes over their shard.
+            let (arbiter, addr) = spawn_actor(&shard.handle.readers);
             // A new thread too: the old one may be the reason the actor died.
             std::mem::replace(&mut shard.arbiter, arbiter).stop();
             shard.handle.addr = addr;

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use actix::Addr;
 use arc_swap::ArcSwap;
-use mr_shard_actor::{ShardActor, ShardHealth};
+use mr_shard_actor::{ShardActor, ShardHealth, ShardReaders};
 
 use crate::hashing;
 
@@ -25,6 +25,9 @@ pub struct ShardHandle {
     pub addr: Addr<ShardActor>,
     /// Flipped by the shard actor's health check.
     pub health: Arc<ShardHealth>,
+    /// The shard's per-thread readers: [`ShardReaders::local`] answers a `GET` on the
+    /// caller's thread.
+    pub readers: Arc<ShardReaders>,
 }
 
 impl ShardHandle {

@@ -17,6 +17,7 @@ use crate::health::{HealthTracker, ShardHealth};
 use crate::io_threads::{run_on, IoThreadGone, IoThreads};
 use crate::metrics;
 use crate::pool::{self, Conn, Load, Pool, Slot};
+use crate::reader::{refuse_unless_up, ShardReaders};
 use crate::settings::ShardSettings;
 use crate::{info, probe};
 
@@ -45,14 +46,18 @@ pub struct ShardActor {
 }
 
 impl ShardActor {
-    /// An actor for `settings` that reports into `health` (shared with the ring).
+    /// An actor for `settings` that reports into `health` (shared with the ring), without
+    /// per-thread readers.
     pub fn new(settings: ShardSettings, health: Arc<ShardHealth>) -> Self {
+        ShardActor::with_readers(&ShardReaders::new(settings, health))
+    }
+
+    /// The actor of the shard `readers` describes: its per-thread readers share its health
+    /// tracker, so their timeouts count against the shard like its own.
+    pub fn with_readers(readers: &Arc<ShardReaders>) -> Self {
+        let settings = readers.settings.clone();
+        let tracker = readers.tracker.clone();
         let client = redis::Client::open(settings.url.as_str()).map_err(|err| err.to_string());
-        let tracker = Arc::new(HealthTracker::new(
-            settings.name.clone(),
-            health,
-            settings.down_after_failures,
-        ));
         let pool = Pool::new(settings.connections);
         let io = IoThreads::new(settings.connections.saturating_sub(1));
         ShardActor {
@@ -247,15 +252,7 @@ impl ShardActor {
     }
 
     fn admit(&mut self, op: &'static str, load: Load, kind: Kind) -> Result<Command> {
-        if !self.tracker.is_up() {
-            metrics::observe(&self.settings.name, op, "down", Duration::ZERO);
-            let name = self.settings.name.clone();
-            return Err(if self.tracker.format_mismatched() {
-                ShardError::FormatMismatch(name)
-            } else {
-                ShardError::Down(name)
-            });
-        }
+        refuse_unless_up(&self.tracker, op)?;
         let Some(conn) = self.pool.pick_for_command(load) else {
             metrics::observe(&self.settings.name, op, "error", Duration::ZERO);
             return Err(ShardError::NotConnected(self.settings.name.clone()));

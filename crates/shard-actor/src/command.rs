@@ -37,6 +37,10 @@ pub(crate) enum Kind {
     /// A write: as a read, and an error reply (OOM, READONLY, ...) pauses writes, while a
     /// success ends a pause.
     Write,
+    /// A read by a per-thread reader ([`crate::reader`]): only a timeout counts against the
+    /// shard. A lost connection is left to the PING, which sees an outage once, where each
+    /// reader's connection would report it again at its next use.
+    LocalRead,
     /// The health probe: any failure counts, an error reply included (a server that answers
     /// PING with `-NOAUTH` is not usable). Only the caller may declare the shard up.
     Probe,
@@ -125,7 +129,9 @@ impl Command {
                     Ok(value)
                 }
                 Ok(Err(Failure::Redis(source))) => {
-                    if kind == Kind::Probe || is_connection_failure(&source) {
+                    if kind == Kind::Probe
+                        || (kind != Kind::LocalRead && is_connection_failure(&source))
+                    {
                         tracker.failure(&format_args!("{op}: {source}"));
                     } else if kind == Kind::Write && is_error_reply(&source) {
                         tracker.write_refused(&format_args!("{op}: {source}"));

@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use redis::aio::ConnectionManager;
 
 use crate::actor::ShardActor;
 use crate::command::{ok, Failure};
@@ -15,6 +16,7 @@ use crate::error::Result;
 use crate::info;
 use crate::messages::{Del, DelIfEq, Get, Info, Set, SetNx, ShardInfo};
 use crate::pool::Load;
+use crate::reader::get_exchange_outcome;
 
 /// Releases a lease only if it is still ours: compare and delete in one atomic step.
 static DEL_IF_EQ: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -31,17 +33,20 @@ impl Handler<Get> for ShardActor {
         Box::pin(async move {
             command?
                 .run(
-                    move |mut conn| async move {
-                        Ok(redis::cmd("GET")
-                            .arg(&msg.key)
-                            .query_async(&mut conn)
-                            .await?)
-                    },
-                    |value: &Option<Bytes>| if value.is_some() { "hit" } else { "miss" },
+                    move |conn| get_exchange(conn, msg.key),
+                    get_exchange_outcome,
                 )
                 .await
         })
     }
+}
+
+/// The `GET key` exchange, as the shard actor and its per-thread readers both run it.
+pub(crate) async fn get_exchange(
+    mut conn: ConnectionManager,
+    key: String,
+) -> std::result::Result<Option<Bytes>, Failure> {
+    Ok(redis::cmd("GET").arg(&key).query_async(&mut conn).await?)
 }
 
 impl Handler<Set> for ShardActor {

@@ -22,6 +22,10 @@
 //! marker names another version is treated as not up, so repos of incompatible major
 //! versions never share a shard silently.
 //!
+//! Reads may also be answered on the caller's own thread: [`ShardReaders::local`] gives that
+//! thread's [`ShardReader`] of the shard (its own connection, the shard actor's health), so a
+//! `GET` crosses no thread.
+//!
 //! This is the only crate of the workspace that knows `redis`.
 
 mod actor;
@@ -37,6 +41,7 @@ pub mod messages;
 mod metrics;
 mod pool;
 mod probe;
+mod reader;
 mod settings;
 
 pub use actor::{ShardActor, MAILBOX_CAPACITY, STATS_INTERVAL};
@@ -49,6 +54,7 @@ pub use io_threads::MAX_IO_THREADS_PER_SHARD;
 pub use messages::{Del, DelIfEq, Get, Info, Set, SetNx, ShardInfo};
 pub use metrics::{forget_shard_metrics, note_actor_replaced};
 pub use pool::LARGE_VALUE_BYTES;
+pub use reader::{ShardReader, ShardReaders, ORPHAN_CHECK_INTERVAL, READER_RECONNECT_DELAY};
 pub use settings::ShardSettings;
 
 #[cfg(feature = "fault-injection")]

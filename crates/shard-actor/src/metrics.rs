@@ -74,6 +74,12 @@ static KEYS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
         "Keys in the shard's database (DBSIZE)",
     )
 });
+static READERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge(
+        "media_repo_cache_shard_readers",
+        "Per-thread readers of the shard, each with a connection of its own",
+    )
+});
 
 static ACTORS_REPLACED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -123,6 +129,10 @@ pub(crate) fn set_usage(shard: &str, used_memory_bytes: u64, keys: u64) {
         .set(i64::try_from(keys).unwrap_or(i64::MAX));
 }
 
+pub(crate) fn set_readers(shard: &str, readers: i64) {
+    READERS.with_label_values(&[shard]).set(readers);
+}
+
 /// Counts one shard actor of `shard` found dead and replaced (called by the ring's
 /// watchdog, which owns the replacing).
 pub fn note_actor_replaced(shard: &str) {
@@ -143,5 +153,6 @@ pub fn forget_shard_metrics(name: &str) {
     let _ = VERSION_MISMATCH.remove_label_values(&[name]);
     let _ = USED_MEMORY.remove_label_values(&[name]);
     let _ = KEYS.remove_label_values(&[name]);
+    let _ = READERS.remove_label_values(&[name]);
     let _ = ACTORS_REPLACED.remove_label_values(&[name]);
 }

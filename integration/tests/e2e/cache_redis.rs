@@ -106,6 +106,17 @@ fn downloads_hit_redis_and_survive_a_shard_killed_mid_download() {
     let body = s.download(&server, &id, &u.bob).bytes().unwrap();
     assert_eq!(body.as_ref(), bytes.as_slice());
     assert_eq!(cache_hits(&s.repo), hits_before + 1.0, "served from Redis");
+    // Read by a worker thread's own reader of the shard, not through the shard actor's
+    // thread (which answers only while a reader connects: the first read may be its).
+    let readers = |repo: &MediaRepo| -> f64 {
+        ["a", "b", "c"]
+            .iter()
+            .filter_map(|n| {
+                repo.metric_value(&format!("media_repo_cache_shard_readers{{shard=\"{n}\"}}"))
+            })
+            .sum()
+    };
+    assert!(readers(&s.repo) >= 1.0, "no per-thread reader started");
     let from_cache = s
         .repo
         .metric_value("media_repo_download_bytes_total{source=\"cache\"}")
