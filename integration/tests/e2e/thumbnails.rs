@@ -55,6 +55,13 @@ fn generations(s: &Stack) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Thumbnail bytes answered from memory while they were being stored.
+fn fresh_bytes(s: &Stack) -> f64 {
+    s.repo
+        .metric_value("media_repo_download_bytes_total{source=\"fresh\"}")
+        .unwrap_or(0.0)
+}
+
 /// Waits until background pre-generation is done (the counter stops moving).
 fn settle(s: &Stack) {
     let mut last = -1.0;
@@ -207,23 +214,58 @@ fn one_generation_for_many_requests_and_the_same_bytes_everywhere() {
         .unwrap();
     settle(&s);
     let before = generations(&s);
-    // A size no configured one covers: made on demand, once.
+    // A size no configured one covers: made on demand, once. The requests that join the
+    // generation are answered from its bytes while it is stored, the one that made it
+    // once stored, later ones from storage: the same bytes and headers every way, and
+    // ranges cut from whichever source (every third request asks for one).
+    let fresh_before = fresh_bytes(&s);
     let query = "width=1000&height=700&method=scale";
-    let bodies: Vec<Vec<u8>> = std::thread::scope(|scope| {
+    let path = format!("/_matrix/client/v1/media/thumbnail/{server}/{id}?{query}");
+    const RANGE_END: usize = 99;
+    let get = |ranged: bool| {
+        let mut request = s.http.get(s.url(&path)).bearer_auth(&alice);
+        if ranged {
+            request = request.header("Range", format!("bytes=0-{RANGE_END}"));
+        }
+        let response = request.send().unwrap();
+        let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+        let (etag, disposition) = (header("etag"), header("content-disposition"));
+        let status = response.status().as_u16();
+        (
+            status,
+            etag,
+            disposition,
+            response.bytes().unwrap().to_vec(),
+        )
+    };
+    let answers: Vec<_> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..50)
-            .map(|_| scope.spawn(|| decoded(thumbnail(&s, &server, &id, query)).3))
+            .map(|i| scope.spawn(move || get(i % 3 == 0)))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert!(
-        bodies.windows(2).all(|pair| pair[0] == pair[1]),
-        "identical bytes for all"
-    );
+    let (status, etag, disposition, whole) = get(false);
+    assert_eq!(status, 200);
+    for (i, (status, their_etag, their_disposition, body)) in answers.iter().enumerate() {
+        assert_eq!((their_etag, their_disposition), (&etag, &disposition));
+        if i % 3 == 0 {
+            assert_eq!(*status, 206);
+            assert!(body[..] == whole[..=RANGE_END], "the range's bytes");
+        } else {
+            assert_eq!(*status, 200);
+            assert!(*body == whole, "identical bytes for all");
+        }
+    }
     assert_eq!(
         generations(&s) - before,
         1.0,
         "one generation for 50 requests"
     );
+    assert!(
+        fresh_bytes(&s) > fresh_before,
+        "requests that joined were answered from the fresh bytes"
+    );
+    let bodies = [whole];
 
     // Another server, same input: the same bytes.
     let other = Stack::start(Options::default());

@@ -75,7 +75,7 @@ pub async fn media_download(
 ) -> MatrixResult<HttpResponse> {
     let record = our_media(&req, &state, &path.into_inner()).await?;
     let disposition = content_disposition(&record.content_type, record.upload_name.as_deref());
-    multipart_answer(&state, &record, disposition).await
+    multipart_answer(&state, &record, disposition, None).await
 }
 
 /// `GET /_matrix/federation/v1/media/thumbnail/{mediaId}`: the same thumbnail our clients
@@ -91,9 +91,9 @@ pub async fn media_thumbnail(
         .thumbnails
         .thumbnail_of(&state, &record, asked)
         .await?;
-    let served = crate::media::thumbnail::as_media(&thumbnail);
+    let served = crate::media::thumbnail::as_media(&thumbnail.record);
     let disposition = content_disposition(&served.content_type, served.upload_name.as_deref());
-    multipart_answer(&state, &served, disposition).await
+    multipart_answer(&state, &served, disposition, thumbnail.fresh).await
 }
 
 /// The X-Matrix-checked request's media: one of our homeservers' (never remote media).
@@ -116,23 +116,28 @@ async fn our_media(
     Ok(record)
 }
 
-/// `{}` and the bytes of `record`, streamed from the cache or the datastore.
+/// `{}` and the bytes of `record`, streamed from the cache or the datastore, or from
+/// `fresh` when they are at hand (a thumbnail just made, still being stored).
 async fn multipart_answer(
     state: &web::Data<AppState>,
     record: &mr_storage::MediaRecord,
     disposition: header::HeaderValue,
+    fresh: Option<bytes::Bytes>,
 ) -> MatrixResult<HttpResponse> {
     let size = record.size_bytes;
-    let body = MediaBody::open(
-        state.clone(),
-        &record.sha256,
-        &record.location,
-        size,
-        0,
-        size.saturating_sub(1),
-    )
-    .await
-    .map_err(|err| MatrixError::internal("opening media content failed", &err))?;
+    let body = match fresh {
+        Some(bytes) => MediaBody::in_memory(state.clone(), bytes, 0, size.saturating_sub(1)),
+        None => MediaBody::open(
+            state.clone(),
+            &record.sha256,
+            &record.location,
+            size,
+            0,
+            size.saturating_sub(1),
+        )
+        .await
+        .map_err(|err| MatrixError::internal("opening media content failed", &err))?,
+    };
     let frames = MultipartFrames::new(
         &record.content_type,
         disposition.to_str().unwrap_or("attachment"),

@@ -24,7 +24,7 @@ const FILE_READ_CHUNK: usize = 64 * 1024;
 static DOWNLOAD_BYTES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "media_repo_download_bytes_total",
-        "Bytes sent to downloaders, by where they were read from (cache or datastore)",
+        "Bytes sent to downloaders, by where they were read from (cache, datastore, or fresh: a thumbnail just made, from memory)",
         &["source"]
     )
     .expect("metric registered once")
@@ -36,10 +36,14 @@ static FROM_CACHE: LazyLock<IntCounter> =
     LazyLock::new(|| DOWNLOAD_BYTES.with_label_values(&["cache"]));
 static FROM_DATASTORE: LazyLock<IntCounter> =
     LazyLock::new(|| DOWNLOAD_BYTES.with_label_values(&["datastore"]));
+static FROM_MEMORY: LazyLock<IntCounter> =
+    LazyLock::new(|| DOWNLOAD_BYTES.with_label_values(&["fresh"]));
 
 type FileStream = ReaderStream<tokio::io::Take<tokio::fs::File>>;
 
 enum Source {
+    /// Bytes at hand (a thumbnail just made), already cut to the range.
+    Memory(Bytes),
     Cache(BlobReader),
     File(FileStream),
     Done,
@@ -101,11 +105,44 @@ impl MediaBody {
         })
     }
 
+    /// Bytes `start..=end_inclusive` of `bytes`, which the caller holds whole (a thumbnail
+    /// just made, served while it is being stored).
+    pub fn in_memory(
+        state: web::Data<AppState>,
+        bytes: Bytes,
+        start: u64,
+        end_inclusive: u64,
+    ) -> MediaBody {
+        let len = bytes.len() as u64;
+        let end = end_inclusive.saturating_add(1).min(len);
+        let start = start.min(end);
+        // usize: both are at most `bytes.len()`.
+        let part = bytes.slice(start as usize..end as usize);
+        MediaBody {
+            state,
+            location: String::new(),
+            position: start,
+            end,
+            source: if part.is_empty() {
+                Source::Done
+            } else {
+                Source::Memory(part)
+            },
+        }
+    }
+
     /// All the bytes to send, when the cache handed them over whole at open (an inline
     /// blob): a small download is answered with them at once, as a bare handler would,
     /// without the stream machinery (which costs more than the bytes at 4 KiB). None
     /// otherwise: stream the body with [`MediaBody::into_stream`].
     pub fn take_ready(&mut self) -> Option<Bytes> {
+        if let Source::Memory(bytes) = &mut self.source {
+            let bytes = std::mem::take(bytes);
+            self.position = self.end;
+            self.source = Source::Done;
+            FROM_MEMORY.inc_by(bytes.len() as u64);
+            return Some(bytes);
+        }
         let Source::Cache(reader) = &mut self.source else {
             return None;
         };
@@ -131,6 +168,8 @@ impl MediaBody {
             }
             match &mut self.source {
                 Source::Done => return None,
+                // `respond` takes these whole with `take_ready`; a stream still ends right.
+                Source::Memory(_) => return self.take_ready().map(Ok),
                 Source::Cache(reader) => match reader.next().await {
                     BlobRead::Data(bytes) => {
                         self.position += bytes.len() as u64;

@@ -261,6 +261,18 @@ pub async fn respond(
     record: &MediaRecord,
     filename: Option<&str>,
 ) -> MatrixResult<HttpResponse> {
+    respond_with(req, state, record, filename, None).await
+}
+
+/// [`respond`], with the bytes at hand when `fresh` holds them (a thumbnail just made,
+/// still being stored): the same headers, ranges and HEAD, the body from memory.
+pub async fn respond_with(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    record: &MediaRecord,
+    filename: Option<&str>,
+    fresh: Option<bytes::Bytes>,
+) -> MatrixResult<HttpResponse> {
     let size = record.size_bytes;
     let range = ByteRange::parse(
         req.headers()
@@ -310,16 +322,21 @@ pub async fn respond(
             futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
         )));
     }
-    let mut body = match MediaBody::open(
-        state.clone(),
-        &record.sha256,
-        &record.location,
-        size,
-        start,
-        end,
-    )
-    .await
-    {
+    let opened = match fresh {
+        Some(bytes) => Ok(MediaBody::in_memory(state.clone(), bytes, start, end)),
+        None => {
+            MediaBody::open(
+                state.clone(),
+                &record.sha256,
+                &record.location,
+                size,
+                start,
+                end,
+            )
+            .await
+        }
+    };
+    let mut body = match opened {
         Ok(body) => body,
         Err(mr_storage::Error::NotFound { .. }) => return Err(file_missing(state, record).await),
         Err(other) => {

@@ -5,7 +5,9 @@
 //! both dimensions (unless the size it maps to is being made: then that one). Without one, a thumbnail is made for the smallest configured size that
 //! covers the request (or the asked size, capped at [`MAX_GENERATED_DIMENSION`]), stored as a
 //! content-addressed object with a row, and served like any media (cache read-through,
-//! ranges, HEAD). Images are decoded and resized by `mr_thumbnail` on the blocking pool, at
+//! ranges, HEAD). Requests that joined a generation get its bytes from memory as soon as
+//! it is made, while it is being stored (the claim is held until the row exists, so
+//! requests meanwhile join it rather than make it again). Images are decoded and resized by `mr_thumbnail` on the blocking pool, at
 //! most [`Thumbnailer::workers`] at once behind a queue of [`MAX_QUEUED`] (full: 429), and
 //! one generation per (media, size, method, animated) however many requests ask at once.
 //! Uploads of images get the configured sizes made in the background.
@@ -21,6 +23,7 @@ use mr_config::{Config, ThumbnailMethod};
 use mr_storage::{content, MediaRecord, ThumbnailRecord};
 use prometheus::{register_int_counter, register_int_gauge, IntCounter, IntGauge};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -68,7 +71,27 @@ static QUEUED: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("metric registered once")
 });
 
-type Generated = Result<ThumbnailRecord, MatrixError>;
+/// A thumbnail a request can be answered with.
+#[derive(Clone, Debug)]
+pub struct Ready {
+    /// Its row: as stored, or as it will be once stored (location not yet known).
+    pub record: ThumbnailRecord,
+    /// The bytes of a thumbnail just made, served from memory while they are being stored
+    /// (writing, fsyncs and rows take milliseconds a waiting client need not spend);
+    /// `None` for a stored one, served from the cache or the datastore.
+    pub fresh: Option<bytes::Bytes>,
+}
+
+impl Ready {
+    fn stored(record: ThumbnailRecord) -> Ready {
+        Ready {
+            record,
+            fresh: None,
+        }
+    }
+}
+
+type Generated = Result<Ready, MatrixError>;
 
 /// A generation in progress as others see it: its result, once there is one. A closed
 /// channel without a result means the generation was given up (its request went away):
@@ -134,7 +157,8 @@ enum Priority {
 
 /// The right to make one thumbnail: held by one task, whose result every request asking
 /// meanwhile receives. Dropped without [`Claim::publish`] (a failure, a cancelled
-/// request), its waiters find the channel closed and try again.
+/// request), its waiters find the channel closed and try again; dropped after it (the
+/// thumbnail is stored, or storing it failed), later requests look for the stored one.
 struct Claim {
     state: web::Data<AppState>,
     key: String,
@@ -171,7 +195,10 @@ impl Claim {
         result.receiver_count() > 1
     }
 
-    fn publish(self, result: &Generated) {
+    /// Hands `result` to every request waiting and to every one joining while the claim is
+    /// held (a thumbnail just made is still being stored: new requests join rather than
+    /// make it again).
+    fn publish(&self, result: &Generated) {
         // No receiver left is fine: nobody was waiting.
         let _ = self.result.send(Some(result.clone()));
     }
@@ -322,8 +349,15 @@ async fn serve(
         .thumbnails
         .thumbnail_of(&state, &record, asked)
         .await?;
-    let served = as_media(&thumbnail);
-    download::respond(&req, &state, &served, served.upload_name.as_deref()).await
+    let served = as_media(&thumbnail.record);
+    download::respond_with(
+        &req,
+        &state,
+        &served,
+        served.upload_name.as_deref(),
+        thumbnail.fresh,
+    )
+    .await
 }
 
 /// A stored thumbnail as the media the download path serves.
@@ -466,18 +500,24 @@ impl Thumbnailer {
                 .map_err(|err| MatrixError::internal("reading thumbnails failed", &err))?;
             let (width, height) = bounded_target(&config, asked, &stored);
             if let Some(thumbnail) = smallest_covering(stored, asked) {
-                return Ok(thumbnail);
+                return Ok(Ready::stored(thumbnail));
             }
             let key = generation_key(media, width, height, asked);
             match self.turn(state, &key) {
                 Turn::Mine(claim) => {
                     // A generation that finished between our look and the claim stored it.
                     let result = match covering(state, media, asked).await {
-                        Ok(Some(thumbnail)) => Ok(thumbnail),
+                        Ok(Some(thumbnail)) => Ok(Ready::stored(thumbnail)),
                         Ok(None) => self.generate(state, media, width, height, asked).await,
                         Err(err) => Err(err),
                     };
+                    // The requests that joined are answered now; this one once the row
+                    // exists, so that its next request (another size, say) finds it.
                     claim.publish(&result);
+                    if let Ok(ready @ Ready { fresh: Some(_), .. }) = &result {
+                        self.store_logged(state, media, asked, width, height, ready)
+                            .await;
+                    }
                     return result;
                 }
                 Turn::Theirs(waiter) => {
@@ -564,7 +604,7 @@ impl Thumbnailer {
         })
     }
 
-    /// Makes and stores one thumbnail.
+    /// Makes one thumbnail (the caller stores it, once its waiters are answered).
     async fn generate(
         &self,
         state: &web::Data<AppState>,
@@ -626,10 +666,10 @@ impl Thumbnailer {
             Err(err) => return Err(MatrixError::internal("thumbnail task failed", &err)),
         };
         GENERATIONS.inc();
-        self.store(state, media, width, height, asked, made).await
+        made_ready(state, media, width, height, asked, made).await
     }
 
-    /// Stores a made thumbnail under a claim and records its row.
+    /// Stores a thumbnail just made (`fresh`) under a content claim and records its row.
     async fn store(
         &self,
         state: &web::Data<AppState>,
@@ -637,15 +677,19 @@ impl Thumbnailer {
         width: u32,
         height: u32,
         asked: Asked,
-        made: mr_thumbnail::Thumbnail,
+        fresh: &Ready,
     ) -> Generated {
         let internal = |what: &str, err: &dyn std::fmt::Display| MatrixError::internal(what, err);
+        let bytes = fresh
+            .fresh
+            .clone()
+            .ok_or_else(|| internal("storing a thumbnail failed", &"no bytes to store"))?;
         let mut writer = state
             .datastore
-            .writer(made.bytes.len() as u64)
+            .writer(bytes.len() as u64)
             .map_err(|e| internal("opening a thumbnail file failed", &e))?;
         writer
-            .write(bytes::Bytes::from(made.bytes))
+            .write(bytes)
             .await
             .map_err(|e| internal("writing a thumbnail failed", &e))?;
         let staged = writer
@@ -663,9 +707,9 @@ impl Thumbnailer {
             height,
             method: method_name(asked.method).to_owned(),
             animated: asked.animated,
-            content_type: made.content_type.to_owned(),
-            out_width: made.width,
-            out_height: made.height,
+            content_type: fresh.record.content_type.clone(),
+            out_width: fresh.record.out_width,
+            out_height: fresh.record.out_height,
             size_bytes: object.size,
             sha256: object.sha256.clone(),
             datastore_id: state.datastore.id().to_owned(),
@@ -675,7 +719,7 @@ impl Thumbnailer {
         let inserted = state.db.insert_thumbnail(&row).await;
         claim.release().await;
         match inserted {
-            Ok(()) => Ok(row),
+            Ok(()) => Ok(Ready::stored(row)),
             // Another process made it first: theirs is served, ours goes if unreferenced.
             Err(mr_storage::Error::AlreadyExists { .. }) => {
                 let _ = content::remove_unreferenced(&state.db, &state.datastore, &object.location)
@@ -687,6 +731,7 @@ impl Thumbnailer {
                     .map_err(|e| internal("reading thumbnails failed", &e))?
                     .into_iter()
                     .find(|t| t.width == width && t.height == height)
+                    .map(Ready::stored)
                     .ok_or_else(|| internal("a thumbnail row vanished", &"after a conflict"))
             }
             Err(err) => {
@@ -694,6 +739,43 @@ impl Thumbnailer {
                     .await;
                 Err(internal("recording a thumbnail failed", &err))
             }
+        }
+    }
+
+    /// A pre-generated thumbnail: handed to the requests waiting for it at once, then
+    /// stored; the claim is held until it is stored, so requests meanwhile join it.
+    async fn publish_and_store(
+        &self,
+        state: &web::Data<AppState>,
+        media: &MediaRecord,
+        asked: Asked,
+        claim: Claim,
+        made: mr_thumbnail::Thumbnail,
+    ) {
+        let ready = made_ready(state, media, asked.width, asked.height, asked, made).await;
+        claim.publish(&ready);
+        match &ready {
+            Ok(ready) => {
+                self.store_logged(state, media, asked, asked.width, asked.height, ready)
+                    .await;
+            }
+            Err(err) => warn!(reason = %err.message, "a pre-generated thumbnail was not stored"),
+        }
+    }
+
+    /// [`Thumbnailer::store`] for a thumbnail whose requests are answered already (from
+    /// its bytes): a failure only means the next request makes it again.
+    async fn store_logged(
+        &self,
+        state: &web::Data<AppState>,
+        media: &MediaRecord,
+        asked: Asked,
+        width: u32,
+        height: u32,
+        fresh: &Ready,
+    ) {
+        if let Err(err) = self.store(state, media, width, height, asked, fresh).await {
+            warn!(reason = %err.message, "storing a thumbnail failed");
         }
     }
 
@@ -785,13 +867,8 @@ impl Thumbnailer {
                 continue;
             };
             GENERATIONS.inc();
-            let result = self
-                .store(state, media, asked.width, asked.height, asked, made)
+            self.publish_and_store(state, media, asked, claim, made)
                 .await;
-            if let Err(err) = &result {
-                warn!(reason = %err.message, "storing a pre-generated thumbnail failed");
-            }
-            claim.publish(&result);
         }
         if let Err(why) = early.finish().await {
             debug!(origin = %media.origin, media_id = %media.media_id, reason = %why, "thumbnails not made as the upload arrived; made from the datastore");
@@ -892,7 +969,7 @@ impl Thumbnailer {
                 .into_iter()
                 .find(|t| t.width == asked.width && t.height == asked.height)
             {
-                Some(row) => claim.publish(&Ok(row)),
+                Some(row) => claim.publish(&Ok(Ready::stored(row))),
                 None => claims.push((asked, Some(claim))),
             }
         }
@@ -935,14 +1012,9 @@ impl Thumbnailer {
                 continue;
             };
             GENERATIONS.inc();
-            let result = self
-                .store(state, media, asked.width, asked.height, *asked, made)
-                .await;
-            if let Err(err) = &result {
-                warn!(reason = %err.message, "storing a pre-generated thumbnail failed");
-            }
             if let Some(claim) = claim.take() {
-                claim.publish(&result);
+                self.publish_and_store(state, media, *asked, claim, made)
+                    .await;
             }
         }
         drop(worker);
@@ -954,6 +1026,43 @@ impl Thumbnailer {
             Err(err) => warn!(error = %err, "thumbnail task failed"),
         }
     }
+}
+
+/// A thumbnail just made, as requests are answered with it: its row as it will be stored
+/// (the SHA-256 for the ETag computed on the blocking pool) and its bytes.
+async fn made_ready(
+    state: &web::Data<AppState>,
+    media: &MediaRecord,
+    width: u32,
+    height: u32,
+    asked: Asked,
+    made: mr_thumbnail::Thumbnail,
+) -> Generated {
+    let bytes = bytes::Bytes::from(made.bytes);
+    let hashed = bytes.clone();
+    let sha256 = tokio::task::spawn_blocking(move || hex::encode(Sha256::digest(&hashed)))
+        .await
+        .map_err(|err| MatrixError::internal("hashing a thumbnail failed", &err))?;
+    Ok(Ready {
+        record: ThumbnailRecord {
+            origin: media.origin.clone(),
+            media_id: media.media_id.clone(),
+            width,
+            height,
+            method: method_name(asked.method).to_owned(),
+            animated: asked.animated,
+            content_type: made.content_type.to_owned(),
+            out_width: made.width,
+            out_height: made.height,
+            size_bytes: bytes.len() as u64,
+            sha256,
+            datastore_id: state.datastore.id().to_owned(),
+            // Not stored yet: a fresh thumbnail is served from its bytes.
+            location: String::new(),
+            created_at_ms: now_ms(),
+        },
+        fresh: Some(bytes),
+    })
 }
 
 /// The configured sizes (not animated), largest first: the order uploads make them in.
