@@ -213,7 +213,7 @@ def main():
     if shutil.which("psql") is None:
         raise RuntimeError("missing tool: psql")
     only = set(os.environ.get("BENCH_ONLY", "synapse,sqlite,postgres").split(","))
-    binary = os.environ.get("BENCH_BINARY") or dl.build_media_repo()
+    binary = os.environ.get("BENCH_BINARY") or dl.build_media_repo()[0]
     venv, synapse_version = dl.synapse_venv()
     tmp = tempfile.mkdtemp(prefix="mr-upload-bench-")
     schema = f"bench_upload_{os.getpid()}"
