@@ -1,0 +1,246 @@
+//! A baseline JPEG decoder for thumbnails that splits the Huffman decoding of one image
+//! across two threads, and decodes at 1/8, 1/4, 1/2 or full size in the IDCT.
+//!
+//! Handles baseline and extended sequential Huffman JPEGs (SOF0, SOF1) with 8-bit samples,
+//! 1 or 3 components, sampling factors 1 or 2, one scan, with or without restart markers.
+//! Anything else is [`Outcome::Unsupported`]: the caller falls back to jpeg-decoder.
+//! Output dimensions are jpeg-decoder's at the same scale (`ceil(side × eighths / 8)`),
+//! pixels RGB8 or L8; EXIF orientation is the caller's.
+//!
+//! Modules, in the order the data flows: [`header`] (markers up to the scan, limits),
+//! [`unstuff`] (entropy bytes to plain bits), [`huffman`] and [`bits`] (table-driven
+//! symbol decoding), [`entropy`] (MCUs to coefficients from any decoder state), [`split`]
+//! (one or two threads, speculative sync), [`pixels`] (IDCT, upsampling, colour).
+//!
+//! Deterministic: the pixels depend only on the bytes and the scale, never on the thread
+//! count, the split point, thread timing or how a reader's bytes were chunked.
+
+// Not wired into the thumbnail pipeline yet: the API is used by its tests and the bench.
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read};
+
+use crate::error::{Error, Result};
+use crate::probe::Limits;
+
+mod bits;
+mod entropy;
+mod header;
+mod huffman;
+mod pixels;
+mod split;
+mod unstuff;
+#[cfg(test)]
+mod tests;
+
+use entropy::{decode, Cursor, Halt, Layout, Tables, Target, Unobserved, MAX_MCU_BYTES};
+use header::{Header, HeaderParser, Step};
+pub(crate) use split::{SplitAt, Trace};
+use unstuff::Unstuffer;
+
+/// Threads the entropy decoding uses at most.
+pub(crate) const MAX_THREADS: usize = 2;
+
+/// Bytes asked of the reader at once.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What a decode gives.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Decoded(Image),
+    /// A JPEG this decoder does not handle (progressive, arithmetic, 12-bit, CMYK, …).
+    Unsupported(&'static str),
+}
+
+/// Decoded pixels, rows top to bottom, no padding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Image {
+    pub width: u32,
+    pub height: u32,
+    /// 1 (L8) or 3 (RGB8).
+    pub components: u8,
+    pub pixels: Vec<u8>,
+}
+
+/// How to decode: threads (at most [`MAX_THREADS`] are used) and where to split.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    pub threads: usize,
+    pub split: SplitAt,
+}
+
+impl Options {
+    pub(crate) fn threads(threads: usize) -> Options {
+        Options { threads: threads.min(MAX_THREADS), split: SplitAt::Middle }
+    }
+}
+
+/// Decodes a whole JPEG in memory at `eighths`/8 of its size (1, 2, 4 or 8).
+pub(crate) fn decode_slice(bytes: &[u8], eighths: u32, limits: &Limits, threads: usize) -> Result<Outcome> {
+    decode_slice_traced(bytes, eighths, limits, Options::threads(threads)).map(|(o, _)| o)
+}
+
+/// Decodes a JPEG read from `source`, which yields the file as it arrives: the calling
+/// thread decodes while bytes come in, and once the reader ends (or the scan does) what
+/// is left is split between it and a second thread. Reads at most
+/// `limits.max_source_bytes`; a file still going on past them is [`Error::TooLarge`].
+pub(crate) fn decode_reader<R: Read>(
+    source: R,
+    eighths: u32,
+    limits: &Limits,
+    threads: usize,
+) -> Result<Outcome> {
+    decode_reader_traced(source, eighths, limits, Options::threads(threads)).map(|(o, _)| o)
+}
+
+/// [`decode_slice`] with options, and how the split went.
+pub(crate) fn decode_slice_traced(
+    bytes: &[u8],
+    eighths: u32,
+    limits: &Limits,
+    options: Options,
+) -> Result<(Outcome, Trace)> {
+    check_scale(eighths)?;
+    if bytes.len() as u64 > limits.max_source_bytes {
+        return Err(Error::TooLarge(format!(
+            "{} bytes, limit {}",
+            bytes.len(),
+            limits.max_source_bytes
+        )));
+    }
+    let (header, entropy_start) = match HeaderParser::default().feed(bytes, limits)? {
+        Step::NeedMore => return Err(Error::Undecodable("JPEG header: truncated".into())),
+        Step::Unsupported(why) => return Ok((Outcome::Unsupported(why), Trace::default())),
+        Step::Scan { header, entropy_start } => (header, entropy_start),
+    };
+    let mut unstuffer = Unstuffer::default();
+    unstuffer.push(&bytes[entropy_start..]);
+    let mut decoder = ScanDecoder::new(header, eighths)?;
+    let image = decoder.finish(&unstuffer, options)?;
+    Ok((Outcome::Decoded(image), decoder.trace))
+}
+
+/// [`decode_reader`] with options, and how the split went.
+pub(crate) fn decode_reader_traced<R: Read>(
+    source: R,
+    eighths: u32,
+    limits: &Limits,
+    options: Options,
+) -> Result<(Outcome, Trace)> {
+    check_scale(eighths)?;
+    let mut source = source.take(limits.max_source_bytes);
+    let mut raw = Vec::new();
+    let mut parser = HeaderParser::default();
+    let mut scan: Option<(ScanDecoder, usize)> = None;
+    let mut unstuffer = Unstuffer::default();
+    loop {
+        let ended = read_more(&mut source, &mut raw)?;
+        match &mut scan {
+            None => match parser.feed(&raw, limits)? {
+                Step::NeedMore if ended => {
+                    return Err(Error::Undecodable("JPEG header: truncated".into()))
+                }
+                Step::NeedMore => continue,
+                Step::Unsupported(why) => return Ok((Outcome::Unsupported(why), Trace::default())),
+                Step::Scan { header, entropy_start } => {
+                    scan = Some((ScanDecoder::new(header, eighths)?, entropy_start));
+                }
+            },
+            Some(_) => {}
+        }
+        let Some((decoder, next_raw)) = &mut scan else { continue };
+        *next_raw += unstuffer.push(raw.get(*next_raw..).unwrap_or_default());
+        if unstuffer.ended || ended {
+            if !unstuffer.ended && raw.len() as u64 >= limits.max_source_bytes {
+                return Err(Error::TooLarge(format!(
+                    "more than {} bytes",
+                    limits.max_source_bytes
+                )));
+            }
+            let image = decoder.finish(&unstuffer, options)?;
+            return Ok((Outcome::Decoded(image), decoder.trace));
+        }
+        decoder.progress(&unstuffer)?;
+    }
+}
+
+/// Reads one more chunk into `raw`; true at the end of the source.
+fn read_more(source: &mut impl Read, raw: &mut Vec<u8>) -> Result<bool> {
+    let old = raw.len();
+    raw.resize(old + READ_CHUNK, 0);
+    loop {
+        match source.read(&mut raw[old..]) {
+            Ok(n) => {
+                raw.truncate(old + n);
+                return Ok(n == 0);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => {
+                raw.truncate(old);
+                return Err(Error::Undecodable(format!("reading the JPEG: {e}")));
+            }
+        }
+    }
+}
+
+fn check_scale(eighths: u32) -> Result<()> {
+    match eighths {
+        1 | 2 | 4 | 8 => Ok(()),
+        _ => Err(Error::InvalidRequest("JPEG scale must be 1, 2, 4 or 8 eighths")),
+    }
+}
+
+/// The state of one image's decode once its header is known.
+struct ScanDecoder {
+    header: Box<Header>,
+    layout: Layout,
+    eighths: u32,
+    coefs: Vec<i16>,
+    /// How far the calling thread has decoded while the bytes arrived.
+    cursor: Cursor,
+    trace: Trace,
+}
+
+impl ScanDecoder {
+    fn new(header: Box<Header>, eighths: u32) -> Result<ScanDecoder> {
+        let layout = Layout::new(&header, eighths as usize);
+        // The header checked the pixel count against the limit: this is bounded.
+        let coefs = vec![0i16; layout.coefficients(layout.total_mcus)];
+        Ok(ScanDecoder { header, layout, eighths, coefs, cursor: Cursor::at(0, 0), trace: Trace::default() })
+    }
+
+    /// Decodes the MCUs whose bytes have surely all arrived (incomplete data).
+    fn progress(&mut self, unstuffer: &Unstuffer) -> Result<()> {
+        let Some(safe_end) = unstuffer.data.len().checked_sub(MAX_MCU_BYTES) else {
+            return Ok(());
+        };
+        let tables = Tables::new(&self.header, &self.layout)?;
+        let mut target = Target {
+            layout: &self.layout,
+            tables: &tables,
+            data: &unstuffer.data,
+            restarts: &unstuffer.restarts,
+            complete: false,
+            out: &mut self.coefs,
+            out_base: 0,
+        };
+        let total = self.layout.total_mcus;
+        let halt = decode(&mut target, &mut self.cursor, total, safe_end as u64 * 8, &mut Unobserved)?;
+        debug_assert!(halt != Halt::Observed);
+        Ok(())
+    }
+
+    /// Decodes the rest once all the data is in, and makes the pixels.
+    fn finish(&mut self, unstuffer: &Unstuffer, options: Options) -> Result<Image> {
+        let tables = Tables::new(&self.header, &self.layout)?;
+        let scan = split::Scan {
+            layout: &self.layout,
+            tables: &tables,
+            data: &unstuffer.data,
+            restarts: &unstuffer.restarts,
+        };
+        let threads = options.threads.min(MAX_THREADS);
+        split::finish(&scan, &mut self.coefs, self.cursor, threads, options.split, &mut self.trace)?;
+        pixels::render(&self.header, &self.layout, &self.coefs, self.eighths)
+    }
+}
