@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::probe::Limits;
@@ -43,6 +44,14 @@ pub(crate) const MAX_THREADS: usize = 2;
 
 /// Bytes asked of the reader at once.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Entropy-coded bytes the calling thread decodes at most between two reads while the
+/// file arrives (~2 ms): bounds how late it notices the end, when the split happens.
+const DECODE_QUANTUM_BYTES: usize = 256 * 1024;
+
+/// A read that took longer than this waited for bytes: the decoder has caught up with the
+/// upload and may decode. A faster one found bytes waiting: read on first.
+const READ_WAITED: Duration = Duration::from_micros(20);
 
 /// What a decode gives.
 #[derive(Debug)]
@@ -113,9 +122,11 @@ pub(crate) fn decode_slice_traced(
         Step::Unsupported(why) => return Ok((Outcome::Unsupported(why), Trace::default())),
         Step::Scan { header, entropy_start } => (header, entropy_start),
     };
+    let start = Instant::now();
     let mut unstuffer = Unstuffer::default();
     unstuffer.push(&bytes[entropy_start..]);
     let mut decoder = ScanDecoder::new(header, eighths)?;
+    decoder.trace.before_split = start.elapsed();
     let image = decoder.finish(&unstuffer, options)?;
     Ok((Outcome::Decoded(image), decoder.trace))
 }
@@ -134,7 +145,9 @@ pub(crate) fn decode_reader_traced<R: Read>(
     let mut scan: Option<(ScanDecoder, usize)> = None;
     let mut unstuffer = Unstuffer::default();
     loop {
+        let read_at = Instant::now();
         let ended = read_more(&mut source, &mut raw)?;
+        let waited = read_at.elapsed() > READ_WAITED;
         match &mut scan {
             None => match parser.feed(&raw, limits)? {
                 Step::NeedMore if ended => {
@@ -160,7 +173,9 @@ pub(crate) fn decode_reader_traced<R: Read>(
             let image = decoder.finish(&unstuffer, options)?;
             return Ok((Outcome::Decoded(image), decoder.trace));
         }
-        decoder.progress(&unstuffer)?;
+        if waited {
+            decoder.progress(&unstuffer)?;
+        }
     }
 }
 
@@ -209,11 +224,14 @@ impl ScanDecoder {
         Ok(ScanDecoder { header, layout, eighths, coefs, cursor: Cursor::at(0, 0), trace: Trace::default() })
     }
 
-    /// Decodes the MCUs whose bytes have surely all arrived (incomplete data).
+    /// Decodes MCUs whose bytes have surely all arrived (incomplete data), at most
+    /// [`DECODE_QUANTUM_BYTES`] of them.
     fn progress(&mut self, unstuffer: &Unstuffer) -> Result<()> {
         let Some(safe_end) = unstuffer.data.len().checked_sub(MAX_MCU_BYTES) else {
             return Ok(());
         };
+        let quantum_end = (self.cursor.bitpos / 8).saturating_add(DECODE_QUANTUM_BYTES as u64);
+        let stop = (safe_end as u64).min(quantum_end) * 8;
         let tables = Tables::new(&self.header, &self.layout)?;
         let mut target = Target {
             layout: &self.layout,
@@ -225,7 +243,7 @@ impl ScanDecoder {
             out_base: 0,
         };
         let total = self.layout.total_mcus;
-        let halt = decode(&mut target, &mut self.cursor, total, safe_end as u64 * 8, &mut Unobserved)?;
+        let halt = decode(&mut target, &mut self.cursor, total, stop, &mut Unobserved)?;
         debug_assert!(halt != Halt::Observed);
         Ok(())
     }
@@ -240,7 +258,13 @@ impl ScanDecoder {
             restarts: &unstuffer.restarts,
         };
         let threads = options.threads.min(MAX_THREADS);
+        self.trace.mcus_while_arriving = self.cursor.mcu;
+        let start = Instant::now();
         split::finish(&scan, &mut self.coefs, self.cursor, threads, options.split, &mut self.trace)?;
-        pixels::render(&self.header, &self.layout, &self.coefs, self.eighths)
+        self.trace.entropy = start.elapsed();
+        let start = Instant::now();
+        let image = pixels::render(&self.header, &self.layout, &self.coefs, self.eighths);
+        self.trace.pixels = start.elapsed();
+        image
     }
 }

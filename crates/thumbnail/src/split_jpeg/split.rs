@@ -19,6 +19,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::time::Duration;
 
 use super::bits::BitPos;
 use super::entropy::{decode, Cursor, Halt, Layout, Observer, Tables, Target, Unobserved};
@@ -60,6 +61,13 @@ pub(crate) struct Trace {
     pub speculative_restarts: usize,
     /// MCUs whose coefficients the second thread provided.
     pub second_thread_mcus: usize,
+    /// MCUs the calling thread had decoded when the data was complete (a reader's).
+    pub mcus_while_arriving: usize,
+    /// Time in the serial part before the split (unstuffing, for a slice), in the split
+    /// entropy decoding, and in the IDCT and colour conversion.
+    pub before_split: Duration,
+    pub entropy: Duration,
+    pub pixels: Duration,
 }
 
 /// A complete scan to decode.
