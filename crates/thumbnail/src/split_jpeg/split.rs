@@ -22,7 +22,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::bits::BitPos;
-use super::entropy::{decode, Cursor, Halt, Layout, Observer, Tables, Target, Unobserved};
+use super::entropy::{
+    decode, Cursor, Halt, Layout, Observer, Tables, Target, Unobserved, MAX_MCU_BYTES,
+};
 use crate::error::{Error, Result};
 
 /// Data left below which a second thread is not worth its start-up.
@@ -321,9 +323,13 @@ fn speculate(
                 break;
             }
         }
-        if failed && restarts < MAX_SPECULATIVE_RESTARTS && start + 1 < scan.data.len() {
+        // An error near the end of the data is the data ending, not garbage: keep what
+        // was recorded (it may well be in sync).
+        let failed_at = usize::try_from(at.bitpos / 8).unwrap_or(usize::MAX);
+        let near_end = failed_at.saturating_add(MAX_MCU_BYTES) >= scan.data.len();
+        if failed && !near_end && restarts < MAX_SPECULATIVE_RESTARTS {
             restarts += 1;
-            start = start.max(usize::try_from(at.bitpos / 8).unwrap_or(usize::MAX)) + 1;
+            start = start.max(failed_at) + 1;
             continue;
         }
         // The receiver may be gone (the first thread failed): nothing to do about it.
