@@ -124,7 +124,7 @@ fn main() {
         let (t_ref, reference) = time(runs, || jpeg_decoder_quarter(&bytes));
         let one = Options::threads(1);
         let two = Options::threads(2);
-        let (t1, (o1, _)) = time(runs, || split_jpeg::decode_slice_traced(&bytes, EIGHTHS, &LIMITS, one).unwrap());
+        let (t1, (o1, trace1)) = time(runs, || split_jpeg::decode_slice_traced(&bytes, EIGHTHS, &LIMITS, one).unwrap());
         let (t2, (o2, trace)) = time(runs, || split_jpeg::decode_slice_traced(&bytes, EIGHTHS, &LIMITS, two).unwrap());
         let (tr, (o3, reader_trace)) = time(runs, || {
             let source = Paced { data: &bytes, pos: 0, start: None };
@@ -136,7 +136,7 @@ fn main() {
         let diff: u64 = p1.iter().zip(&reference).map(|(&a, &b)| u64::from(a.abs_diff(b))).sum();
         let max = p1.iter().zip(&reference).map(|(&a, &b)| a.abs_diff(b)).max().unwrap_or(0);
         println!("jpeg-decoder 1/4:              {t_ref:6.1} ms");
-        println!("split_jpeg threads=1:          {t1:6.1} ms");
+        println!("split_jpeg threads=1:          {t1:6.1} ms   {trace1:?}");
         println!("split_jpeg threads=2 (slice):  {t2:6.1} ms   {trace:?}");
         println!(
             "split_jpeg threads=2 (reader): {tr:6.1} ms from the first byte (upload alone {upload:.1} ms)   {reader_trace:?}"

@@ -263,7 +263,7 @@ impl ScanDecoder {
         split::finish(&scan, &mut self.coefs, self.cursor, threads, options.split, &mut self.trace)?;
         self.trace.entropy = start.elapsed();
         let start = Instant::now();
-        let image = pixels::render(&self.header, &self.layout, &self.coefs, self.eighths);
+        let image = pixels::render(&self.header, &self.layout, &self.coefs, self.eighths, threads);
         self.trace.pixels = start.elapsed();
         image
     }

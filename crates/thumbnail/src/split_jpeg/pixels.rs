@@ -24,62 +24,138 @@ struct Plane {
     up_y: usize,
 }
 
-/// Turns all coefficients into the output image.
-pub(super) fn render(header: &Header, layout: &Layout, coefs: &[i16], eighths: u32) -> Result<Image> {
+/// Turns all coefficients into the output image, on up to `threads` threads (each takes
+/// a band of MCU rows for the IDCT, then a band of output rows for colour).
+pub(super) fn render(
+    header: &Header,
+    layout: &Layout,
+    coefs: &[i16],
+    eighths: u32,
+    threads: usize,
+) -> Result<Image> {
     let n = layout.n;
     let (w, h) = (u64::from(header.width), u64::from(header.height));
     let out_w = (w * u64::from(eighths)).div_ceil(8) as usize;
     let out_h = (h * u64::from(eighths)).div_ceil(8) as usize;
     let hmax = header.components.iter().map(|c| c.h).max().unwrap_or(1);
     let vmax = header.components.iter().map(|c| c.v).max().unwrap_or(1);
-    let basis = basis(n);
-    let mut planes = Vec::with_capacity(header.components.len());
-    for (index, comp) in header.components.iter().enumerate() {
-        let blocks_x = layout.mcus_x * comp.h;
-        let blocks_y = layout.mcus_y * comp.v;
-        let stride = blocks_x * n;
-        let mut pixels = vec![0u8; stride * blocks_y * n];
-        let quant = dequantiser(&header.quant[comp.quant], layout);
-        for mcu in 0..layout.total_mcus {
-            let (mx, my) = (mcu % layout.mcus_x, mcu / layout.mcus_x);
-            for b in (0..layout.bpm).filter(|&b| layout.block_comp[b] == index) {
+    let idct = Idct {
+        basis: basis(n),
+        quant: header.components.iter().map(|c| dequantiser(&header.quant[c.quant], layout)).collect(),
+    };
+    let mut planes: Vec<Plane> = header
+        .components
+        .iter()
+        .map(|comp| {
+            let stride = layout.mcus_x * comp.h * n;
+            let size = |side: u64, factor: usize, max: usize| {
+                (side * factor as u64 * u64::from(eighths)).div_ceil(max as u64 * 8) as usize
+            };
+            let up = |factor: usize, max: usize, out: usize| if factor < max && out != 1 { 2 } else { 1 };
+            Plane {
+                pixels: vec![0u8; stride * layout.mcus_y * comp.v * n],
+                stride,
+                width: size(w, comp.h, hmax).max(1),
+                height: size(h, comp.v, vmax).max(1),
+                up_x: up(comp.h, hmax, out_w),
+                up_y: up(comp.v, vmax, out_h),
+            }
+        })
+        .collect();
+
+    // IDCT: MCU rows [0, mid) here, [mid, end) on the second thread.
+    let mid = if threads > 1 { layout.mcus_y / 2 } else { layout.mcus_y };
+    let strides: Vec<usize> = planes.iter().map(|p| p.stride).collect();
+    let mut low: Vec<&mut [u8]> = Vec::with_capacity(planes.len());
+    let mut high: Vec<&mut [u8]> = Vec::with_capacity(planes.len());
+    for (plane, comp) in planes.iter_mut().zip(&header.components) {
+        let (a, b) = plane.pixels.split_at_mut(mid * comp.v * n * plane.stride);
+        low.push(a);
+        high.push(b);
+    }
+    let band = |rows: std::ops::Range<usize>, out: &mut [&mut [u8]]| {
+        idct_band(header, layout, coefs, &idct, &strides, rows, out)
+    };
+    let (first, second) = std::thread::scope(|s| {
+        let second = (mid < layout.mcus_y).then(|| s.spawn(|| band(mid..layout.mcus_y, &mut high)));
+        let first = band(0..mid, &mut low);
+        (first, second.map(|h| h.join()))
+    });
+    first?;
+    if let Some(second) = second {
+        second.map_err(|_| Error::Undecodable("IDCT thread panicked".into()))??;
+    }
+
+    // Upsampling and colour: output rows [0, split) here, the rest on the second thread.
+    let components = planes.len();
+    let row_bytes = out_w * components;
+    let mut pixels = vec![0u8; row_bytes * out_h];
+    let split = if threads > 1 { out_h / 2 } else { out_h };
+    let (top, bottom) = pixels.split_at_mut(split * row_bytes);
+    let planes = &planes;
+    std::thread::scope(|s| {
+        if !bottom.is_empty() {
+            s.spawn(move || colour_rows(planes, out_w, split, bottom));
+        }
+        colour_rows(planes, out_w, 0, top);
+    });
+    Ok(Image { width: out_w as u32, height: out_h as u32, components: components as u8, pixels })
+}
+
+/// The dequantisation and IDCT weights of one image.
+struct Idct {
+    basis: Vec<f32>,
+    /// Per component (frame order), in slot order.
+    quant: Vec<Vec<f32>>,
+}
+
+/// IDCT of the MCU rows `rows` into `out` (per component, the plane from the band's
+/// first row on).
+fn idct_band(
+    header: &Header,
+    layout: &Layout,
+    coefs: &[i16],
+    idct: &Idct,
+    strides: &[usize],
+    rows: std::ops::Range<usize>,
+    out: &mut [&mut [u8]],
+) -> Result<()> {
+    let n = layout.n;
+    for my in rows.clone() {
+        for mx in 0..layout.mcus_x {
+            let mcu = my * layout.mcus_x + mx;
+            let start = mcu * layout.bpm * layout.slots;
+            let blocks = coefs
+                .get(start..start + layout.bpm * layout.slots)
+                .ok_or_else(|| Error::Undecodable("JPEG coefficients missing".into()))?;
+            for (b, block) in blocks.chunks_exact(layout.slots).enumerate() {
+                let c = layout.block_comp[b];
+                let comp = &header.components[c];
                 let (col, row) = layout.block_at[b];
-                let (bx, by) = (mx * comp.h + col, my * comp.v + row);
-                let start = ((mcu * layout.bpm) + b) * layout.slots;
-                let block = coefs
-                    .get(start..start + layout.slots)
-                    .ok_or_else(|| Error::Undecodable("JPEG coefficients missing".into()))?;
-                let origin = by * n * stride + bx * n;
-                idct(block, &quant, &basis, n, &mut pixels[origin..], stride);
+                let (bx, by) = (mx * comp.h + col, (my - rows.start) * comp.v + row);
+                let origin = by * n * strides[c] + bx * n;
+                let plane = &mut out[c][origin..];
+                idct_block(block, &idct.quant[c], &idct.basis, n, plane, strides[c]);
             }
         }
-        let size = |side: u64, factor: usize, max: usize| {
-            (side * factor as u64 * u64::from(eighths)).div_ceil(max as u64 * 8) as usize
-        };
-        let up = |factor: usize, max: usize, out: usize| if factor < max && out != 1 { 2 } else { 1 };
-        planes.push(Plane {
-            pixels,
-            stride,
-            width: size(w, comp.h, hmax).max(1),
-            height: size(h, comp.v, vmax).max(1),
-            up_x: up(comp.h, hmax, out_w),
-            up_y: up(comp.v, vmax, out_h),
-        });
     }
+    Ok(())
+}
+
+/// Upsamples and converts output rows from `first` on into `out`.
+fn colour_rows(planes: &[Plane], out_w: usize, first: usize, out: &mut [u8]) {
     let components = planes.len();
-    let mut pixels = vec![0u8; out_w * out_h * components];
     let mut rows: Vec<Vec<u8>> = planes.iter().map(|p| vec![0u8; 2 * p.width.max(out_w)]).collect();
-    for (y, out) in pixels.chunks_exact_mut(out_w * components).enumerate() {
+    for (i, line) in out.chunks_exact_mut(out_w * components).enumerate() {
         for (plane, row) in planes.iter().zip(rows.iter_mut()) {
-            plane.row(y, row);
+            plane.row(first + i, row);
         }
         if components == 1 {
-            out.copy_from_slice(&rows[0][..out_w]);
+            line.copy_from_slice(&rows[0][..out_w]);
         } else {
-            ycbcr_to_rgb(&rows[0][..out_w], &rows[1][..out_w], &rows[2][..out_w], out);
+            ycbcr_to_rgb(&rows[0][..out_w], &rows[1][..out_w], &rows[2][..out_w], line);
         }
     }
-    Ok(Image { width: out_w as u32, height: out_h as u32, components: components as u8, pixels })
 }
 
 impl Plane {
@@ -189,13 +265,24 @@ fn basis(n: usize) -> Vec<f32> {
 
 /// Scaled IDCT of one block (`coef` and `quant` in slot order) into `out` rows of
 /// `stride`, level-shifted and clamped.
-fn idct(coef: &[i16], quant: &[f32], basis: &[f32], n: usize, out: &mut [u8], stride: usize) {
+fn idct_block(coef: &[i16], quant: &[f32], basis: &[f32], n: usize, out: &mut [u8], stride: usize) {
     match n {
         1 => out[0] = to_pixel(f32::from(coef[0]) * quant[0] / 8.0),
-        2 => idct_n::<2>(coef, quant, basis, out, stride),
+        2 => idct_2(coef, quant, out, stride),
         4 => idct_n::<4>(coef, quant, basis, out, stride),
         _ => idct_n::<8>(coef, quant, basis, out, stride),
     }
+}
+
+/// The 2×2 case written out: every weight is ±1/(2√2), so each pixel is a signed sum of
+/// the four coefficients over 8.
+fn idct_2(coef: &[i16], quant: &[f32], out: &mut [u8], stride: usize) {
+    let f = |i: usize| f32::from(coef[i]) * quant[i] * 0.125;
+    let (a, b, c, d) = (f(0), f(1), f(2), f(3));
+    out[0] = to_pixel(a + b + c + d);
+    out[1] = to_pixel(a - b + c - d);
+    out[stride] = to_pixel(a + b - c - d);
+    out[stride + 1] = to_pixel(a - b - c + d);
 }
 
 fn idct_n<const N: usize>(coef: &[i16], quant: &[f32], basis: &[f32], out: &mut [u8], stride: usize) {
