@@ -3,7 +3,8 @@
 //! one thread, two threads from a slice, and two threads from a reader that delivers the
 //! file at ~300 MB/s in 64 KiB chunks (time from the first byte to pixels).
 //!
-//! `nice -n 15 cargo run --release -p mr-thumbnail --example split_jpeg_bench [runs]`
+//! `nice -n 15 cargo run --release -p mr-thumbnail --example split_jpeg_bench [runs [one]]`
+//! (`one`: only the one-thread decode of the first image, for `perf stat` and profiles)
 //!
 //! The decoder is crate-private, so it is compiled in here from its source, with the two
 //! crate items it uses supplied from the public API.
@@ -111,6 +112,16 @@ fn pixels(outcome: Outcome) -> Vec<u8> {
 
 fn main() {
     let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(9);
+    if std::env::args().nth(2).as_deref() == Some("one") {
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
+            .encode_image(&noise_image(4000, 3000, 50.0, 1))
+            .unwrap();
+        let one = Options::threads(1);
+        let (t, _) = time(runs, || split_jpeg::decode_slice_traced(&bytes, EIGHTHS, &LIMITS, one).unwrap());
+        println!("split_jpeg threads=1: {t:.1} ms");
+        return;
+    }
     println!("median of {runs} runs, 1/4 scale, 4000×3000 quality 90 (image crate encoder)");
     for amplitude in [50.0, 20.0] {
         let mut bytes = Vec::new();

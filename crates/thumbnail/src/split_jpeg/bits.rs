@@ -3,9 +3,6 @@
 //! one big-endian load, so the hot path has no per-byte or per-bit loop. Past the end of
 //! the data it reads zero bits; the caller notices by [`BitReader::bitpos`].
 
-/// Bits one Huffman symbol can take at most: a 16-bit code and 15 extra bits.
-pub(super) const MAX_SYMBOL_BITS: u32 = 31;
-
 /// A position in the data, in bits from its first byte: the one coordinate every decoder
 /// of the same data agrees on, whatever its refill history (how sync points are matched).
 pub(super) type BitPos = u64;
@@ -39,7 +36,9 @@ impl<'a> BitReader<'a> {
         self.pos as u64 * 8 - u64::from(self.nbits)
     }
 
-    /// Tops the buffer up to at least 56 bits.
+    /// Tops the buffer up to at least 56 bits: enough for one whole symbol (a 16-bit
+    /// code and 15 extra bits). Branch-free, so callers refill before every symbol
+    /// instead of testing (a mispredicted test costs more).
     #[inline(always)]
     pub(super) fn refill(&mut self) {
         let word = match self.data.get(self.pos..).and_then(|rest| rest.first_chunk::<8>()) {
@@ -65,14 +64,6 @@ impl<'a> BitReader<'a> {
         u64::from_be_bytes(bytes)
     }
 
-    /// Makes sure one whole symbol (code and extra bits) is buffered.
-    #[inline(always)]
-    pub(super) fn ensure_symbol(&mut self) {
-        if self.nbits < MAX_SYMBOL_BITS {
-            self.refill();
-        }
-    }
-
     /// The next `n` bits (1..=16) without consuming them.
     #[inline(always)]
     pub(super) fn peek(&self, n: u32) -> usize {
@@ -82,7 +73,7 @@ impl<'a> BitReader<'a> {
     /// Drops `n` bits (at most the buffered ones).
     #[inline(always)]
     pub(super) fn consume(&mut self, n: u32) {
-        // Callers consume at most one symbol after `ensure_symbol` (n ≤ 31 ≤ nbits).
+        // Callers consume at most one symbol per refill (n ≤ 31 ≤ 56 ≤ nbits).
         debug_assert!(n <= self.nbits && n < 64);
         self.buf <<= n;
         self.nbits -= n;

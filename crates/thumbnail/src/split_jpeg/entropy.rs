@@ -7,7 +7,7 @@
 
 use super::bits::{BitPos, BitReader};
 use super::header::{Header, MAX_BLOCKS_PER_MCU};
-use super::huffman::{Table, NEEDS_EXTRA};
+use super::huffman::{SkipKind, Table, FAST_BITS, NEEDS_EXTRA};
 use crate::error::{Error, Result};
 
 /// Most bytes one MCU can take: 10 blocks of 64 symbols of at most 31 bits, rounded up.
@@ -42,6 +42,8 @@ pub(super) struct Layout {
     pub restart_interval: usize,
     /// Slot (`row * n + column`) of each zigzag position, or [`SKIP`].
     zz_slot: [u8; 64],
+    /// The last zigzag position kept: past it, coefficients are only skipped.
+    last_kept: usize,
 }
 
 impl Layout {
@@ -71,10 +73,12 @@ impl Layout {
             }
         }
         let mut zz_slot = [SKIP; 64];
+        let mut last_kept = 0;
         for (k, &natural) in ZIGZAG.iter().enumerate() {
             let (row, col) = (usize::from(natural) / 8, usize::from(natural) % 8);
             if row < n && col < n {
                 zz_slot[k] = (row * n + col) as u8;
+                last_kept = k;
             }
         }
         Layout {
@@ -88,6 +92,7 @@ impl Layout {
             total_mcus: mcus_x * mcus_y,
             restart_interval: header.restart_interval,
             zz_slot,
+            last_kept,
         }
     }
 
@@ -272,15 +277,17 @@ fn decode_block(
     out: &mut [i16],
 ) -> Result<()> {
     let (dc, ac) = (tables.dc[blk], tables.ac[blk]);
-    reader.ensure_symbol();
+    // Refills are unconditional (branch-free): cheaper than a mispredicted test.
+    reader.refill();
     let (_, diff) = symbol(reader, dc)?;
     *pred = pred.wrapping_add(diff as i16);
     if let Some(first) = out.first_mut() {
         *first = *pred;
     }
+    // The coefficients kept, up to the last kept zigzag position.
     let mut k = 1;
-    while k < 64 {
-        reader.ensure_symbol();
+    while k <= layout.last_kept {
+        reader.refill();
         let (sym, value) = symbol(reader, ac)?;
         let (run, size) = (usize::from(sym >> 4), sym & 15);
         if size == 0 {
@@ -288,7 +295,7 @@ fn decode_block(
                 k += 16; // ZRL: sixteen zeros.
                 continue;
             }
-            break; // EOB.
+            return Ok(()); // EOB.
         }
         k += run;
         if k > 63 {
@@ -301,13 +308,39 @@ fn decode_block(
         }
         k += 1;
     }
+    // The rest only has to be read past: one lookup per symbol, no values.
+    while k < 64 {
+        reader.refill();
+        let skip = ac.skip[reader.peek(FAST_BITS)];
+        let (step, kind) = if skip.len != 0 {
+            reader.consume(u32::from(skip.len));
+            (usize::from(skip.step), skip.kind)
+        } else {
+            let (sym, _) = symbol(reader, ac)?;
+            match (sym >> 4, sym & 15) {
+                (15, 0) => (16, SkipKind::ZeroRun),
+                (_, 0) => (0, SkipKind::EndOfBlock),
+                (run, _) => (usize::from(run) + 1, SkipKind::Coefficient),
+            }
+        };
+        match kind {
+            SkipKind::EndOfBlock => break,
+            SkipKind::ZeroRun => k += 16,
+            SkipKind::Coefficient => {
+                k += step;
+                if k > 64 {
+                    return Err(corrupt("AC run past the end of a block"));
+                }
+            }
+        }
+    }
     Ok(())
 }
 
 /// The next symbol of `table` and its extended value (one symbol is buffered).
 #[inline(always)]
 fn symbol(reader: &mut BitReader<'_>, table: &Table) -> Result<(u8, i32)> {
-    let entry = table.fast[reader.peek(super::huffman::FAST_BITS)];
+    let entry = table.fast[reader.peek(FAST_BITS)];
     if entry.len != 0 && entry.len & NEEDS_EXTRA == 0 {
         reader.consume(u32::from(entry.len));
         return Ok((entry.symbol, i32::from(entry.value)));

@@ -27,6 +27,27 @@ pub(super) struct Entry {
     pub symbol: u8,
 }
 
+/// One lookahead entry for AC coefficients that are not kept: how far to skip.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Skip {
+    /// Bits of code and extra bits together; 0: not a code of at most [`FAST_BITS`] bits.
+    pub len: u8,
+    /// Zigzag positions to advance (run + 1, or 16 for ZRL).
+    pub step: u8,
+    pub kind: SkipKind,
+}
+
+/// What a [`Skip`] entry's symbol is.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum SkipKind {
+    /// End of block (and any other zero-size symbol but ZRL, as the decode loop treats them).
+    #[default]
+    EndOfBlock,
+    Coefficient,
+    /// Sixteen zeros.
+    ZeroRun,
+}
+
 /// Which coefficient a table codes, which decides what "size" means in its symbols.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Class {
@@ -37,6 +58,9 @@ pub(super) enum Class {
 pub(super) struct Table {
     class: Class,
     pub fast: Box<[Entry; 1 << FAST_BITS]>,
+    /// For AC coefficients past the kept ones: value not needed, so every code of at
+    /// most [`FAST_BITS`] bits skips in one step, however many extra bits follow.
+    pub skip: Box<[Skip; 1 << FAST_BITS]>,
     /// Largest code of each length (`-1`: none), for codes longer than the lookahead.
     max_code: [i32; MAX_CODE_BITS + 1],
     /// Index into `symbols` of the first code of each length, minus that code.
@@ -58,6 +82,7 @@ impl Table {
         let mut table = Table {
             class,
             fast: Box::new([Entry::default(); 1 << FAST_BITS]),
+            skip: Box::new([Skip::default(); 1 << FAST_BITS]),
             max_code: [-1; MAX_CODE_BITS + 1],
             offset: [0; MAX_CODE_BITS + 1],
             symbols: symbols.to_vec(),
@@ -90,6 +115,13 @@ impl Table {
         let size = self.size_of(symbol);
         let spare = FAST_BITS - len;
         let first = (code << spare) as usize;
+        let (run, kind) = match (symbol >> 4, size) {
+            (15, 0) => (15, SkipKind::ZeroRun),
+            (_, 0) => (0, SkipKind::EndOfBlock),
+            (run, _) => (run, SkipKind::Coefficient),
+        };
+        let skip = Skip { len: (len + size) as u8, step: run + 1, kind };
+        self.skip[first..first + (1 << spare)].fill(skip);
         for index in first..first + (1 << spare) {
             self.fast[index] = if len + size <= FAST_BITS {
                 let extra = (index >> (spare - size)) as i32 & ((1 << size) - 1);
