@@ -308,33 +308,59 @@ fn decode_block(
         }
         k += 1;
     }
-    // The rest only has to be read past: one lookup per symbol, no values.
+    // The rest only has to be read past: one lookup per symbol, no values, and two
+    // symbols per refill when the first came from the table (at most 25 bits, leaving 31
+    // of the 56 for any second symbol).
     while k < 64 {
         reader.refill();
-        let skip = ac.skip[reader.peek(FAST_BITS)];
-        let (step, kind) = if skip.len != 0 {
-            reader.consume(u32::from(skip.len));
-            (usize::from(skip.step), skip.kind)
-        } else {
-            let (sym, _) = symbol(reader, ac)?;
-            match (sym >> 4, sym & 15) {
-                (15, 0) => (16, SkipKind::ZeroRun),
-                (_, 0) => (0, SkipKind::EndOfBlock),
-                (run, _) => (usize::from(run) + 1, SkipKind::Coefficient),
-            }
-        };
-        match kind {
-            SkipKind::EndOfBlock => break,
-            SkipKind::ZeroRun => k += 16,
-            SkipKind::Coefficient => {
-                k += step;
-                if k > 64 {
-                    return Err(corrupt("AC run past the end of a block"));
-                }
-            }
+        let (step, kind, fast) = skip_symbol(reader, ac)?;
+        if advance(&mut k, step, kind)? || k >= 64 {
+            break;
+        }
+        if !fast {
+            continue;
+        }
+        let (step, kind, _) = skip_symbol(reader, ac)?;
+        if advance(&mut k, step, kind)? {
+            break;
         }
     }
     Ok(())
+}
+
+/// The next AC symbol, read past: (zigzag step, kind, came from the lookahead table).
+#[inline(always)]
+fn skip_symbol(reader: &mut BitReader<'_>, ac: &Table) -> Result<(usize, SkipKind, bool)> {
+    let skip = ac.skip[reader.peek(FAST_BITS)];
+    if skip.len != 0 {
+        reader.consume(u32::from(skip.len));
+        return Ok((usize::from(skip.step), skip.kind, true));
+    }
+    let (sym, _) = symbol(reader, ac)?;
+    Ok(match (sym >> 4, sym & 15) {
+        (15, 0) => (16, SkipKind::ZeroRun, false),
+        (_, 0) => (0, SkipKind::EndOfBlock, false),
+        (run, _) => (usize::from(run) + 1, SkipKind::Coefficient, false),
+    })
+}
+
+/// Moves `k` past a skipped symbol; true at the end of the block.
+#[inline(always)]
+fn advance(k: &mut usize, step: usize, kind: SkipKind) -> Result<bool> {
+    match kind {
+        SkipKind::EndOfBlock => Ok(true),
+        SkipKind::ZeroRun => {
+            *k += 16;
+            Ok(false)
+        }
+        SkipKind::Coefficient => {
+            *k += step;
+            if *k > 64 {
+                return Err(corrupt("AC run past the end of a block"));
+            }
+            Ok(false)
+        }
+    }
 }
 
 /// The next symbol of `table` and its extended value (one symbol is buffered).

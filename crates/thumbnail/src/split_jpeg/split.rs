@@ -312,8 +312,13 @@ fn speculate(
 ) -> Speculation {
     let total = scan.layout.total_mcus;
     let mut restarts = 0;
+    // Room for the share of the coefficients its share of the data holds, plus a tenth,
+    // so that growing the vector rarely copies it.
+    let all = scan.layout.coefficients(total) as u128;
+    let share = all * scan.data.len().saturating_sub(start) as u128 / scan.data.len().max(1) as u128;
+    let room = usize::try_from((share + share / 10).min(all)).unwrap_or(0);
     loop {
-        let mut coefs = Vec::new();
+        let mut coefs = Vec::with_capacity(room);
         let mut at = Cursor::at(0, start as u64 * 8);
         let mut recorder = Recorder { records: Vec::with_capacity(RECORDS) };
         let mut failed = false;
