@@ -122,7 +122,9 @@ fn main() {
         println!("split_jpeg threads=1: {t:.1} ms");
         return;
     }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("median of {runs} runs, 1/4 scale, 4000×3000 quality 90 (image crate encoder)");
+    println!("load average at start: {}", load.trim());
     for amplitude in [50.0, 20.0] {
         let mut bytes = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
@@ -157,4 +159,6 @@ fn main() {
             diff as f64 / p1.len() as f64
         );
     }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("\nload average at end: {}", load.trim());
 }

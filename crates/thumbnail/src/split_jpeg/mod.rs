@@ -42,6 +42,12 @@ use unstuff::Unstuffer;
 /// Threads the entropy decoding uses at most.
 pub(crate) const MAX_THREADS: usize = 2;
 
+/// Bytes of decoder memory allowed per pixel of `Limits::max_pixels`: what render.rs
+/// allows jpeg-decoder. Coefficients take 0.4 (1/4 scale) to 6 (full size, 4:4:4) bytes
+/// per pixel, plus up to half again for the speculative thread's copy; a full-size decode
+/// of an image near the limit is left to jpeg-decoder.
+const MAX_BYTES_PER_PIXEL: u64 = 4;
+
 /// Bytes asked of the reader at once.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -122,6 +128,9 @@ pub(crate) fn decode_slice_traced(
         Step::Unsupported(why) => return Ok((Outcome::Unsupported(why), Trace::default())),
         Step::Scan { header, entropy_start } => (header, entropy_start),
     };
+    if let Some(why) = over_budget(&header, eighths, limits) {
+        return Ok((Outcome::Unsupported(why), Trace::default()));
+    }
     let start = Instant::now();
     let mut unstuffer = Unstuffer::default();
     unstuffer.push(&bytes[entropy_start..]);
@@ -141,12 +150,13 @@ pub(crate) fn decode_reader_traced<R: Read>(
     check_scale(eighths)?;
     let mut source = source.take(limits.max_source_bytes);
     let mut raw = Vec::new();
+    let mut buffer = vec![0u8; READ_CHUNK];
     let mut parser = HeaderParser::default();
     let mut scan: Option<(ScanDecoder, usize)> = None;
     let mut unstuffer = Unstuffer::default();
     loop {
         let read_at = Instant::now();
-        let ended = read_more(&mut source, &mut raw)?;
+        let ended = read_more(&mut source, &mut buffer, &mut raw)?;
         let waited = read_at.elapsed() > READ_WAITED;
         match &mut scan {
             None => match parser.feed(&raw, limits)? {
@@ -156,6 +166,9 @@ pub(crate) fn decode_reader_traced<R: Read>(
                 Step::NeedMore => continue,
                 Step::Unsupported(why) => return Ok((Outcome::Unsupported(why), Trace::default())),
                 Step::Scan { header, entropy_start } => {
+                    if let Some(why) = over_budget(&header, eighths, limits) {
+                        return Ok((Outcome::Unsupported(why), Trace::default()));
+                    }
                     scan = Some((ScanDecoder::new(header, eighths)?, entropy_start));
                 }
             },
@@ -179,23 +192,27 @@ pub(crate) fn decode_reader_traced<R: Read>(
     }
 }
 
-/// Reads one more chunk into `raw`; true at the end of the source.
-fn read_more(source: &mut impl Read, raw: &mut Vec<u8>) -> Result<bool> {
-    let old = raw.len();
-    raw.resize(old + READ_CHUNK, 0);
+/// Reads one more chunk into `raw` through `buffer`; true at the end of the source.
+fn read_more(source: &mut impl Read, buffer: &mut [u8], raw: &mut Vec<u8>) -> Result<bool> {
     loop {
-        match source.read(&mut raw[old..]) {
+        match source.read(buffer) {
             Ok(n) => {
-                raw.truncate(old + n);
+                raw.extend_from_slice(&buffer[..n.min(buffer.len())]);
                 return Ok(n == 0);
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => {
-                raw.truncate(old);
-                return Err(Error::Undecodable(format!("reading the JPEG: {e}")));
-            }
+            Err(e) => return Err(Error::Undecodable(format!("reading the JPEG: {e}"))),
         }
     }
+}
+
+/// Why a decode would need more memory than [`MAX_BYTES_PER_PIXEL`] allows, if it would.
+fn over_budget(header: &Header, eighths: u32, limits: &Limits) -> Option<&'static str> {
+    let layout = Layout::new(header, eighths as usize);
+    let coefficient_bytes = layout.coefficients(layout.total_mcus) as u64 * 2;
+    let needed = coefficient_bytes.saturating_add(coefficient_bytes / 2);
+    (needed > limits.max_pixels.saturating_mul(MAX_BYTES_PER_PIXEL))
+        .then_some("JPEG too large for this decoder at this scale")
 }
 
 fn check_scale(eighths: u32) -> Result<()> {

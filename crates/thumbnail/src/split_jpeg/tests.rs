@@ -359,3 +359,11 @@ fn source_limit_is_kept() {
 fn bad_scale_is_an_invalid_request() {
     assert!(matches!(decode_slice(&small_jpeg(), 3, &LIMITS, 2), Err(Error::InvalidRequest(_))));
 }
+
+#[test]
+fn full_size_near_the_pixel_limit_is_left_to_jpeg_decoder() {
+    let bytes = small_jpeg();
+    let tight = Limits { max_pixels: 123 * 77, ..LIMITS };
+    assert!(matches!(decode_slice(&bytes, 8, &tight, 2), Ok(Outcome::Unsupported(_))));
+    assert!(matches!(decode_slice(&bytes, 2, &tight, 2), Ok(Outcome::Decoded(_))));
+}
