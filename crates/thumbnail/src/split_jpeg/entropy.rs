@@ -235,8 +235,8 @@ pub(super) fn decode<O: Observer>(
             }
         }
         let comp = layout.block_comp[at.blk];
-        let start = (at.mcu.wrapping_sub(t.out_base) * layout.bpm + at.blk) * layout.slots;
-        let Some(out) = t.out.get_mut(start..start + layout.slots) else {
+        let start = at.mcu.checked_sub(t.out_base).map(|m| (m * layout.bpm + at.blk) * layout.slots);
+        let Some(out) = start.and_then(|start| t.out.get_mut(start..start + layout.slots)) else {
             break Err(Error::Undecodable("JPEG coefficient index out of range".into()));
         };
         let pred = &mut at.preds[comp.min(2)];

@@ -19,7 +19,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::bits::BitPos;
 use super::entropy::{
@@ -36,7 +36,7 @@ const RECORDS: usize = 8192;
 
 /// Times the speculative thread starts again one byte further after a decoding error
 /// before it has recorded its candidates (garbage before sync often hits invalid codes).
-const MAX_SPECULATIVE_RESTARTS: usize = 256;
+const MAX_SPECULATIVE_RESTARTS: usize = 64;
 
 /// MCUs the speculative thread decodes between looks at the cancel flag.
 const CHUNK_MCUS: usize = 1024;
@@ -65,6 +65,9 @@ pub(crate) struct Trace {
     pub second_thread_mcus: usize,
     /// MCUs the calling thread had decoded when the data was complete (a reader's).
     pub mcus_while_arriving: usize,
+    /// Time the first thread waited for the second (its candidates, then its end): how
+    /// unevenly the work was split.
+    pub waited_for_second: Duration,
     /// Time in the serial part before the split (unstuffing, for a slice), in the split
     /// entropy decoding, and in the IDCT and colour conversion.
     pub before_split: Duration,
@@ -213,13 +216,18 @@ fn first_thread(
     }
     // The candidates come within a millisecond of the second thread's start; an error
     // before it sent any means there are none.
+    let waiting = Instant::now();
     let records = candidates.recv().unwrap_or_default();
+    trace.waited_for_second = waiting.elapsed();
     let mut matcher = Matcher { records: &records, next: 0, found: None };
     let halt = decode(&mut scan.target(coefs, 0), &mut at, total, BitPos::MAX, &mut matcher)?;
     let Some(sync) = matcher.found.filter(|_| halt == Halt::Observed) else {
         return scan.to_end(coefs, at);
     };
-    let Ok(spec) = second.join() else {
+    let waiting = Instant::now();
+    let joined = second.join();
+    trace.waited_for_second += waiting.elapsed();
+    let Ok(spec) = joined else {
         return scan.to_end(coefs, at);
     };
     trace.speculative_restarts = spec.restarts;
