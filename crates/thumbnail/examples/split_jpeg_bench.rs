@@ -21,14 +21,16 @@ mod error {
 mod probe {
     pub use mr_thumbnail::Limits;
 }
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../src/split_jpeg/mod.rs"]
 mod split_jpeg;
 
 use split_jpeg::{Options, Outcome};
 
-const LIMITS: mr_thumbnail::Limits =
-    mr_thumbnail::Limits { max_source_bytes: 64 << 20, max_pixels: 100_000_000 };
+const LIMITS: mr_thumbnail::Limits = mr_thumbnail::Limits {
+    max_source_bytes: 64 << 20,
+    max_pixels: 100_000_000,
+};
 
 /// Scale of the bench decodes (1/4).
 const EIGHTHS: u32 = 2;
@@ -47,10 +49,14 @@ fn noise_image(width: u32, height: u32, amplitude: f32, seed: u64) -> RgbImage {
         let (fx, fy) = (x as f32 / width as f32, y as f32 / height as f32);
         let (dx, dy) = (fx - 0.5, fy - 0.5);
         let ring = ((dx * dx + dy * dy).sqrt() * 60.0 + seed as f32).sin() * 40.0;
-        let base = [fx * 200.0 + ring, fy * 200.0 - ring, (fx + fy) * 100.0 + ring * 0.5];
+        let base = [
+            fx * 200.0 + ring,
+            fy * 200.0 - ring,
+            (fx + fy) * 100.0 + ring * 0.5,
+        ];
         for c in 0..3 {
-            px[c] = (base[c] + 28.0 + noise[i + c] as f32 * amplitude / 255.0).clamp(0.0, 255.0)
-                as u8;
+            px[c] =
+                (base[c] + 28.0 + noise[i + c] as f32 * amplitude / 255.0).clamp(0.0, 255.0) as u8;
         }
     }
     img
@@ -111,14 +117,19 @@ fn pixels(outcome: Outcome) -> Vec<u8> {
 }
 
 fn main() {
-    let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(9);
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(9);
     if std::env::args().nth(2).as_deref() == Some("one") {
         let mut bytes = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
             .encode_image(&noise_image(4000, 3000, 50.0, 1))
             .unwrap();
         let one = Options::threads(1);
-        let (t, _) = time(runs, || split_jpeg::decode_slice_traced(&bytes, EIGHTHS, &LIMITS, one).unwrap());
+        let (t, _) = time(runs, || {
+            split_jpeg::decode_slice_traced(&bytes, EIGHTHS, &LIMITS, one).unwrap()
+        });
         println!("split_jpeg threads=1: {t:.1} ms");
         return;
     }
@@ -137,17 +148,37 @@ fn main() {
         let (t_ref, reference) = time(runs, || jpeg_decoder_quarter(&bytes));
         let one = Options::threads(1);
         let two = Options::threads(2);
-        let (t1, (o1, trace1)) = time(runs, || split_jpeg::decode_slice_traced(&bytes, EIGHTHS, &LIMITS, one).unwrap());
-        let (t2, (o2, trace)) = time(runs, || split_jpeg::decode_slice_traced(&bytes, EIGHTHS, &LIMITS, two).unwrap());
+        let (t1, (o1, trace1)) = time(runs, || {
+            split_jpeg::decode_slice_traced(&bytes, EIGHTHS, &LIMITS, one).unwrap()
+        });
+        let (t2, (o2, trace)) = time(runs, || {
+            split_jpeg::decode_slice_traced(&bytes, EIGHTHS, &LIMITS, two).unwrap()
+        });
         let (tr, (o3, reader_trace)) = time(runs, || {
-            let source = Paced { data: &bytes, pos: 0, start: None };
+            let source = Paced {
+                data: &bytes,
+                pos: 0,
+                start: None,
+            };
             split_jpeg::decode_reader_traced(source, EIGHTHS, &LIMITS, two).unwrap()
         });
         let upload = bytes.len() as f64 / BYTES_PER_SEC * 1e3;
         let (p1, p2, p3) = (pixels(o1), pixels(o2), pixels(o3));
-        assert!(p1 == p2 && p2 == p3, "thread counts or reader gave different pixels");
-        let diff: u64 = p1.iter().zip(&reference).map(|(&a, &b)| u64::from(a.abs_diff(b))).sum();
-        let max = p1.iter().zip(&reference).map(|(&a, &b)| a.abs_diff(b)).max().unwrap_or(0);
+        assert!(
+            p1 == p2 && p2 == p3,
+            "thread counts or reader gave different pixels"
+        );
+        let diff: u64 = p1
+            .iter()
+            .zip(&reference)
+            .map(|(&a, &b)| u64::from(a.abs_diff(b)))
+            .sum();
+        let max = p1
+            .iter()
+            .zip(&reference)
+            .map(|(&a, &b)| a.abs_diff(b))
+            .max()
+            .unwrap_or(0);
         println!("jpeg-decoder 1/4:              {t_ref:6.1} ms");
         println!("split_jpeg threads=1:          {t1:6.1} ms   {trace1:?}");
         println!("split_jpeg threads=2 (slice):  {t2:6.1} ms   {trace:?}");

@@ -20,8 +20,15 @@ pub(super) struct BitReader<'a> {
 impl<'a> BitReader<'a> {
     /// A reader whose next bit is bit `bitpos` of `data`.
     pub(super) fn at(data: &'a [u8], bitpos: BitPos) -> Self {
-        let pos = usize::try_from(bitpos / 8).unwrap_or(usize::MAX).min(data.len());
-        let mut reader = BitReader { data, pos, buf: 0, nbits: 0 };
+        let pos = usize::try_from(bitpos / 8)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let mut reader = BitReader {
+            data,
+            pos,
+            buf: 0,
+            nbits: 0,
+        };
         reader.refill();
         // A `bitpos` past the end reads as zeros: skipping its sub-byte part is enough.
         if pos < data.len() || bitpos / 8 == data.len() as u64 {
@@ -41,7 +48,11 @@ impl<'a> BitReader<'a> {
     /// instead of testing (a mispredicted test costs more).
     #[inline(always)]
     pub(super) fn refill(&mut self) {
-        let word = match self.data.get(self.pos..).and_then(|rest| rest.first_chunk::<8>()) {
+        let word = match self
+            .data
+            .get(self.pos..)
+            .and_then(|rest| rest.first_chunk::<8>())
+        {
             Some(bytes) => u64::from_be_bytes(*bytes),
             None => self.tail_word(),
         };

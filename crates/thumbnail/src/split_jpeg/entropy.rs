@@ -19,9 +19,9 @@ const SKIP: u8 = u8::MAX;
 
 /// Natural (row-major) index of each zigzag position.
 const ZIGZAG: [u8; 64] = [
-    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27,
-    20, 13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58,
-    59, 52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
+    0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20,
+    13, 6, 7, 14, 21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59,
+    52, 45, 38, 31, 39, 46, 53, 60, 61, 54, 47, 55, 62, 63,
 ];
 
 /// The MCU geometry and coefficient layout of one decode.
@@ -103,7 +103,10 @@ impl Layout {
 
     /// The zigzag position's slot in a kept block, if kept.
     pub(super) fn slot_of_zigzag(&self, k: usize) -> Option<usize> {
-        self.zz_slot.get(k).filter(|&&s| s != SKIP).map(|&s| usize::from(s))
+        self.zz_slot
+            .get(k)
+            .filter(|&&s| s != SKIP)
+            .map(|&s| usize::from(s))
     }
 }
 
@@ -116,11 +119,15 @@ pub(super) struct Tables<'a> {
 impl<'a> Tables<'a> {
     pub(super) fn new(header: &'a Header, layout: &Layout) -> Result<Tables<'a>> {
         let table = |slot: &'a Option<Table>| {
-            slot.as_ref().ok_or_else(|| Error::Undecodable("undefined Huffman table".into()))
+            slot.as_ref()
+                .ok_or_else(|| Error::Undecodable("undefined Huffman table".into()))
         };
         let c0 = &header.components[layout.block_comp[0]];
         let (dc0, ac0) = (table(&header.dc[c0.dc])?, table(&header.ac[c0.ac])?);
-        let mut tables = Tables { dc: [dc0; MAX_BLOCKS_PER_MCU], ac: [ac0; MAX_BLOCKS_PER_MCU] };
+        let mut tables = Tables {
+            dc: [dc0; MAX_BLOCKS_PER_MCU],
+            ac: [ac0; MAX_BLOCKS_PER_MCU],
+        };
         for b in 0..layout.bpm {
             let c = &header.components[layout.block_comp[b]];
             tables.dc[b] = table(&header.dc[c.dc])?;
@@ -142,7 +149,12 @@ pub(super) struct Cursor {
 
 impl Cursor {
     pub(super) fn at(mcu: usize, bitpos: BitPos) -> Cursor {
-        Cursor { mcu, blk: 0, bitpos, preds: [0; 3] }
+        Cursor {
+            mcu,
+            blk: 0,
+            bitpos,
+            preds: [0; 3],
+        }
     }
 }
 
@@ -212,7 +224,10 @@ pub(super) fn decode<O: Observer>(
             if at.mcu >= end_mcu {
                 break Ok(Halt::Finished);
             }
-            if layout.restart_interval > 0 && at.mcu > 0 && at.mcu % layout.restart_interval == 0 {
+            if layout.restart_interval > 0
+                && at.mcu > 0
+                && at.mcu.is_multiple_of(layout.restart_interval)
+            {
                 match t.restarts.get(at.mcu / layout.restart_interval - 1) {
                     Some(&start) => {
                         reader = BitReader::at(t.data, start as u64 * 8);
@@ -235,9 +250,14 @@ pub(super) fn decode<O: Observer>(
             }
         }
         let comp = layout.block_comp[at.blk];
-        let start = at.mcu.checked_sub(t.out_base).map(|m| (m * layout.bpm + at.blk) * layout.slots);
+        let start = at
+            .mcu
+            .checked_sub(t.out_base)
+            .map(|m| (m * layout.bpm + at.blk) * layout.slots);
         let Some(out) = start.and_then(|start| t.out.get_mut(start..start + layout.slots)) else {
-            break Err(Error::Undecodable("JPEG coefficient index out of range".into()));
+            break Err(Error::Undecodable(
+                "JPEG coefficient index out of range".into(),
+            ));
         };
         let pred = &mut at.preds[comp.min(2)];
         if let Err(e) = decode_block(&mut reader, t.tables, at.blk, layout, pred, out) {
@@ -249,7 +269,11 @@ pub(super) fn decode<O: Observer>(
             at.mcu += 1;
             if reader.bitpos() > data_bits {
                 at = safe;
-                break if t.complete { Err(corrupt("truncated")) } else { Ok(Halt::Paused) };
+                break if t.complete {
+                    Err(corrupt("truncated"))
+                } else {
+                    Ok(Halt::Paused)
+                };
             }
         }
     };

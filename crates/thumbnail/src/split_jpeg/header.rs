@@ -56,7 +56,10 @@ pub(super) enum Step {
     /// A JPEG this decoder does not handle; the caller falls back to another decoder.
     Unsupported(&'static str),
     /// The scan starts at byte `entropy_start`.
-    Scan { header: Box<Header>, entropy_start: usize },
+    Scan {
+        header: Box<Header>,
+        entropy_start: usize,
+    },
 }
 
 pub(super) struct HeaderParser {
@@ -185,7 +188,9 @@ impl HeaderParser {
         if count != 1 && count != MAX_COMPONENTS {
             return Ok(Some("JPEG component count other than 1 or 3"));
         }
-        let specs = p.get(6..6 + 3 * count).ok_or_else(|| undecodable("short SOF"))?;
+        let specs = p
+            .get(6..6 + 3 * count)
+            .ok_or_else(|| undecodable("short SOF"))?;
         let mut components = Vec::with_capacity(count);
         for spec in specs.chunks_exact(3) {
             let (h, v) = (usize::from(spec[1] >> 4), usize::from(spec[1] & 15));
@@ -199,7 +204,14 @@ impl HeaderParser {
             if components.iter().any(|c: &Component| c.id == spec[0]) {
                 return Err(undecodable("duplicate component id"));
             }
-            components.push(Component { id: spec[0], h, v, quant, dc: 0, ac: 0 });
+            components.push(Component {
+                id: spec[0],
+                h,
+                v,
+                quant,
+                dc: 0,
+                ac: 0,
+            });
         }
         if count == 1 {
             // A lone component is never subsampled: its scan has one block per MCU.
@@ -243,7 +255,9 @@ impl HeaderParser {
                 return Err(undecodable("quantisation table precision or index"));
             }
             let bytes = if wide == 1 { 128 } else { 64 };
-            let values = p.get(1..1 + bytes).ok_or_else(|| undecodable("short DQT"))?;
+            let values = p
+                .get(1..1 + bytes)
+                .ok_or_else(|| undecodable("short DQT"))?;
             for (i, q) in self.quant[slot].iter_mut().enumerate() {
                 *q = if wide == 1 {
                     u16::from_be_bytes([values[2 * i], values[2 * i + 1]])
@@ -273,7 +287,9 @@ impl HeaderParser {
         if components.iter().map(|c| c.id).eq(*b"RGB") {
             return Ok(Step::Unsupported("RGB JPEG (components R, G, B)"));
         }
-        let specs = p.get(1..1 + 2 * count).ok_or_else(|| undecodable("short SOS"))?;
+        let specs = p
+            .get(1..1 + 2 * count)
+            .ok_or_else(|| undecodable("short SOS"))?;
         let mut scan_order = Vec::with_capacity(count);
         for spec in specs.chunks_exact(2) {
             let index = components

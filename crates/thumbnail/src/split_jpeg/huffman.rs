@@ -120,7 +120,11 @@ impl Table {
             (_, 0) => (0, SkipKind::EndOfBlock),
             (run, _) => (run, SkipKind::Coefficient),
         };
-        let skip = Skip { len: (len + size) as u8, step: run + 1, kind };
+        let skip = Skip {
+            len: (len + size) as u8,
+            step: run + 1,
+            kind,
+        };
         self.skip[first..first + (1 << spare)].fill(skip);
         for index in first..first + (1 << spare) {
             self.fast[index] = if len + size <= FAST_BITS {
@@ -131,7 +135,11 @@ impl Table {
                     symbol,
                 }
             } else {
-                Entry { value: 0, len: len as u8 | NEEDS_EXTRA, symbol }
+                Entry {
+                    value: 0,
+                    len: len as u8 | NEEDS_EXTRA,
+                    symbol,
+                }
             };
         }
     }
@@ -156,7 +164,9 @@ impl Table {
                 return Ok((len as u32, symbol));
             }
         }
-        Err(Error::Undecodable("invalid Huffman code in JPEG data".into()))
+        Err(Error::Undecodable(
+            "invalid Huffman code in JPEG data".into(),
+        ))
     }
 }
 

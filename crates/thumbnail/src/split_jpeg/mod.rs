@@ -30,9 +30,9 @@ mod header;
 mod huffman;
 mod pixels;
 mod split;
-mod unstuff;
 #[cfg(test)]
 mod tests;
+mod unstuff;
 
 use entropy::{decode, Cursor, Halt, Layout, Tables, Target, Unobserved, MAX_MCU_BYTES};
 use header::{Header, HeaderParser, Step};
@@ -86,12 +86,20 @@ pub(crate) struct Options {
 
 impl Options {
     pub(crate) fn threads(threads: usize) -> Options {
-        Options { threads: threads.min(MAX_THREADS), split: SplitAt::Middle }
+        Options {
+            threads: threads.min(MAX_THREADS),
+            split: SplitAt::Middle,
+        }
     }
 }
 
 /// Decodes a whole JPEG in memory at `eighths`/8 of its size (1, 2, 4 or 8).
-pub(crate) fn decode_slice(bytes: &[u8], eighths: u32, limits: &Limits, threads: usize) -> Result<Outcome> {
+pub(crate) fn decode_slice(
+    bytes: &[u8],
+    eighths: u32,
+    limits: &Limits,
+    threads: usize,
+) -> Result<Outcome> {
     decode_slice_traced(bytes, eighths, limits, Options::threads(threads)).map(|(o, _)| o)
 }
 
@@ -126,7 +134,10 @@ pub(crate) fn decode_slice_traced(
     let (header, entropy_start) = match HeaderParser::default().feed(bytes, limits)? {
         Step::NeedMore => return Err(Error::Undecodable("JPEG header: truncated".into())),
         Step::Unsupported(why) => return Ok((Outcome::Unsupported(why), Trace::default())),
-        Step::Scan { header, entropy_start } => (header, entropy_start),
+        Step::Scan {
+            header,
+            entropy_start,
+        } => (header, entropy_start),
     };
     if let Some(why) = over_budget(&header, eighths, limits) {
         return Ok((Outcome::Unsupported(why), Trace::default()));
@@ -158,23 +169,27 @@ pub(crate) fn decode_reader_traced<R: Read>(
         let read_at = Instant::now();
         let ended = read_more(&mut source, &mut buffer, &mut raw)?;
         let waited = read_at.elapsed() > READ_WAITED;
-        match &mut scan {
-            None => match parser.feed(&raw, limits)? {
+        if scan.is_none() {
+            match parser.feed(&raw, limits)? {
                 Step::NeedMore if ended => {
                     return Err(Error::Undecodable("JPEG header: truncated".into()))
                 }
                 Step::NeedMore => continue,
                 Step::Unsupported(why) => return Ok((Outcome::Unsupported(why), Trace::default())),
-                Step::Scan { header, entropy_start } => {
+                Step::Scan {
+                    header,
+                    entropy_start,
+                } => {
                     if let Some(why) = over_budget(&header, eighths, limits) {
                         return Ok((Outcome::Unsupported(why), Trace::default()));
                     }
                     scan = Some((ScanDecoder::new(header, eighths)?, entropy_start));
                 }
-            },
-            Some(_) => {}
+            }
         }
-        let Some((decoder, next_raw)) = &mut scan else { continue };
+        let Some((decoder, next_raw)) = &mut scan else {
+            continue;
+        };
         *next_raw += unstuffer.push(raw.get(*next_raw..).unwrap_or_default());
         if unstuffer.ended || ended {
             if !unstuffer.ended && raw.len() as u64 >= limits.max_source_bytes {
@@ -218,7 +233,9 @@ fn over_budget(header: &Header, eighths: u32, limits: &Limits) -> Option<&'stati
 fn check_scale(eighths: u32) -> Result<()> {
     match eighths {
         1 | 2 | 4 | 8 => Ok(()),
-        _ => Err(Error::InvalidRequest("JPEG scale must be 1, 2, 4 or 8 eighths")),
+        _ => Err(Error::InvalidRequest(
+            "JPEG scale must be 1, 2, 4 or 8 eighths",
+        )),
     }
 }
 
@@ -238,7 +255,14 @@ impl ScanDecoder {
         let layout = Layout::new(&header, eighths as usize);
         // The header checked the pixel count against the limit: this is bounded.
         let coefs = vec![0i16; layout.coefficients(layout.total_mcus)];
-        Ok(ScanDecoder { header, layout, eighths, coefs, cursor: Cursor::at(0, 0), trace: Trace::default() })
+        Ok(ScanDecoder {
+            header,
+            layout,
+            eighths,
+            coefs,
+            cursor: Cursor::at(0, 0),
+            trace: Trace::default(),
+        })
     }
 
     /// Decodes MCUs whose bytes have surely all arrived (incomplete data), at most
@@ -277,10 +301,23 @@ impl ScanDecoder {
         let threads = options.threads.min(MAX_THREADS);
         self.trace.mcus_while_arriving = self.cursor.mcu;
         let start = Instant::now();
-        split::finish(&scan, &mut self.coefs, self.cursor, threads, options.split, &mut self.trace)?;
+        split::finish(
+            &scan,
+            &mut self.coefs,
+            self.cursor,
+            threads,
+            options.split,
+            &mut self.trace,
+        )?;
         self.trace.entropy = start.elapsed();
         let start = Instant::now();
-        let image = pixels::render(&self.header, &self.layout, &self.coefs, self.eighths, threads);
+        let image = pixels::render(
+            &self.header,
+            &self.layout,
+            &self.coefs,
+            self.eighths,
+            threads,
+        );
         self.trace.pixels = start.elapsed();
         image
     }

@@ -41,7 +41,11 @@ pub(super) fn render(
     let vmax = header.components.iter().map(|c| c.v).max().unwrap_or(1);
     let idct = Idct {
         basis: basis(n),
-        quant: header.components.iter().map(|c| dequantiser(&header.quant[c.quant], layout)).collect(),
+        quant: header
+            .components
+            .iter()
+            .map(|c| dequantiser(&header.quant[c.quant], layout))
+            .collect(),
     };
     let mut planes: Vec<Plane> = header
         .components
@@ -51,7 +55,13 @@ pub(super) fn render(
             let size = |side: u64, factor: usize, max: usize| {
                 (side * factor as u64 * u64::from(eighths)).div_ceil(max as u64 * 8) as usize
             };
-            let up = |factor: usize, max: usize, out: usize| if factor < max && out != 1 { 2 } else { 1 };
+            let up = |factor: usize, max: usize, out: usize| {
+                if factor < max && out != 1 {
+                    2
+                } else {
+                    1
+                }
+            };
             Plane {
                 pixels: vec![0u8; stride * layout.mcus_y * comp.v * n],
                 stride,
@@ -64,7 +74,11 @@ pub(super) fn render(
         .collect();
 
     // IDCT: MCU rows [0, mid) here, [mid, end) on the second thread.
-    let mid = if threads > 1 { layout.mcus_y / 2 } else { layout.mcus_y };
+    let mid = if threads > 1 {
+        layout.mcus_y / 2
+    } else {
+        layout.mcus_y
+    };
     let strides: Vec<usize> = planes.iter().map(|p| p.stride).collect();
     let mut low: Vec<&mut [u8]> = Vec::with_capacity(planes.len());
     let mut high: Vec<&mut [u8]> = Vec::with_capacity(planes.len());
@@ -99,7 +113,12 @@ pub(super) fn render(
         }
         colour_rows(planes, out_w, 0, top);
     });
-    Ok(Image { width: out_w as u32, height: out_h as u32, components: components as u8, pixels })
+    Ok(Image {
+        width: out_w as u32,
+        height: out_h as u32,
+        components: components as u8,
+        pixels,
+    })
 }
 
 /// The dequantisation and IDCT weights of one image.
@@ -145,7 +164,10 @@ fn idct_band(
 /// Upsamples and converts output rows from `first` on into `out`.
 fn colour_rows(planes: &[Plane], out_w: usize, first: usize, out: &mut [u8]) {
     let components = planes.len();
-    let mut rows: Vec<Vec<u8>> = planes.iter().map(|p| vec![0u8; 2 * p.width.max(out_w)]).collect();
+    let mut rows: Vec<Vec<u8>> = planes
+        .iter()
+        .map(|p| vec![0u8; 2 * p.width.max(out_w)])
+        .collect();
     for (i, line) in out.chunks_exact_mut(out_w * components).enumerate() {
         for (plane, row) in planes.iter().zip(rows.iter_mut()) {
             plane.row(first + i, row);
@@ -153,7 +175,12 @@ fn colour_rows(planes: &[Plane], out_w: usize, first: usize, out: &mut [u8]) {
         if components == 1 {
             line.copy_from_slice(&rows[0][..out_w]);
         } else {
-            ycbcr_to_rgb(&rows[0][..out_w], &rows[1][..out_w], &rows[2][..out_w], line);
+            ycbcr_to_rgb(
+                &rows[0][..out_w],
+                &rows[1][..out_w],
+                &rows[2][..out_w],
+                line,
+            );
         }
     }
 }
@@ -177,7 +204,11 @@ impl Plane {
             return;
         }
         // Vertical triangle filter: 3/4 of the nearer source row, 1/4 of the other.
-        let far = if y % 2 == 0 { line((y / 2).saturating_sub(1)) } else { line(y / 2 + 1) };
+        let far = if y.is_multiple_of(2) {
+            line((y / 2).saturating_sub(1))
+        } else {
+            line(y / 2 + 1)
+        };
         if self.up_x == 1 {
             for ((o, &a), &b) in out.iter_mut().zip(near).zip(far) {
                 *o = ((3 * u32::from(a) + u32::from(b) + 2) >> 2) as u8;
@@ -255,7 +286,11 @@ fn basis(n: usize) -> Vec<f32> {
     let mut b = vec![0f32; n * n];
     for x in 0..n {
         for u in 0..n {
-            let scale = if u == 0 { std::f64::consts::FRAC_1_SQRT_2 } else { 1.0 };
+            let scale = if u == 0 {
+                std::f64::consts::FRAC_1_SQRT_2
+            } else {
+                1.0
+            };
             let angle = (2 * x + 1) as f64 * u as f64 * std::f64::consts::PI / (2 * n) as f64;
             b[x * n + u] = (scale / 2.0 * angle.cos()) as f32;
         }
@@ -285,7 +320,13 @@ fn idct_2(coef: &[i16], quant: &[f32], out: &mut [u8], stride: usize) {
     out[stride + 1] = to_pixel(a - b - c + d);
 }
 
-fn idct_n<const N: usize>(coef: &[i16], quant: &[f32], basis: &[f32], out: &mut [u8], stride: usize) {
+fn idct_n<const N: usize>(
+    coef: &[i16],
+    quant: &[f32],
+    basis: &[f32],
+    out: &mut [u8],
+    stride: usize,
+) {
     let mut f = [[0f32; N]; N];
     for v in 0..N {
         for u in 0..N {

@@ -99,7 +99,13 @@ impl<'a> Scan<'a> {
     /// Decodes from `cursor` to the end on this thread.
     fn to_end(&self, coefs: &mut [i16], mut cursor: Cursor) -> Result<()> {
         let total = self.layout.total_mcus;
-        decode(&mut self.target(coefs, 0), &mut cursor, total, BitPos::MAX, &mut Unobserved)?;
+        decode(
+            &mut self.target(coefs, 0),
+            &mut cursor,
+            total,
+            BitPos::MAX,
+            &mut Unobserved,
+        )?;
         Ok(())
     }
 }
@@ -152,10 +158,22 @@ fn at_restart(
     let (first, second) = std::thread::scope(|s| {
         let second = s.spawn(|| {
             let mut at = Cursor::at(mid, offset as u64 * 8);
-            decode(&mut scan.target(high, mid), &mut at, total, BitPos::MAX, &mut Unobserved)
+            decode(
+                &mut scan.target(high, mid),
+                &mut at,
+                total,
+                BitPos::MAX,
+                &mut Unobserved,
+            )
         });
         let mut at = cursor;
-        let first = decode(&mut scan.target(low, 0), &mut at, mid, BitPos::MAX, &mut Unobserved);
+        let first = decode(
+            &mut scan.target(low, 0),
+            &mut at,
+            mid,
+            BitPos::MAX,
+            &mut Unobserved,
+        );
         (first, second.join())
     });
     trace.split_byte = Some(offset);
@@ -210,7 +228,13 @@ fn first_thread(
     let total = layout.total_mcus;
     let mut at = cursor;
     let split_bit = target as u64 * 8;
-    let halt = decode(&mut scan.target(coefs, 0), &mut at, total, split_bit, &mut Unobserved)?;
+    let halt = decode(
+        &mut scan.target(coefs, 0),
+        &mut at,
+        total,
+        split_bit,
+        &mut Unobserved,
+    )?;
     if halt == Halt::Finished {
         return Ok(());
     }
@@ -219,8 +243,18 @@ fn first_thread(
     let waiting = Instant::now();
     let records = candidates.recv().unwrap_or_default();
     trace.waited_for_second = waiting.elapsed();
-    let mut matcher = Matcher { records: &records, next: 0, found: None };
-    let halt = decode(&mut scan.target(coefs, 0), &mut at, total, BitPos::MAX, &mut matcher)?;
+    let mut matcher = Matcher {
+        records: &records,
+        next: 0,
+        found: None,
+    };
+    let halt = decode(
+        &mut scan.target(coefs, 0),
+        &mut at,
+        total,
+        BitPos::MAX,
+        &mut matcher,
+    )?;
     let Some(sync) = matcher.found.filter(|_| halt == Halt::Observed) else {
         return scan.to_end(coefs, at);
     };
@@ -235,7 +269,9 @@ fn first_thread(
     let src_from = sync.mcu * bpm + sync.blk;
     let src_to = (spec.end.mcu * bpm + spec.end.blk).min(spec.coefs.len() / slots);
     let dst_from = at.mcu * bpm + at.blk;
-    let count = src_to.saturating_sub(src_from).min((total * bpm).saturating_sub(dst_from));
+    let count = src_to
+        .saturating_sub(src_from)
+        .min((total * bpm).saturating_sub(dst_from));
     if count == 0 {
         return scan.to_end(coefs, at);
     }
@@ -247,7 +283,9 @@ fn first_thread(
         coefs.get_mut(dst_from * slots..(dst_from + count) * slots),
         spec.coefs.get(src_from * slots..(src_from + count) * slots),
     ) else {
-        return Err(Error::Undecodable("JPEG speculative merge out of range".into()));
+        return Err(Error::Undecodable(
+            "JPEG speculative merge out of range".into(),
+        ));
     };
     dst.copy_from_slice(src);
     for (i, block) in dst.chunks_exact_mut(slots).enumerate() {
@@ -279,7 +317,11 @@ struct Matcher<'r> {
 impl Observer for Matcher<'_> {
     const ACTIVE: bool = true;
     fn block(&mut self, at: &Cursor) -> bool {
-        while self.records.get(self.next).is_some_and(|r| r.bitpos < at.bitpos) {
+        while self
+            .records
+            .get(self.next)
+            .is_some_and(|r| r.bitpos < at.bitpos)
+        {
             self.next += 1;
         }
         match self.records.get(self.next) {
@@ -323,12 +365,15 @@ fn speculate(
     // Room for the share of the coefficients its share of the data holds, plus a tenth,
     // so that growing the vector rarely copies it.
     let all = scan.layout.coefficients(total) as u128;
-    let share = all * scan.data.len().saturating_sub(start) as u128 / scan.data.len().max(1) as u128;
+    let share =
+        all * scan.data.len().saturating_sub(start) as u128 / scan.data.len().max(1) as u128;
     let room = usize::try_from((share + share / 10).min(all)).unwrap_or(0);
     loop {
         let mut coefs = Vec::with_capacity(room);
         let mut at = Cursor::at(0, start as u64 * 8);
-        let mut recorder = Recorder { records: Vec::with_capacity(RECORDS) };
+        let mut recorder = Recorder {
+            records: Vec::with_capacity(RECORDS),
+        };
         let mut failed = false;
         while recorder.records.len() < RECORDS && at.mcu < total {
             if chunk(scan, &mut coefs, &mut at, &mut recorder).is_err() {
@@ -350,7 +395,11 @@ fn speculate(
         while !failed && at.mcu < total && !cancel.load(Ordering::Relaxed) {
             failed = chunk(scan, &mut coefs, &mut at, &mut Unobserved).is_err();
         }
-        return Speculation { coefs, end: at, restarts };
+        return Speculation {
+            coefs,
+            end: at,
+            restarts,
+        };
     }
 }
 

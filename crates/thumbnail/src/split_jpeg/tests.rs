@@ -8,7 +8,10 @@ use rand::{Rng, RngCore, SeedableRng};
 
 use super::*;
 
-const LIMITS: Limits = Limits { max_source_bytes: 64 << 20, max_pixels: 100_000_000 };
+const LIMITS: Limits = Limits {
+    max_source_bytes: 64 << 20,
+    max_pixels: 100_000_000,
+};
 
 /// The federation bench's test photo: gradients, rings and per-pixel noise.
 pub(super) fn noise_image(width: u32, height: u32, amplitude: f32, seed: u64) -> RgbImage {
@@ -20,10 +23,14 @@ pub(super) fn noise_image(width: u32, height: u32, amplitude: f32, seed: u64) ->
         let (fx, fy) = (x as f32 / width as f32, y as f32 / height as f32);
         let (dx, dy) = (fx - 0.5, fy - 0.5);
         let ring = ((dx * dx + dy * dy).sqrt() * 60.0 + seed as f32).sin() * 40.0;
-        let base = [fx * 200.0 + ring, fy * 200.0 - ring, (fx + fy) * 100.0 + ring * 0.5];
+        let base = [
+            fx * 200.0 + ring,
+            fy * 200.0 - ring,
+            (fx + fy) * 100.0 + ring * 0.5,
+        ];
         for c in 0..3 {
-            px[c] = (base[c] + 28.0 + noise[i + c] as f32 * amplitude / 255.0).clamp(0.0, 255.0)
-                as u8;
+            px[c] =
+                (base[c] + 28.0 + noise[i + c] as f32 * amplitude / 255.0).clamp(0.0, 255.0) as u8;
         }
     }
     img
@@ -32,7 +39,9 @@ pub(super) fn noise_image(width: u32, height: u32, amplitude: f32, seed: u64) ->
 /// Baseline 4:4:4, no restart markers: the `image` crate's encoder at quality 90.
 fn image_crate_jpeg(img: &RgbImage) -> Vec<u8> {
     let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(img).unwrap();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+        .encode_image(img)
+        .unwrap();
     out
 }
 
@@ -50,9 +59,13 @@ fn jpeg_encoder_jpeg(
     let (w, h) = (img.width() as u16, img.height() as u16);
     if gray {
         let luma: Vec<u8> = img.pixels().map(|p| p[1]).collect();
-        encoder.encode(&luma, w, h, jpeg_encoder::ColorType::Luma).unwrap();
+        encoder
+            .encode(&luma, w, h, jpeg_encoder::ColorType::Luma)
+            .unwrap();
     } else {
-        encoder.encode(img.as_raw(), w, h, jpeg_encoder::ColorType::Rgb).unwrap();
+        encoder
+            .encode(img.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
+            .unwrap();
     }
     out
 }
@@ -81,8 +94,17 @@ fn decoded(outcome: Outcome) -> Image {
 /// Mean and max absolute difference.
 fn difference(a: &[u8], b: &[u8]) -> (f64, u8) {
     assert_eq!(a.len(), b.len());
-    let sum: u64 = a.iter().zip(b).map(|(&x, &y)| u64::from(x.abs_diff(y))).sum();
-    let max = a.iter().zip(b).map(|(&x, &y)| x.abs_diff(y)).max().unwrap_or(0);
+    let sum: u64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| u64::from(x.abs_diff(y)))
+        .sum();
+    let max = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| x.abs_diff(y))
+        .max()
+        .unwrap_or(0);
     (sum as f64 / a.len().max(1) as f64, max)
 }
 
@@ -96,7 +118,10 @@ fn assert_close(bytes: &[u8], name: &str) -> (f64, u8) {
         assert_eq!((ours.width, ours.height), (w, h), "{name} at {eighths}/8");
         let (mean, max) = difference(&ours.pixels, &theirs);
         eprintln!("{name} at {eighths}/8: {w}×{h}, mean diff {mean:.3}, max {max}");
-        assert!(mean < 1.5 && max < 16, "{name} at {eighths}/8: mean {mean}, max {max}");
+        assert!(
+            mean < 1.5 && max < 16,
+            "{name} at {eighths}/8: mean {mean}, max {max}"
+        );
         worst = (worst.0.max(mean), worst.1.max(max));
     }
     worst
@@ -104,14 +129,21 @@ fn assert_close(bytes: &[u8], name: &str) -> (f64, u8) {
 
 #[test]
 fn matches_jpeg_decoder_444_noise() {
-    assert_close(&image_crate_jpeg(&noise_image(640, 480, 50.0, 1)), "4:4:4 noise");
+    assert_close(
+        &image_crate_jpeg(&noise_image(640, 480, 50.0, 1)),
+        "4:4:4 noise",
+    );
 }
 
 #[test]
 fn matches_jpeg_decoder_subsampled_odd_sizes() {
     use jpeg_encoder::SamplingFactor as S;
     let img = noise_image(1001, 757, 20.0, 2);
-    for (sampling, name) in [(S::F_2_2, "4:2:0"), (S::F_2_1, "4:2:2"), (S::F_1_2, "4:4:0")] {
+    for (sampling, name) in [
+        (S::F_2_2, "4:2:0"),
+        (S::F_2_1, "4:2:2"),
+        (S::F_1_2, "4:4:0"),
+    ] {
         assert_close(&jpeg_encoder_jpeg(&img, sampling, 0, false), name);
     }
 }
@@ -119,7 +151,10 @@ fn matches_jpeg_decoder_subsampled_odd_sizes() {
 #[test]
 fn matches_jpeg_decoder_grayscale() {
     let img = noise_image(1001, 757, 30.0, 3);
-    assert_close(&jpeg_encoder_jpeg(&img, jpeg_encoder::SamplingFactor::F_1_1, 0, true), "gray");
+    assert_close(
+        &jpeg_encoder_jpeg(&img, jpeg_encoder::SamplingFactor::F_1_1, 0, true),
+        "gray",
+    );
 }
 
 #[test]
@@ -128,7 +163,10 @@ fn matches_jpeg_decoder_with_restart_markers() {
     let bytes = jpeg_encoder_jpeg(&img, jpeg_encoder::SamplingFactor::F_2_2, 7, false);
     assert_close(&bytes, "4:2:0 restart 7");
     let (_, trace) = decode_slice_traced(&bytes, 2, &LIMITS, Options::threads(2)).unwrap();
-    assert!(trace.at_restart && trace.second_thread_mcus > 0, "{trace:?}");
+    assert!(
+        trace.at_restart && trace.second_thread_mcus > 0,
+        "{trace:?}"
+    );
 }
 
 /// A reader handing out `chunk` bytes per read, optionally pausing every read (so the
@@ -153,18 +191,30 @@ impl Read for Chunked<'_> {
 }
 
 fn chunked(data: &[u8], chunk: usize) -> Chunked<'_> {
-    Chunked { data, pos: 0, chunk, pause: None }
+    Chunked {
+        data,
+        pos: 0,
+        chunk,
+        pause: None,
+    }
 }
 
 /// Big enough to be split (over [`split::MIN_SPLIT_BYTES`] of data on each side).
 fn splittable_jpeg() -> Vec<u8> {
     let bytes = image_crate_jpeg(&noise_image(1001, 757, 50.0, 5));
-    assert!(bytes.len() > 4 * split::MIN_SPLIT_BYTES, "{} bytes", bytes.len());
+    assert!(
+        bytes.len() > 4 * split::MIN_SPLIT_BYTES,
+        "{} bytes",
+        bytes.len()
+    );
     bytes
 }
 
 fn with_split(bytes: &[u8], eighths: u32, byte: usize) -> (Image, Trace) {
-    let options = Options { threads: 2, split: SplitAt::Byte(byte) };
+    let options = Options {
+        threads: 2,
+        split: SplitAt::Byte(byte),
+    };
     let (outcome, trace) = decode_slice_traced(bytes, eighths, &LIMITS, options).unwrap();
     (decoded(outcome), trace)
 }
@@ -175,21 +225,31 @@ fn same_pixels_wherever_the_split_is() {
     for eighths in [2, 4] {
         let one = decoded(decode_slice(&bytes, eighths, &LIMITS, 1).unwrap());
         let mut synced = 0;
-        let splits: Vec<usize> = (1..bytes.len()).step_by(bytes.len() / 97).chain([1, 2, 3]).collect();
+        let splits: Vec<usize> = (1..bytes.len())
+            .step_by(bytes.len() / 97)
+            .chain([1, 2, 3])
+            .collect();
         for &byte in &splits {
             let (two, trace) = with_split(&bytes, eighths, byte);
             assert!(two == one, "split at byte {byte}, {eighths}/8: {trace:?}");
             synced += usize::from(trace.synced_after.is_some());
         }
         // Determinism holds either way; speed needs sync to be the rule.
-        assert!(synced * 10 >= splits.len() * 9, "synced {synced} of {}", splits.len());
+        assert!(
+            synced * 10 >= splits.len() * 9,
+            "synced {synced} of {}",
+            splits.len()
+        );
     }
 }
 
 #[test]
 fn same_pixels_wherever_the_split_is_with_restart_markers() {
     let img = noise_image(1001, 757, 50.0, 6);
-    for sampling in [jpeg_encoder::SamplingFactor::F_1_1, jpeg_encoder::SamplingFactor::F_2_2] {
+    for sampling in [
+        jpeg_encoder::SamplingFactor::F_1_1,
+        jpeg_encoder::SamplingFactor::F_2_2,
+    ] {
         let bytes = jpeg_encoder_jpeg(&img, sampling, 5, false);
         let one = decoded(decode_slice(&bytes, 2, &LIMITS, 1).unwrap());
         let mut split = 0;
@@ -208,12 +268,18 @@ fn same_pixels_however_the_reader_chunks() {
     let slice = decoded(decode_slice(&bytes, 2, &LIMITS, 2).unwrap());
     for chunk in [1, 7, 64 * 1024] {
         for threads in [1, 2] {
-            let image = decoded(decode_reader(chunked(&bytes, chunk), 2, &LIMITS, threads).unwrap());
+            let image =
+                decoded(decode_reader(chunked(&bytes, chunk), 2, &LIMITS, threads).unwrap());
             assert!(image == slice, "{chunk}-byte reads, {threads} threads");
         }
     }
     // Reads that wait: the calling thread decodes while the bytes arrive.
-    let slow = Chunked { data: &bytes, pos: 0, chunk: 8192, pause: Some(std::time::Duration::from_micros(300)) };
+    let slow = Chunked {
+        data: &bytes,
+        pos: 0,
+        chunk: 8192,
+        pause: Some(std::time::Duration::from_micros(300)),
+    };
     let (outcome, trace) = decode_reader_traced(slow, 2, &LIMITS, Options::threads(2)).unwrap();
     assert!(decoded(outcome) == slice);
     assert!(trace.mcus_while_arriving > 0, "{trace:?}");
@@ -228,7 +294,12 @@ fn same_pixels_for_restart_markers_through_a_reader() {
         let image = decoded(decode_reader(chunked(&bytes, chunk), 4, &LIMITS, 2).unwrap());
         assert!(image == slice, "{chunk}-byte reads");
     }
-    let slow = Chunked { data: &bytes, pos: 0, chunk: 4096, pause: Some(std::time::Duration::from_micros(300)) };
+    let slow = Chunked {
+        data: &bytes,
+        pos: 0,
+        chunk: 4096,
+        pause: Some(std::time::Duration::from_micros(300)),
+    };
     assert!(decoded(decode_reader(slow, 4, &LIMITS, 2).unwrap()) == slice);
 }
 
@@ -255,8 +326,14 @@ fn survives(bytes: &[u8]) -> Option<Image> {
             assert!(a == b && b == c);
             Some(a)
         }
-        (Err(_), Err(_), Err(_)) | (Ok(Outcome::Unsupported(_)), Ok(Outcome::Unsupported(_)), _) => None,
-        (a, b, c) => panic!("disagree: {:?} / {:?} / {:?}", a.is_ok(), b.is_ok(), c.is_ok()),
+        (Err(_), Err(_), Err(_))
+        | (Ok(Outcome::Unsupported(_)), Ok(Outcome::Unsupported(_)), _) => None,
+        (a, b, c) => panic!(
+            "disagree: {:?} / {:?} / {:?}",
+            a.is_ok(),
+            b.is_ok(),
+            c.is_ok()
+        ),
     }
 }
 
@@ -265,7 +342,11 @@ fn truncated_files_fail_cleanly() {
     for bytes in [small_jpeg(), splittable_jpeg()] {
         let step = (bytes.len() / 300).max(1);
         for cut in (0..bytes.len() - 2).step_by(step).chain(0..40) {
-            assert!(survives(&bytes[..cut]).is_none(), "cut at {cut} of {}", bytes.len());
+            assert!(
+                survives(&bytes[..cut]).is_none(),
+                "cut at {cut} of {}",
+                bytes.len()
+            );
         }
     }
 }
@@ -302,7 +383,10 @@ fn bogus_huffman_tables_are_errors() {
     bad[counts..counts + 16].fill(0);
     bad[counts] = 3;
     bad[counts + 15] = (total - 3) as u8;
-    assert!(matches!(decode_slice(&bad, 2, &LIMITS, 2), Err(Error::Undecodable(_))));
+    assert!(matches!(
+        decode_slice(&bad, 2, &LIMITS, 2),
+        Err(Error::Undecodable(_))
+    ));
 }
 
 #[test]
@@ -310,8 +394,14 @@ fn huge_declared_size_is_too_large_before_decoding() {
     let mut bytes = small_jpeg();
     let sof = segment(&bytes, 0xC0);
     bytes[sof + 5..sof + 9].copy_from_slice(&[0xC3, 0x50, 0xC3, 0x50]); // 50000×50000
-    assert!(matches!(decode_slice(&bytes, 2, &LIMITS, 2), Err(Error::TooLarge(_))));
-    assert!(matches!(decode_reader(chunked(&bytes, 7), 2, &LIMITS, 2), Err(Error::TooLarge(_))));
+    assert!(matches!(
+        decode_slice(&bytes, 2, &LIMITS, 2),
+        Err(Error::TooLarge(_))
+    ));
+    assert!(matches!(
+        decode_reader(chunked(&bytes, 7), 2, &LIMITS, 2),
+        Err(Error::TooLarge(_))
+    ));
 }
 
 #[test]
@@ -323,10 +413,15 @@ fn odd_frames_are_errors_or_unsupported() {
         b[sof + at] = value;
         b
     };
-    let unsupported = |b: &[u8]| matches!(decode_slice(b, 2, &LIMITS, 2), Ok(Outcome::Unsupported(_)));
+    let unsupported =
+        |b: &[u8]| matches!(decode_slice(b, 2, &LIMITS, 2), Ok(Outcome::Unsupported(_)));
     let error = |b: &[u8]| decode_slice(b, 2, &LIMITS, 2).is_err();
-    assert!(error(&[&patched(7, 0)[..sof + 8], &[0][..], &bytes[sof + 9..]].concat())); // width 0
-    assert!(unsupported(&[&patched(5, 0)[..sof + 6], &[0][..], &bytes[sof + 7..]].concat())); // height 0
+    assert!(error(
+        &[&patched(7, 0)[..sof + 8], &[0][..], &bytes[sof + 9..]].concat()
+    )); // width 0
+    assert!(unsupported(
+        &[&patched(5, 0)[..sof + 6], &[0][..], &bytes[sof + 7..]].concat()
+    )); // height 0
     assert!(unsupported(&patched(4, 12))); // 12-bit
     assert!(unsupported(&patched(9, 4))); // 4 components
     assert!(unsupported(&patched(9, 2))); // 2 components
@@ -339,31 +434,57 @@ fn odd_frames_are_errors_or_unsupported() {
     let mut progressive = Vec::new();
     let mut encoder = jpeg_encoder::Encoder::new(&mut progressive, 90);
     encoder.set_progressive(true);
-    encoder.encode(&[128u8; 48 * 32 * 3], 48, 32, jpeg_encoder::ColorType::Rgb).unwrap();
+    encoder
+        .encode(&[128u8; 48 * 32 * 3], 48, 32, jpeg_encoder::ColorType::Rgb)
+        .unwrap();
     assert!(unsupported(&progressive));
 }
 
 #[test]
 fn source_limit_is_kept() {
     let bytes = splittable_jpeg();
-    let limits = Limits { max_source_bytes: bytes.len() as u64 - 1, ..LIMITS };
-    assert!(matches!(decode_slice(&bytes, 2, &limits, 2), Err(Error::TooLarge(_))));
+    let limits = Limits {
+        max_source_bytes: bytes.len() as u64 - 1,
+        ..LIMITS
+    };
+    assert!(matches!(
+        decode_slice(&bytes, 2, &limits, 2),
+        Err(Error::TooLarge(_))
+    ));
     let mut reader = chunked(&bytes, 1000);
-    assert!(matches!(decode_reader(&mut reader, 2, &limits, 2), Err(Error::TooLarge(_))));
+    assert!(matches!(
+        decode_reader(&mut reader, 2, &limits, 2),
+        Err(Error::TooLarge(_))
+    ));
     assert!(reader.pos as u64 <= limits.max_source_bytes);
-    let exact = Limits { max_source_bytes: bytes.len() as u64, ..LIMITS };
+    let exact = Limits {
+        max_source_bytes: bytes.len() as u64,
+        ..LIMITS
+    };
     assert!(decode_reader(chunked(&bytes, 1000), 2, &exact, 2).is_ok());
 }
 
 #[test]
 fn bad_scale_is_an_invalid_request() {
-    assert!(matches!(decode_slice(&small_jpeg(), 3, &LIMITS, 2), Err(Error::InvalidRequest(_))));
+    assert!(matches!(
+        decode_slice(&small_jpeg(), 3, &LIMITS, 2),
+        Err(Error::InvalidRequest(_))
+    ));
 }
 
 #[test]
 fn full_size_near_the_pixel_limit_is_left_to_jpeg_decoder() {
     let bytes = small_jpeg();
-    let tight = Limits { max_pixels: 123 * 77, ..LIMITS };
-    assert!(matches!(decode_slice(&bytes, 8, &tight, 2), Ok(Outcome::Unsupported(_))));
-    assert!(matches!(decode_slice(&bytes, 2, &tight, 2), Ok(Outcome::Decoded(_))));
+    let tight = Limits {
+        max_pixels: 123 * 77,
+        ..LIMITS
+    };
+    assert!(matches!(
+        decode_slice(&bytes, 8, &tight, 2),
+        Ok(Outcome::Unsupported(_))
+    ));
+    assert!(matches!(
+        decode_slice(&bytes, 2, &tight, 2),
+        Ok(Outcome::Decoded(_))
+    ));
 }

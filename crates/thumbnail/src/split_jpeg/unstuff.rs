@@ -94,5 +94,9 @@ fn find_ff(bytes: &[u8]) -> Option<usize> {
         }
         base += 8;
     }
-    chunks.remainder().iter().position(|&b| b == 0xFF).map(|p| base + p)
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == 0xFF)
+        .map(|p| base + p)
 }
