@@ -488,3 +488,22 @@ fn full_size_near_the_pixel_limit_is_left_to_jpeg_decoder() {
         Ok(Outcome::Decoded(_))
     ));
 }
+
+#[test]
+fn corrupt_headers_never_panic() {
+    let bytes = small_jpeg();
+    let header_end = segment(&bytes, 0xDA) + 14;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(10);
+    for _ in 0..400 {
+        let mut bad = bytes.clone();
+        for _ in 0..rng.gen_range(1..4) {
+            let at = rng.gen_range(2..header_end);
+            bad[at] = rng.gen();
+        }
+        // Header damage may make 1-thread, 2-thread and reader decodes fail differently
+        // only in how they fail, never by panicking.
+        let _ = decode_slice(&bad, 2, &LIMITS, 1);
+        let _ = decode_slice(&bad, 4, &LIMITS, 2);
+        let _ = decode_reader(chunked(&bad, 7), 2, &LIMITS, 2);
+    }
+}
