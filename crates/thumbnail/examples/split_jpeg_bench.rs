@@ -4,7 +4,8 @@
 //! file at ~300 MB/s in 64 KiB chunks (time from the first byte to pixels).
 //!
 //! `nice -n 15 cargo run --release -p mr-thumbnail --example split_jpeg_bench [runs [one]]`
-//! (`one`: only the one-thread decode of the first image, for `perf stat` and profiles)
+//! (`one` or `two`: only the 1- or 2-thread slice decode of the first image, for
+//! `perf stat` and profiles)
 //!
 //! The decoder is crate-private, so it is compiled in here from its source, with the two
 //! crate items it uses supplied from the public API.
@@ -121,16 +122,17 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(9);
-    if std::env::args().nth(2).as_deref() == Some("one") {
+    let only = std::env::args().nth(2);
+    if let Some(threads @ 1..=2) = only.as_deref().map(|o| if o == "one" { 1 } else { 2 }) {
         let mut bytes = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90)
             .encode_image(&noise_image(4000, 3000, 50.0, 1))
             .unwrap();
-        let one = Options::threads(1);
-        let (t, _) = time(runs, || {
-            split_jpeg::decode_slice_traced(&bytes, EIGHTHS, &LIMITS, one).unwrap()
+        let options = Options::threads(threads);
+        let (t, (_, trace)) = time(runs, || {
+            split_jpeg::decode_slice_traced(&bytes, EIGHTHS, &LIMITS, options).unwrap()
         });
-        println!("split_jpeg threads=1: {t:.1} ms");
+        println!("split_jpeg threads={threads}: {t:.1} ms {trace:?}");
         return;
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
