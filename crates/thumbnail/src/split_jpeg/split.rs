@@ -207,11 +207,25 @@ fn speculative(
     trace.split_byte = Some(target);
     std::thread::scope(|s| {
         let second = s.spawn(|| speculate(scan, target, &cancel, publish));
-        let result = first_thread(scan, coefs, cursor, target, &candidates, trace, second);
+        let second = Second {
+            handle: second,
+            candidates: &candidates,
+            cancel: &cancel,
+        };
+        let result = first_thread(scan, coefs, cursor, target, trace, second);
         // Whatever happened, the second thread has nothing more to do.
         cancel.store(true, Ordering::Relaxed);
         result
     })
+}
+
+/// The first thread's handles on the speculative thread.
+struct Second<'scope, 'a> {
+    handle: std::thread::ScopedJoinHandle<'scope, Speculation>,
+    /// Where its sync candidates arrive.
+    candidates: &'a mpsc::Receiver<Vec<Cursor>>,
+    /// Set to stop it.
+    cancel: &'a AtomicBool,
 }
 
 /// The first thread's part of [`speculative`]: decode to the split, look for sync, merge.
@@ -220,10 +234,19 @@ fn first_thread(
     coefs: &mut [i16],
     cursor: Cursor,
     target: usize,
-    candidates: &mpsc::Receiver<Vec<Cursor>>,
     trace: &mut Trace,
-    second: std::thread::ScopedJoinHandle<'_, Speculation>,
+    second: Second<'_, '_>,
 ) -> Result<()> {
+    let Second {
+        handle,
+        candidates,
+        cancel,
+    } = second;
+    // No sync: stop the second thread (its work is of no use) and decode on alone.
+    let alone = |coefs: &mut [i16], at: Cursor| {
+        cancel.store(true, Ordering::Relaxed);
+        scan.to_end(coefs, at)
+    };
     let layout = scan.layout;
     let total = layout.total_mcus;
     let mut at = cursor;
@@ -256,13 +279,13 @@ fn first_thread(
         &mut matcher,
     )?;
     let Some(sync) = matcher.found.filter(|_| halt == Halt::Observed) else {
-        return scan.to_end(coefs, at);
+        return alone(coefs, at);
     };
     let waiting = Instant::now();
-    let joined = second.join();
+    let joined = handle.join();
     trace.waited_for_second += waiting.elapsed();
     let Ok(spec) = joined else {
-        return scan.to_end(coefs, at);
+        return alone(coefs, at);
     };
     trace.speculative_restarts = spec.restarts;
     let (bpm, slots) = (layout.bpm, layout.slots);
@@ -273,7 +296,7 @@ fn first_thread(
         .saturating_sub(src_from)
         .min((total * bpm).saturating_sub(dst_from));
     if count == 0 {
-        return scan.to_end(coefs, at);
+        return alone(coefs, at);
     }
     trace.synced_after = Some(usize::try_from(sync.bitpos / 8).unwrap_or(usize::MAX) - target);
     trace.second_thread_mcus = count / bpm;
