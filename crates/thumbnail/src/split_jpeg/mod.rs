@@ -104,9 +104,12 @@ pub(crate) fn decode_slice(
 }
 
 /// Decodes a JPEG read from `source`, which yields the file as it arrives: the calling
-/// thread decodes while bytes come in, and once the reader ends (or the scan does) what
-/// is left is split between it and a second thread. Reads at most
-/// `limits.max_source_bytes`; a file still going on past them is [`Error::TooLarge`].
+/// thread decodes while bytes come in (between reads that had to wait, in bounded
+/// quanta, so reading never falls far behind), and once the reader ends, or the scan
+/// does, what is left is split between it and a second thread. Stops reading at the end
+/// of the scan (EOI or any other marker after it): a caller that needs the rest of the
+/// stream (trailing data, an appended MPF image) drains it. Reads at most
+/// `limits.max_source_bytes`; a scan still going on past them is [`Error::TooLarge`].
 pub(crate) fn decode_reader<R: Read>(
     source: R,
     eighths: u32,
