@@ -169,9 +169,7 @@ pub(crate) fn decode_reader_traced<R: Read>(
     let mut scan: Option<(ScanDecoder, usize)> = None;
     let mut unstuffer = Unstuffer::default();
     loop {
-        let read_at = Instant::now();
-        let ended = read_more(&mut source, &mut buffer, &mut raw)?;
-        let waited = read_at.elapsed() > READ_WAITED;
+        let Arrival { ended, waited } = read_more(&mut source, &mut buffer, &mut raw)?;
         if scan.is_none() {
             match parser.feed(&raw, limits)? {
                 Step::NeedMore if ended => {
@@ -210,13 +208,27 @@ pub(crate) fn decode_reader_traced<R: Read>(
     }
 }
 
-/// Reads one more chunk into `raw` through `buffer`; true at the end of the source.
-fn read_more(source: &mut impl Read, buffer: &mut [u8], raw: &mut Vec<u8>) -> Result<bool> {
+/// What one [`read_more`] got.
+struct Arrival {
+    /// The source is at its end.
+    ended: bool,
+    /// The read took longer than [`READ_WAITED`]: it waited for bytes to arrive.
+    waited: bool,
+}
+
+/// Reads one more chunk into `raw` through `buffer`.
+fn read_more(source: &mut impl Read, buffer: &mut [u8], raw: &mut Vec<u8>) -> Result<Arrival> {
     loop {
+        // Only the read is timed: appending to `raw` may reallocate, which is no wait.
+        let start = Instant::now();
         match source.read(buffer) {
             Ok(n) => {
+                let waited = start.elapsed() > READ_WAITED;
                 raw.extend_from_slice(&buffer[..n.min(buffer.len())]);
-                return Ok(n == 0);
+                return Ok(Arrival {
+                    ended: n == 0,
+                    waited,
+                });
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::Undecodable(format!("reading the JPEG: {e}"))),
