@@ -48,6 +48,9 @@ pub(crate) enum SplitAt {
     Middle,
     /// This byte of the unstuffed entropy data (tests: determinism at any split).
     Byte(usize),
+    /// This byte, and the second thread offers no sync candidates, so speculation fails
+    /// (tests: the fallback path).
+    ByteWithoutSync(usize),
 }
 
 /// How the entropy decoding went (for benchmarks and tests).
@@ -125,14 +128,15 @@ pub(super) fn finish(
     if threads < 2 || len.saturating_sub(first) < MIN_SPLIT_BYTES {
         return scan.to_end(coefs, cursor);
     }
-    let target = match split {
-        SplitAt::Middle => first + (len - first) / 2,
-        SplitAt::Byte(b) => b,
+    let (target, candidates) = match split {
+        SplitAt::Middle => (first + (len - first) / 2, RECORDS),
+        SplitAt::Byte(b) => (b, RECORDS),
+        SplitAt::ByteWithoutSync(b) => (b, 0),
     };
     if scan.layout.restart_interval > 0 {
         at_restart(scan, coefs, cursor, target, trace)
     } else if target > first && target < len {
-        speculative(scan, coefs, cursor, target, trace)
+        speculative(scan, coefs, cursor, (target, candidates), trace)
     } else {
         scan.to_end(coefs, cursor)
     }
@@ -194,19 +198,20 @@ struct Speculation {
     restarts: usize,
 }
 
-/// Two threads, the second starting at byte `target` without knowing where it is.
+/// Two threads, the second starting at byte `target` without knowing where it is and
+/// offering at most `offered` sync points.
 fn speculative(
     scan: &Scan<'_>,
     coefs: &mut [i16],
     cursor: Cursor,
-    target: usize,
+    (target, offered): (usize, usize),
     trace: &mut Trace,
 ) -> Result<()> {
     let cancel = AtomicBool::new(false);
     let (publish, candidates) = mpsc::sync_channel::<Vec<Cursor>>(1);
     trace.split_byte = Some(target);
     std::thread::scope(|s| {
-        let second = s.spawn(|| speculate(scan, target, &cancel, publish));
+        let second = s.spawn(|| speculate(scan, target, offered, &cancel, publish));
         let second = Second {
             handle: second,
             candidates: &candidates,
@@ -359,15 +364,16 @@ impl Observer for Matcher<'_> {
     }
 }
 
-/// Records the first [`RECORDS`] block starts.
+/// Records the first `limit` block starts.
 struct Recorder {
     records: Vec<Cursor>,
+    limit: usize,
 }
 
 impl Observer for Recorder {
     const ACTIVE: bool = true;
     fn block(&mut self, at: &Cursor) -> bool {
-        if self.records.len() < RECORDS {
+        if self.records.len() < self.limit {
             self.records.push(*at);
         }
         false
@@ -380,6 +386,7 @@ impl Observer for Recorder {
 fn speculate(
     scan: &Scan<'_>,
     mut start: usize,
+    candidates: usize,
     cancel: &AtomicBool,
     publish: mpsc::SyncSender<Vec<Cursor>>,
 ) -> Speculation {
@@ -395,10 +402,11 @@ fn speculate(
         let mut coefs = Vec::with_capacity(room);
         let mut at = Cursor::at(0, start as u64 * 8);
         let mut recorder = Recorder {
-            records: Vec::with_capacity(RECORDS),
+            records: Vec::with_capacity(candidates),
+            limit: candidates,
         };
         let mut failed = false;
-        while recorder.records.len() < RECORDS && at.mcu < total {
+        while recorder.records.len() < candidates && at.mcu < total {
             if chunk(scan, &mut coefs, &mut at, &mut recorder).is_err() {
                 failed = true;
                 break;

@@ -507,3 +507,22 @@ fn corrupt_headers_never_panic() {
         let _ = decode_reader(chunked(&bad, 7), 2, &LIMITS, 2);
     }
 }
+
+#[test]
+fn same_pixels_when_speculation_fails() {
+    let bytes = splittable_jpeg();
+    let one = decoded(decode_slice(&bytes, 2, &LIMITS, 1).unwrap());
+    for byte in [1, bytes.len() / 3, bytes.len() / 2, bytes.len() - 100] {
+        let options = Options {
+            threads: 2,
+            split: SplitAt::ByteWithoutSync(byte),
+        };
+        let (outcome, trace) = decode_slice_traced(&bytes, 2, &LIMITS, options).unwrap();
+        assert!(decoded(outcome) == one, "split at {byte}");
+        assert_eq!(
+            (trace.synced_after, trace.second_thread_mcus),
+            (None, 0),
+            "{trace:?}"
+        );
+    }
+}
