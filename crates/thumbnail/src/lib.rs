@@ -7,6 +7,7 @@ mod error;
 mod geometry;
 mod probe;
 mod render;
+mod split_jpeg;
 mod stream;
 
 pub use error::{Error, Result};
