@@ -1,7 +1,9 @@
 //! Huffman tables of a JPEG (DHT) turned into decoding tables: a lookahead of
 //! [`FAST_BITS`] bits gives the code length and the symbol and, when it fits too, the
-//! extended value of the coefficient, so most symbols cost one table load. Longer codes
-//! take the canonical-code path ([`Table::slow`]).
+//! extended value of the coefficient, so most symbols cost one table load. A second
+//! lookahead table ([`Table::skip`]) serves AC coefficients the IDCT scale drops: code and
+//! extra bits skipped in one step, no value computed. Longer codes take the
+//! canonical-code path ([`Table::slow`]).
 
 use crate::error::{Error, Result};
 

@@ -1,8 +1,8 @@
 //! Finishes the entropy decoding of a complete scan from a [`Cursor`], on the calling
 //! thread alone or with a second (scoped) thread taking the second half of the data.
 //!
-//! * With restart markers the second thread starts at the marker nearest the middle: a
-//!   known MCU, byte-aligned, predictors zero. It writes straight into its half.
+//! * With restart markers the second thread starts at the first marker at or after the
+//!   middle: a known MCU, byte-aligned, predictors zero. It writes straight into its half.
 //! * Without, it starts at a byte near the middle, guessing MCU 0, block 0, predictors
 //!   zero. Huffman codes resynchronise after a few symbols, so from some block on it
 //!   decodes exactly what the first thread would, MCU index shifted and each DC off by a
@@ -10,8 +10,11 @@
 //!   them; the first thread, once past the split byte, compares its own state at each
 //!   block start with them. At the first equal (bit position, block of the MCU) pair the
 //!   rest is the second thread's, copied over with the MCU shift and the DC offsets (the
-//!   first thread knows the true predictors there). No match, or the second thread
-//!   failed: the first thread decodes on to the end alone.
+//!   first thread knows the true predictors there). Garbage before sync often hits an
+//!   invalid code: the second thread then starts again a byte further on. No match, or
+//!   the second thread failed: the first thread stops it and decodes on to the end alone;
+//!   if it stopped early after sync (corrupt or truncated data), the first thread goes on
+//!   from where it stopped and meets the same error.
 //!
 //! Either way the coefficients are exactly those of a one-thread decode: the state at a
 //! block start (bit position, block index, predictors up to the known offset) decides all
