@@ -33,7 +33,7 @@ mod error {
 mod probe {
     pub use mr_thumbnail::Limits;
 }
-#[allow(unused_imports)]
+#[allow(unused_imports, dead_code)] // the bench calls the traced entry points only
 #[path = "../src/split_jpeg/mod.rs"]
 mod split_jpeg;
 

@@ -10,7 +10,9 @@
 //! counted against the limit but not kept.
 //!
 //! Same bytes out as [`crate::thumbnails_each`] on the same input: the same decoder with
-//! the same settings reads the same bytes; only when they are read changes. The header is
+//! the same settings reads the same bytes; only when they are read changes. A baseline
+//! JPEG's first decode is the split decoder's (`split_jpeg::decode_reader`): one thread
+//! decodes as the bytes arrive, and what is left when they are all in is split between two. The header is
 //! checked by [`crate::probe`] before any pixel is decoded, as on the other path.
 
 use std::cell::RefCell;
@@ -129,14 +131,35 @@ fn jpeg<R: Read>(
     let Some(first) = take_next(&mut groups, |g| g.iter().any(|&i| waited_for(i))) else {
         return all_of_it(recorder, requests, limits, waited_for, each);
     };
-    if groups.is_empty() {
-        // One decode serves every size (a photo's usual case): no need to keep its bytes.
-        recorder.stop_keeping();
-    }
-    let pixels = jpeg
-        .decode_from(decoder, jpeg.eighths(&requests[first[0]]))
-        // The decoder reports a read past the limit as its own I/O error.
+    let eighths = jpeg.eighths(&requests[first[0]]);
+    // The split decoder first, from the first byte: it keeps what it reads, and the
+    // recorder keeps it too until it is known to be taken (a JPEG it does not take is then
+    // decoded by jpeg-decoder from the start).
+    drop(decoder);
+    let split = jpeg
+        .decode_split_from(recorder.reader_from_the_start(), eighths, limits)
         .map_err(|err| recorder.limit_error().unwrap_or(err))?;
+    let pixels = match split {
+        Some(pixels) => {
+            if groups.is_empty() {
+                // One decode serves every size (a photo's usual case): no need to keep
+                // its bytes.
+                recorder.stop_keeping();
+            }
+            pixels
+        }
+        None => {
+            // The reader holds the bytes so far; the recorder may stop keeping them.
+            let mut decoder = jpeg_decoder(recorder.reader_from_the_start(), limits);
+            if groups.is_empty() {
+                recorder.stop_keeping();
+            }
+            decoder.read_info().map_err(undecodable)?;
+            jpeg.decode_from(decoder, eighths)
+                // The decoder reports a read past the limit as its own I/O error.
+                .map_err(|err| recorder.limit_error().unwrap_or(err))?
+        }
+    };
     render_jpeg_group(&jpeg, &pixels, requests, first, waited_for, each)?;
     drop(pixels);
     // To its end either way: the limit and the source's own end are checked there.

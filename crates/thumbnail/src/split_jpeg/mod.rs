@@ -15,9 +15,6 @@
 //! Deterministic: the pixels depend only on the bytes and the scale, never on the thread
 //! count, the split point, thread timing or how a reader's bytes were chunked.
 
-// Not wired into the thumbnail pipeline yet: the API is used by its tests and the bench.
-#![allow(dead_code)]
-
 use std::io::{ErrorKind, Read};
 use std::time::{Duration, Instant};
 
@@ -63,8 +60,9 @@ const READ_WAITED: Duration = Duration::from_micros(20);
 #[derive(Debug)]
 pub(crate) enum Outcome {
     Decoded(Image),
-    /// A JPEG this decoder does not handle (progressive, arithmetic, 12-bit, CMYK, …).
-    Unsupported(&'static str),
+    /// A JPEG this decoder does not handle (progressive, arithmetic, 12-bit, CMYK, …):
+    /// why, as tests and the bench print it (the pipeline falls back either way).
+    Unsupported(#[allow(dead_code)] &'static str),
 }
 
 /// Decoded pixels, rows top to bottom, no padding.

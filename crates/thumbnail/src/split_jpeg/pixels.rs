@@ -281,8 +281,43 @@ fn dequantiser(zigzag: &[u16; 64], layout: &Layout) -> Vec<f32> {
 }
 
 /// `basis[x * n + u]`: weight of frequency `u` at output sample `x` of an N-point IDCT
-/// whose samples stand for 8/N pixels each, so that a block's DC gives its mean.
+/// whose samples stand for 8/N pixels each, so that a block's DC gives its mean (see
+/// [`basis_formula`]). Constants, not computed with `cos` at run time: thumbnails must be
+/// byte-identical on every platform, and libm's `cos` may round differently on another.
+/// Sizes 1 and 2 need no table (`idct_block` writes them out).
 fn basis(n: usize) -> Vec<f32> {
+    match n {
+        4 => BASIS_4.to_vec(),
+        8 => BASIS_8.to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+/// `(u == 0 ? 1/√2 : 1) / 2 · cos((2x + 1)·u·π / 2n)` for n = 4, as f32.
+#[rustfmt::skip]
+const BASIS_4: [f32; 16] = [
+    0.35355338, 0.46193975, 0.35355338, 0.19134171,
+    0.35355338, 0.19134171, -0.35355338, -0.46193975,
+    0.35355338, -0.19134171, -0.35355338, 0.46193975,
+    0.35355338, -0.46193975, 0.35355338, -0.19134171,
+];
+
+/// The same for n = 8.
+#[rustfmt::skip]
+const BASIS_8: [f32; 64] = [
+    0.35355338, 0.49039263, 0.46193975, 0.4157348, 0.35355338, 0.27778512, 0.19134171, 0.09754516,
+    0.35355338, 0.4157348, 0.19134171, -0.09754516, -0.35355338, -0.49039263, -0.46193975, -0.27778512,
+    0.35355338, 0.27778512, -0.19134171, -0.49039263, -0.35355338, 0.09754516, 0.46193975, 0.4157348,
+    0.35355338, 0.09754516, -0.46193975, -0.27778512, 0.35355338, 0.4157348, -0.19134171, -0.49039263,
+    0.35355338, -0.09754516, -0.46193975, 0.27778512, 0.35355338, -0.4157348, -0.19134171, 0.49039263,
+    0.35355338, -0.27778512, -0.19134171, 0.49039263, -0.35355338, -0.09754516, 0.46193975, -0.4157348,
+    0.35355338, -0.4157348, 0.19134171, 0.09754516, -0.35355338, 0.49039263, -0.46193975, 0.27778512,
+    0.35355338, -0.49039263, 0.46193975, -0.4157348, 0.35355338, -0.27778512, 0.19134171, -0.09754516,
+];
+
+/// The formula the tables hold (tests check them against it).
+#[cfg(test)]
+fn basis_formula(n: usize) -> Vec<f32> {
     let mut b = vec![0f32; n * n];
     for x in 0..n {
         for u in 0..n {
@@ -354,4 +389,14 @@ fn idct_n<const N: usize>(
 #[inline]
 fn to_pixel(v: f32) -> u8 {
     (v + 128.5).clamp(0.0, 255.0) as u8
+}
+
+#[cfg(test)]
+mod basis_tests {
+    #[test]
+    fn the_constant_tables_are_the_formula() {
+        for n in [4, 8] {
+            assert_eq!(super::basis(n), super::basis_formula(n), "n = {n}");
+        }
+    }
 }
