@@ -387,6 +387,13 @@ impl JpegSource {
         }
     }
 
+    /// Whether the split decoder surely decodes this source at `eighths` into the layout
+    /// jpeg-decoder would give, judged from `header` (the first bytes, through the scan
+    /// header): then nothing else will need the bytes.
+    pub(crate) fn split_decodes(&self, header: &[u8], eighths: u32, limits: &Limits) -> bool {
+        self.layout.is_some() && split_jpeg::takes(header, eighths, limits)
+    }
+
     /// The split decoder's pixels, oriented, when they are the layout jpeg-decoder gives
     /// this source (gray or RGB, as its header said); `None` otherwise.
     fn oriented(&self, image: split_jpeg::Image) -> Option<Pixels> {

@@ -132,33 +132,28 @@ fn jpeg<R: Read>(
         return all_of_it(recorder, requests, limits, waited_for, each);
     };
     let eighths = jpeg.eighths(&requests[first[0]]);
-    // The split decoder first, from the first byte: it keeps what it reads, and the
-    // recorder keeps it too until it is known to be taken (a JPEG it does not take is then
-    // decoded by jpeg-decoder from the start).
-    drop(decoder);
-    let split = jpeg
-        .decode_split_from(recorder.reader_from_the_start(), eighths, limits)
-        .map_err(|err| recorder.limit_error().unwrap_or(err))?;
-    let pixels = match split {
-        Some(pixels) => {
-            if groups.is_empty() {
-                // One decode serves every size (a photo's usual case): no need to keep
-                // its bytes.
-                recorder.stop_keeping();
-            }
-            pixels
+    // jpeg-decoder read the header: the bytes so far tell whether the split decoder
+    // takes this JPEG. If so it decodes from the first byte, and when one decode serves
+    // every size the bytes need not be kept (the reader holds those read so far).
+    let split = jpeg.split_decodes(&recorder.bytes(), eighths, limits);
+    let pixels = if split {
+        drop(decoder);
+        let source = recorder.reader_from_the_start();
+        if groups.is_empty() {
+            recorder.stop_keeping();
         }
-        None => {
-            // The reader holds the bytes so far; the recorder may stop keeping them.
-            let mut decoder = jpeg_decoder(recorder.reader_from_the_start(), limits);
-            if groups.is_empty() {
-                recorder.stop_keeping();
-            }
-            decoder.read_info().map_err(undecodable)?;
-            jpeg.decode_from(decoder, eighths)
-                // The decoder reports a read past the limit as its own I/O error.
-                .map_err(|err| recorder.limit_error().unwrap_or(err))?
+        jpeg.decode_split_from(source, eighths, limits)
+            .map_err(|err| recorder.limit_error().unwrap_or(err))?
+            .ok_or_else(|| undecodable("the JPEG's pixels are not the layout its header says"))?
+    } else {
+        if groups.is_empty() {
+            // One decode serves every size (a photo's usual case): no need to keep its
+            // bytes.
+            recorder.stop_keeping();
         }
+        jpeg.decode_from(decoder, eighths)
+            // The decoder reports a read past the limit as its own I/O error.
+            .map_err(|err| recorder.limit_error().unwrap_or(err))?
     };
     render_jpeg_group(&jpeg, &pixels, requests, first, waited_for, each)?;
     drop(pixels);

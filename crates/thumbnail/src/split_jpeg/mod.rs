@@ -91,6 +91,20 @@ impl Options {
     }
 }
 
+/// Whether `header` (the file's first bytes, through its scan header at least) is a JPEG
+/// this decoder takes at `eighths`/8: then [`decode_reader`] on the whole file never
+/// answers [`Outcome::Unsupported`], and a caller need not keep the bytes for another
+/// decoder. False when it does not, or when `header` ends before the scan.
+pub(crate) fn takes(header: &[u8], eighths: u32, limits: &Limits) -> bool {
+    if check_scale(eighths).is_err() {
+        return false;
+    }
+    match HeaderParser::default().feed(header, limits) {
+        Ok(Step::Scan { header, .. }) => over_budget(&header, eighths, limits).is_none(),
+        _ => false,
+    }
+}
+
 /// Decodes a whole JPEG in memory at `eighths`/8 of its size (1, 2, 4 or 8).
 pub(crate) fn decode_slice(
     bytes: &[u8],
