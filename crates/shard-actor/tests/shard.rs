@@ -8,29 +8,15 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Arbiter};
 use bytes::Bytes;
-use common::wait_until;
+use common::{wait_until, DETECT, MARGIN, RESPONSE_TIMEOUT};
 use integration::RedisServer;
 use mr_shard_actor::{
     Del, DelIfEq, Get, Info, Set, SetNx, ShardActor, ShardError, ShardHealth, ShardSettings,
     FORMAT_MARKER_KEY, KEY_FORMAT_VERSION,
 };
 
-const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
-/// The fault-detection bound the cache promises.
-const DETECT: Duration = Duration::from_secs(2);
-/// Scheduling slack on a loaded 2-core machine for "no call waits longer than the timeout".
-const MARGIN: Duration = Duration::from_millis(700);
-
 fn settings(name: &str, url: String) -> ShardSettings {
-    ShardSettings {
-        name: name.to_owned(),
-        url,
-        connect_timeout: Duration::from_millis(250),
-        response_timeout: RESPONSE_TIMEOUT,
-        health_interval: Duration::from_millis(250),
-        down_after_failures: 2,
-        connections: 2,
-    }
+    common::shard_settings(name, url, 2)
 }
 
 /// Starts a supervised actor on its own arbiter, like the ring does.

@@ -24,8 +24,6 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use image::RgbImage;
-use rand::{RngCore, SeedableRng};
 
 mod error {
     pub use mr_thumbnail::{Error, Result};
@@ -38,6 +36,9 @@ mod probe {
 mod split_jpeg;
 
 use split_jpeg::{Options, Outcome};
+#[path = "../src/split_jpeg/test_image.rs"]
+mod test_image;
+use test_image::noise_image;
 
 const LIMITS: mr_thumbnail::Limits = mr_thumbnail::Limits {
     max_source_bytes: 64 << 20,
@@ -50,29 +51,6 @@ const EIGHTHS: u32 = 2;
 /// Upload speed the paced reader imitates, and its chunk.
 const BYTES_PER_SEC: f64 = 300e6;
 const CHUNK: usize = 64 * 1024;
-
-/// The federation bench's photo (integration/src/bin/federation-bench/thumbnails.rs).
-fn noise_image(width: u32, height: u32, amplitude: f32, seed: u64) -> RgbImage {
-    let mut noise = vec![0u8; (width * height * 3) as usize];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut noise);
-    let mut img = RgbImage::new(width, height);
-    for (x, y, px) in img.enumerate_pixels_mut() {
-        let i = ((y * width + x) * 3) as usize;
-        let (fx, fy) = (x as f32 / width as f32, y as f32 / height as f32);
-        let (dx, dy) = (fx - 0.5, fy - 0.5);
-        let ring = ((dx * dx + dy * dy).sqrt() * 60.0 + seed as f32).sin() * 40.0;
-        let base = [
-            fx * 200.0 + ring,
-            fy * 200.0 - ring,
-            (fx + fy) * 100.0 + ring * 0.5,
-        ];
-        for c in 0..3 {
-            px[c] =
-                (base[c] + 28.0 + noise[i + c] as f32 * amplitude / 255.0).clamp(0.0, 255.0) as u8;
-        }
-    }
-    img
-}
 
 /// Delivers `data` in [`CHUNK`]s, each no earlier than it would arrive at
 /// [`BYTES_PER_SEC`] from the first read.

@@ -28,6 +28,8 @@ mod huffman;
 mod pixels;
 mod split;
 #[cfg(test)]
+mod test_image;
+#[cfg(test)]
 mod tests;
 mod unstuff;
 

@@ -4,37 +4,15 @@
 use std::io::Read;
 
 use image::RgbImage;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 
+use super::test_image::noise_image;
 use super::*;
 
 const LIMITS: Limits = Limits {
     max_source_bytes: 64 << 20,
     max_pixels: 100_000_000,
 };
-
-/// The federation bench's test photo: gradients, rings and per-pixel noise.
-pub(super) fn noise_image(width: u32, height: u32, amplitude: f32, seed: u64) -> RgbImage {
-    let mut noise = vec![0u8; (width * height * 3) as usize];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut noise);
-    let mut img = RgbImage::new(width, height);
-    for (x, y, px) in img.enumerate_pixels_mut() {
-        let i = ((y * width + x) * 3) as usize;
-        let (fx, fy) = (x as f32 / width as f32, y as f32 / height as f32);
-        let (dx, dy) = (fx - 0.5, fy - 0.5);
-        let ring = ((dx * dx + dy * dy).sqrt() * 60.0 + seed as f32).sin() * 40.0;
-        let base = [
-            fx * 200.0 + ring,
-            fy * 200.0 - ring,
-            (fx + fy) * 100.0 + ring * 0.5,
-        ];
-        for c in 0..3 {
-            px[c] =
-                (base[c] + 28.0 + noise[i + c] as f32 * amplitude / 255.0).clamp(0.0, 255.0) as u8;
-        }
-    }
-    img
-}
 
 /// Baseline 4:4:4, no restart markers: the `image` crate's encoder at quality 90.
 fn image_crate_jpeg(img: &RgbImage) -> Vec<u8> {

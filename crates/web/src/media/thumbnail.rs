@@ -515,8 +515,7 @@ impl Thumbnailer {
                     // exists, so that its next request (another size, say) finds it.
                     claim.publish(&result);
                     if let Ok(ready @ Ready { fresh: Some(_), .. }) = &result {
-                        self.store_logged(state, media, asked, width, height, ready)
-                            .await;
+                        self.store_logged(state, media, ready).await;
                     }
                     return result;
                 }
@@ -674,9 +673,6 @@ impl Thumbnailer {
         &self,
         state: &web::Data<AppState>,
         media: &MediaRecord,
-        width: u32,
-        height: u32,
-        asked: Asked,
         fresh: &Ready,
     ) -> Generated {
         let internal = |what: &str, err: &dyn std::fmt::Display| MatrixError::internal(what, err);
@@ -700,21 +696,14 @@ impl Thumbnailer {
             content::commit_claimed(&state.db, &state.datastore, staged, now_ms())
                 .await
                 .map_err(|e| internal("storing a thumbnail failed", &e))?;
+        // The row made with the bytes, now with where they are.
         let row = ThumbnailRecord {
-            origin: media.origin.clone(),
-            media_id: media.media_id.clone(),
-            width,
-            height,
-            method: method_name(asked.method).to_owned(),
-            animated: asked.animated,
-            content_type: fresh.record.content_type.clone(),
-            out_width: fresh.record.out_width,
-            out_height: fresh.record.out_height,
             size_bytes: object.size,
             sha256: object.sha256.clone(),
             datastore_id: state.datastore.id().to_owned(),
             location: object.location.clone(),
             created_at_ms: now_ms(),
+            ..fresh.record.clone()
         };
         let inserted = state.db.insert_thumbnail(&row).await;
         claim.release().await;
@@ -730,7 +719,7 @@ impl Thumbnailer {
                     .await
                     .map_err(|e| internal("reading thumbnails failed", &e))?
                     .into_iter()
-                    .find(|t| t.width == width && t.height == height)
+                    .find(|t| t.width == row.width && t.height == row.height)
                     .map(Ready::stored)
                     .ok_or_else(|| internal("a thumbnail row vanished", &"after a conflict"))
             }
@@ -756,8 +745,7 @@ impl Thumbnailer {
         claim.publish(&ready);
         match &ready {
             Ok(ready) => {
-                self.store_logged(state, media, asked, asked.width, asked.height, ready)
-                    .await;
+                self.store_logged(state, media, ready).await;
             }
             Err(err) => warn!(reason = %err.message, "a pre-generated thumbnail was not stored"),
         }
@@ -765,16 +753,8 @@ impl Thumbnailer {
 
     /// [`Thumbnailer::store`] for a thumbnail whose requests are answered already (from
     /// its bytes): a failure only means the next request makes it again.
-    async fn store_logged(
-        &self,
-        state: &web::Data<AppState>,
-        media: &MediaRecord,
-        asked: Asked,
-        width: u32,
-        height: u32,
-        fresh: &Ready,
-    ) {
-        if let Err(err) = self.store(state, media, width, height, asked, fresh).await {
+    async fn store_logged(&self, state: &web::Data<AppState>, media: &MediaRecord, fresh: &Ready) {
+        if let Err(err) = self.store(state, media, fresh).await {
             warn!(reason = %err.message, "storing a thumbnail failed");
         }
     }
