@@ -24,7 +24,6 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-
 mod error {
     pub use mr_thumbnail::{Error, Result};
 }
