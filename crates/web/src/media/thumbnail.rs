@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
+use super::body::fill_from_datastore;
 use super::download::{self, Api, Located};
 use super::early_thumbnails::EarlyThumbnails;
 use super::{now_ms, MediaRef};
@@ -515,7 +516,7 @@ impl Thumbnailer {
                     // exists, so that its next request (another size, say) finds it.
                     claim.publish(&result);
                     if let Ok(ready @ Ready { fresh: Some(_), .. }) = &result {
-                        self.store_logged(state, media, ready).await;
+                        self.store_logged(state, media, ready, true).await;
                     }
                     return result;
                 }
@@ -742,10 +743,11 @@ impl Thumbnailer {
         made: mr_thumbnail::Thumbnail,
     ) {
         let ready = made_ready(state, media, asked.width, asked.height, asked, made).await;
+        let served = Claim::waited_for(&claim.result);
         claim.publish(&ready);
         match &ready {
             Ok(ready) => {
-                self.store_logged(state, media, ready).await;
+                self.store_logged(state, media, ready, served).await;
             }
             Err(err) => warn!(reason = %err.message, "a pre-generated thumbnail was not stored"),
         }
@@ -753,9 +755,24 @@ impl Thumbnailer {
 
     /// [`Thumbnailer::store`] for a thumbnail whose requests are answered already (from
     /// its bytes): a failure only means the next request makes it again.
-    async fn store_logged(&self, state: &web::Data<AppState>, media: &MediaRecord, fresh: &Ready) {
-        if let Err(err) = self.store(state, media, fresh).await {
-            warn!(reason = %err.message, "storing a thumbnail failed");
+    ///
+    /// `served`: some request was answered with the fresh bytes. Its answer did not pass
+    /// the cache (a stored thumbnail's first answer fills it on its miss), so the stored
+    /// one is copied into the cache now, as the next request would have.
+    async fn store_logged(
+        &self,
+        state: &web::Data<AppState>,
+        media: &MediaRecord,
+        fresh: &Ready,
+        served: bool,
+    ) {
+        match self.store(state, media, fresh).await {
+            Ok(stored) if served => {
+                let row = &stored.record;
+                fill_from_datastore(state, &row.sha256, &row.location, row.size_bytes);
+            }
+            Ok(_) => {}
+            Err(err) => warn!(reason = %err.message, "storing a thumbnail failed"),
         }
     }
 
