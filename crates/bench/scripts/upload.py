@@ -194,7 +194,7 @@ def report(results, load_before, load_after, synapse_version):
             print(f"| {title} | {label} | {r['rps']:,.0f} | {ratio} | {r['p50']:.1f} | {r['p90']:.1f} | "
                   f"{r['p99']:.1f} | {p99_ratio} | {r['max']:.0f} |")
     # (Before the record phase applied the standing quarantine, quarantine_recheck timed it.)
-    phases = ["body", "sync", "quarantine_check", "store", "record", "quarantine_recheck"]
+    phases = ["body", "sync", "store", "record"]
     timed = [(t, label) for t, by_size in results.items() for label, _ in SIZES if by_size[label].get("phases")]
     if timed:
         print("\nTime per upload in each phase, mean / p99 in ms (from the histogram "

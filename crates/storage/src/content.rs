@@ -78,12 +78,60 @@ pub async fn commit_claimed(
     staged: StagedObject,
     now_ms: i64,
 ) -> Result<(StoredObject, Claim)> {
-    let claim = Claim {
-        id: crate::ids::random_media_id(),
-        db: db.clone(),
-    };
+    let claim = new_claim(db);
     db.insert_claim(&claim.id, datastore.id(), &staged.object().location, now_ms)
         .await?;
+    commit_under(claim, staged).await
+}
+
+/// What became of an upload's bytes in [`commit_unless_quarantined`].
+#[must_use]
+pub enum Admission {
+    /// At their content address, under the claim.
+    Stored(StoredObject, Claim),
+    /// Refused: the content (this SHA-256) is quarantined. The temp file is gone and
+    /// nothing was written.
+    Quarantined { sha256: String },
+}
+
+/// [`commit_claimed`] for a client's upload, whose bytes are refused if their content is
+/// quarantined: the check and the claim are one database statement.
+pub async fn commit_unless_quarantined(
+    db: &Database,
+    datastore: &FileDatastore,
+    staged: StagedObject,
+    now_ms: i64,
+) -> Result<Admission> {
+    let claim = new_claim(db);
+    let object = staged.object();
+    let claimed = db
+        .insert_claim_unless_quarantined(
+            &claim.id,
+            datastore.id(),
+            &object.location,
+            &object.sha256,
+            now_ms,
+        )
+        .await?;
+    if !claimed {
+        let sha256 = object.sha256.clone();
+        // Dropping the staged object removes its temp file.
+        drop(staged);
+        return Ok(Admission::Quarantined { sha256 });
+    }
+    let (object, claim) = commit_under(claim, staged).await?;
+    Ok(Admission::Stored(object, claim))
+}
+
+fn new_claim(db: &Database) -> Claim {
+    Claim {
+        id: crate::ids::random_media_id(),
+        db: db.clone(),
+    }
+}
+
+/// Moves claimed bytes to their content address; on error the claim is released.
+async fn commit_under(claim: Claim, staged: StagedObject) -> Result<(StoredObject, Claim)> {
     match staged.commit().await {
         Ok(object) => Ok((object, claim)),
         Err(err) => {

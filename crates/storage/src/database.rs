@@ -263,6 +263,25 @@ const INSERT_CLAIM: &str = "INSERT INTO content_claims \
 
 const DELETE_CLAIM: &str = "DELETE FROM content_claims WHERE claim_id = $1";
 
+/// [`INSERT_CLAIM`] unless the bytes (`$5`, their SHA-256) may not be uploaded: their hash
+/// is quarantined or some quarantined media holds them (the same test as
+/// `Database::is_content_quarantined`, in the statement that claims, so an upload pays one
+/// round trip for both).
+const INSERT_CLAIM_UNLESS_QUARANTINED: &str = "INSERT INTO content_claims \
+     (claim_id, datastore_id, location, created_at_ms) SELECT $1, $2, $3, $4 \
+     WHERE NOT EXISTS (SELECT 1 FROM quarantined_hashes WHERE sha256 = $5) \
+       AND NOT EXISTS (SELECT 1 FROM media WHERE sha256 = $5 AND quarantined_by IS NOT NULL)";
+
+/// Postgres: an upload's media row and its claim's release in one statement (autocommit:
+/// one round trip instead of four for BEGIN, two statements and COMMIT). The row is written
+/// only if the claim was still there to be deleted.
+const INSERT_MEDIA_RELEASING_CLAIM: &str = concat!(
+    "WITH claim AS (DELETE FROM content_claims WHERE claim_id = $13 RETURNING 1) ",
+    "INSERT INTO media (",
+    media_columns!(),
+    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM claim"
+);
+
 const DELETE_OLD_CLAIMS: &str = "DELETE FROM content_claims WHERE created_at_ms <= $1";
 
 const DELETE_PENDING: &str = "DELETE FROM pending_uploads WHERE origin = $1 AND media_id = $2";
@@ -497,6 +516,18 @@ impl Database {
         // Postgres the mark must follow the row's commit (see `quarantine`'s module docs).
         let mark_in_job = matches!(self.backend, Backend::Sqlite(_));
         let (origin, media_id) = (m.origin.clone(), m.media_id.clone());
+        if let (Backend::Postgres(pool), false) = (&self.backend, completes_pending) {
+            let written = bind_media!(sqlx::query(INSERT_MEDIA_RELEASING_CLAIM), m, size)
+                .bind(&claim_id)
+                .execute(pool)
+                .await
+                .map_err(|e| conflict_or(e, &m.origin, &m.media_id))?
+                .rows_affected();
+            if written == 0 {
+                return Err(Error::ClaimLost { claim_id });
+            }
+            return self.apply_standing_quarantine(&origin, &media_id).await;
+        }
         let mark: Option<Option<String>> = write_job!(self, conn => {
             bind_media!(sqlx::query(INSERT_MEDIA), m, size)
                 .execute(&mut *conn)
@@ -516,7 +547,14 @@ impl Database {
                     });
                 }
             }
-            sqlx::query(DELETE_CLAIM).bind(&claim_id).execute(&mut *conn).await?;
+            let released = sqlx::query(DELETE_CLAIM)
+                .bind(&claim_id)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if released == 0 {
+                return Err(Error::ClaimLost { claim_id: claim_id.clone() });
+            }
             if !mark_in_job {
                 return Ok(None);
             }
@@ -558,6 +596,37 @@ impl Database {
                 .await?
         });
         Ok(n > 0)
+    }
+
+    /// Records that an upload is about to rely on the object at `location`, unless the
+    /// bytes it holds (`sha256`) are quarantined: then nothing is written and the answer is
+    /// false. One round trip for the check and the claim.
+    pub(crate) async fn insert_claim_unless_quarantined(
+        &self,
+        claim_id: &str,
+        datastore_id: &str,
+        location: &str,
+        sha256: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let (claim_id, datastore_id, location, sha256) = (
+            claim_id.to_owned(),
+            datastore_id.to_owned(),
+            location.to_owned(),
+            sha256.to_owned(),
+        );
+        write_statement!(self, conn => {
+            let claimed = sqlx::query(INSERT_CLAIM_UNLESS_QUARANTINED)
+                .bind(claim_id)
+                .bind(datastore_id)
+                .bind(location)
+                .bind(now_ms)
+                .bind(sha256)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            Ok(claimed == 1)
+        })
     }
 
     /// Records that an upload is about to rely on the object at `location`.

@@ -12,6 +12,12 @@ pub enum Error {
     #[error("media {origin}/{media_id} already exists")]
     AlreadyExists { origin: String, media_id: String },
 
+    /// The upload's claim on its bytes was gone when its row was to be written (swept as
+    /// stale, or lost with a database crash): the bytes may have been deleted since, so no
+    /// row is written that could point at nothing.
+    #[error("the content claim {claim_id} was gone when the media row was to be written")]
+    ClaimLost { claim_id: String },
+
     /// `complete_pending` found no pending upload for this id (never created, already
     /// swept as expired, or completed by someone else).
     #[error("no pending upload for {origin}/{media_id}")]

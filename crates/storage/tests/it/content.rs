@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use mr_storage::content::{commit_claimed, remove_unreferenced};
-use mr_storage::{Database, FileDatastore, MediaRecord, StagedObject};
+use mr_storage::content::{
+    commit_claimed, commit_unless_quarantined, remove_unreferenced, Admission,
+};
+use mr_storage::{Database, Error, FileDatastore, MediaRecord, PendingUpload, StagedObject};
 
 use crate::common::{on_both_backends, Fixture};
 
@@ -12,6 +14,8 @@ on_both_backends!(
     a_claim_or_a_row_keeps_content,
     expired_claims_are_swept,
     concurrent_uploads_and_deletions_never_lose_a_recorded_object,
+    quarantined_content_is_refused_by_the_claim,
+    no_row_is_written_once_its_claim_is_gone,
 );
 
 async fn stage(store: &FileDatastore, bytes: &[u8]) -> StagedObject {
@@ -78,6 +82,115 @@ async fn a_claim_or_a_row_keeps_content(fx: &Fixture) {
     assert!(!remove_unreferenced(&db, &store, &other.location)
         .await
         .unwrap());
+}
+
+fn temp_files(store: &FileDatastore) -> usize {
+    std::fs::read_dir(store.root().join("tmp")).unwrap().count()
+}
+
+/// The upload path's claim refuses bytes whose hash is quarantined or that quarantined
+/// media holds, writing nothing and keeping nothing; other bytes are stored as before.
+async fn quarantined_content_is_refused_by_the_claim(fx: &Fixture) {
+    let (_dir, db, store) = setup(fx).await;
+    let staged = stage(&store, b"refused by hash").await;
+    let (sha256, location) = (
+        staged.object().sha256.clone(),
+        staged.object().location.clone(),
+    );
+    db.quarantine_hash(&sha256, "@admin:example.org", 1)
+        .await
+        .unwrap();
+    match commit_unless_quarantined(&db, &store, staged, 1)
+        .await
+        .unwrap()
+    {
+        Admission::Quarantined { sha256: refused } => assert_eq!(refused, sha256),
+        Admission::Stored(..) => panic!("quarantined bytes were stored"),
+    }
+    assert!(
+        !db.location_in_use("default", &location).await.unwrap(),
+        "no claim left"
+    );
+    assert!(
+        !store.path_of(&location).unwrap().exists(),
+        "nothing at the content address"
+    );
+    assert_eq!(temp_files(&store), 0, "the temp file is gone");
+
+    // Bytes that a quarantined media holds are refused the same way.
+    let (held, claim) = commit_claimed(&db, &store, stage(&store, b"held").await, 1)
+        .await
+        .unwrap();
+    db.insert_media(&row("held", &held)).await.unwrap();
+    claim.release().await;
+    db.quarantine_media("example.org", "held", "@admin:example.org")
+        .await
+        .unwrap();
+    let again = commit_unless_quarantined(&db, &store, stage(&store, b"held").await, 1)
+        .await
+        .unwrap();
+    assert!(matches!(again, Admission::Quarantined { .. }));
+
+    // Lifted: the same bytes are stored, and their row written under the claim.
+    db.unquarantine_hash(&sha256).await.unwrap();
+    let staged = stage(&store, b"refused by hash").await;
+    let Admission::Stored(object, claim) = commit_unless_quarantined(&db, &store, staged, 1)
+        .await
+        .unwrap()
+    else {
+        panic!("bytes no longer quarantined were refused");
+    };
+    assert_eq!(
+        claim.record(&row("lifted", &object), false).await.unwrap(),
+        None
+    );
+    assert!(store.path_of(&object.location).unwrap().exists());
+    assert!(db
+        .get_media("example.org", "lifted")
+        .await
+        .unwrap()
+        .is_some());
+}
+
+/// A claim swept as stale (or lost) before its upload's row is written: the row is not
+/// written (its bytes may have been deleted meanwhile), on both write paths, and a
+/// `/create`d id keeps its pending row.
+async fn no_row_is_written_once_its_claim_is_gone(fx: &Fixture) {
+    let (_dir, db, store) = setup(fx).await;
+    for (media_id, completes_pending) in [("plain", false), ("created", true)] {
+        if completes_pending {
+            let pending = PendingUpload {
+                origin: "example.org".to_owned(),
+                media_id: media_id.to_owned(),
+                user_id: "@alice:example.org".to_owned(),
+                created_at_ms: 1,
+                expires_at_ms: i64::MAX,
+            };
+            db.create_pending(&pending).await.unwrap();
+        }
+        let staged = stage(&store, media_id.as_bytes()).await;
+        let (object, claim) = commit_claimed(&db, &store, staged, 1_000).await.unwrap();
+        assert_eq!(db.delete_claims_made_before(1_000).await.unwrap(), 1);
+        let written = claim
+            .record(&row(media_id, &object), completes_pending)
+            .await;
+        assert!(
+            matches!(written, Err(Error::ClaimLost { .. })),
+            "{media_id}: {written:?}"
+        );
+        assert!(db
+            .get_media("example.org", media_id)
+            .await
+            .unwrap()
+            .is_none());
+        if completes_pending {
+            assert!(db
+                .get_pending("example.org", media_id)
+                .await
+                .unwrap()
+                .is_some());
+        }
+    }
 }
 
 async fn expired_claims_are_swept(fx: &Fixture) {

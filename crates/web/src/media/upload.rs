@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use mr_storage::content::{self, Claim};
+use mr_storage::content::{self, Admission, Claim};
 use mr_storage::{MediaRecord, PendingUpload, StoredObject};
 use serde_json::json;
 use tracing::{info, warn};
@@ -121,24 +121,19 @@ async fn store_body(
             mr_storage::Error::TooLarge { .. } => too_large(max_bytes),
             other => MatrixError::internal("finishing an upload failed", &other),
         })?;
-    let quarantined = timed(
-        Phase::QuarantineCheck,
-        state.db.is_content_quarantined(&staged.object().sha256),
-    )
-    .await
-    .map_err(|err| MatrixError::internal("reading the quarantine failed", &err))?;
-    if quarantined {
-        // Dropping the staged object removes its temp file: nothing is kept.
-        info!(sha256 = %staged.object().sha256, "upload of quarantined content refused");
-        drop(staged);
-        return Err(quarantined_content());
-    }
-    let stored = timed(
+    let admission = timed(
         Phase::Store,
-        content::commit_claimed(&state.db, &state.datastore, staged, now_ms()),
+        content::commit_unless_quarantined(&state.db, &state.datastore, staged, now_ms()),
     )
     .await
     .map_err(|err| MatrixError::internal("storing an upload failed", &err))?;
+    let stored = match admission {
+        Admission::Stored(object, claim) => (object, claim),
+        Admission::Quarantined { sha256 } => {
+            info!(%sha256, "upload of quarantined content refused");
+            return Err(quarantined_content());
+        }
+    };
     test_hooks::pause_before_record(req).await;
     Ok(stored)
 }

@@ -15,7 +15,8 @@ static UPLOAD_PHASE: LazyLock<HistogramVec> = LazyLock::new(|| {
     register_histogram_vec!(
         "media_repo_upload_phase_seconds",
         "Time uploads spent in each step: body (receiving and writing it), sync (last batch \
-         and fsync), quarantine_check, store (claim the location, move the bytes there), \
+         and fsync), store (claim the location unless the content is quarantined, move the \
+         bytes there), \
          record (media row written, claim released, standing quarantine applied)",
         &["phase"],
         vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
@@ -30,9 +31,8 @@ pub enum Phase {
     Body,
     /// The last batch written and the temp file fsynced.
     Sync,
-    /// The quarantine looked up for the content hash.
-    QuarantineCheck,
-    /// The location claimed in the database and the bytes moved to it.
+    /// The location claimed in the database (refused if the content is quarantined: one
+    /// statement) and the bytes moved to it.
     Store,
     /// The media row written, the claim released and a standing quarantine applied.
     Record,
@@ -43,7 +43,6 @@ impl Phase {
         match self {
             Phase::Body => "body",
             Phase::Sync => "sync",
-            Phase::QuarantineCheck => "quarantine_check",
             Phase::Store => "store",
             Phase::Record => "record",
         }
