@@ -7,12 +7,13 @@
 //! who the token belongs to (a body of at most [`MAX_WHOAMI_BODY_BYTES`]), and the user must
 //! belong to that homeserver: a homeserver vouches only for its own users, so no token can
 //! act in another homeserver's namespace. Answers are cached for `auth.whoami_cache_secs`
-//! and concurrent checks of one token share one request.
+//! and concurrent checks of one token share one request; each worker thread also remembers
+//! the tokens it saw vouched for, never past that lifetime (`recent_tokens.rs`).
 
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 
 use crate::error::{MatrixError, MatrixResult};
 use crate::query::{self, AccessTokenQuery};
+use crate::recent_tokens;
 use mr_remote::read_limited;
 
 /// How long a rejected token is remembered, so a client retrying a bad token does not
@@ -45,15 +47,25 @@ pub struct User {
 
 #[derive(Clone, Debug)]
 enum Verdict {
-    Valid(String),
+    /// The homeserver vouched for this user at `vouched_at`.
+    Valid {
+        user_id: String,
+        vouched_at: Instant,
+    },
     Rejected,
+}
+
+/// The cache of vouched-for tokens and how long it keeps them (`auth.whoami_cache_secs`).
+struct AcceptedTokens {
+    cache: moka::future::Cache<(String, String), Verdict>,
+    lifetime: Duration,
 }
 
 pub struct Auth {
     http: reqwest::Client,
     homeservers: ArcSwap<Vec<HomeserverConfig>>,
     /// `None` when `auth.whoami_cache_secs` is 0: every request asks the homeserver.
-    accepted: ArcSwap<Option<moka::future::Cache<(String, String), Verdict>>>,
+    accepted: ArcSwap<Option<AcceptedTokens>>,
     rejected: moka::future::Cache<(String, String), Verdict>,
     /// `server.trusted_proxies` (restart-only, so fixed for the process's life).
     trusted_proxies: Vec<Cidr>,
@@ -64,13 +76,14 @@ struct WhoAmI {
     user_id: String,
 }
 
-fn accepted_cache(config: &Config) -> Option<moka::future::Cache<(String, String), Verdict>> {
-    let lifetime = config.auth.whoami_cache_secs;
-    (lifetime > 0).then(|| {
-        moka::future::Cache::builder()
+fn accepted_cache(config: &Config) -> Option<AcceptedTokens> {
+    let lifetime = Duration::from_secs(config.auth.whoami_cache_secs);
+    (!lifetime.is_zero()).then(|| AcceptedTokens {
+        cache: moka::future::Cache::builder()
             .max_capacity(MAX_CACHED_TOKENS)
-            .time_to_live(Duration::from_secs(lifetime))
-            .build()
+            .time_to_live(lifetime)
+            .build(),
+        lifetime,
     })
 }
 
@@ -101,6 +114,9 @@ impl Auth {
         self.homeservers.store(Arc::new(config.homeservers.clone()));
         self.accepted.store(Arc::new(accepted_cache(config)));
         self.rejected.invalidate_all();
+        // After the new settings are in place: a thread that remembers under the old ones
+        // forgets before its next lookup.
+        recent_tokens::forget_all();
     }
 
     /// The homeserver that serves this request's Host.
@@ -164,15 +180,32 @@ impl Auth {
     /// Checks the request's access token; nothing else about the request is looked at first.
     pub async fn authenticate(&self, req: &HttpRequest) -> MatrixResult<User> {
         let token = access_token(req)?;
+        // Read before the settings: an answer obtained under settings a reload replaced
+        // meanwhile is then not remembered by this thread.
+        let generation = recent_tokens::generation();
         let homeservers = self.homeservers.load_full();
         let hs = self.pick_homeserver(&homeservers, req)?;
+        if let Some(user_id) = recent_tokens::lookup(&hs.name, &token, Instant::now()) {
+            return vouched_user(hs, user_id);
+        }
         let cache_key = (hs.name.clone(), token);
         let accepted = self.accepted.load_full();
+        let remember = |user_id: &str, vouched_at: Instant| {
+            if let Some(accepted) = accepted.as_ref() {
+                let until = vouched_at + accepted.lifetime;
+                recent_tokens::remember(generation, &hs.name, &cache_key.1, user_id, until);
+            }
+        };
         // The common case first, in one lookup: a token vouched for within the cache's
         // lifetime. A rejection forgets the token here before it is remembered as
         // rejected, so a token found valid here is not one rejected since.
-        if let Some(cache) = accepted.as_ref() {
-            if let Some(Verdict::Valid(user_id)) = cache.get(&cache_key).await {
+        if let Some(accepted) = accepted.as_ref() {
+            if let Some(Verdict::Valid {
+                user_id,
+                vouched_at,
+            }) = accepted.cache.get(&cache_key).await
+            {
+                remember(&user_id, vouched_at);
                 return vouched_user(hs, user_id);
             }
         }
@@ -180,17 +213,24 @@ impl Auth {
             return Err(MatrixError::unknown_token());
         }
         let lookup = match accepted.as_ref() {
-            Some(cache) => cache
+            Some(accepted) => accepted
+                .cache
                 .try_get_with(cache_key.clone(), self.whoami(hs, &cache_key.1))
                 .await
                 .map_err(|err| (*err).clone()),
             None => self.whoami(hs, &cache_key.1).await,
         };
         match lookup? {
-            Verdict::Valid(user_id) => vouched_user(hs, user_id),
+            Verdict::Valid {
+                user_id,
+                vouched_at,
+            } => {
+                remember(&user_id, vouched_at);
+                vouched_user(hs, user_id)
+            }
             Verdict::Rejected => {
-                if let Some(cache) = accepted.as_ref() {
-                    cache.invalidate(&cache_key).await;
+                if let Some(accepted) = accepted.as_ref() {
+                    accepted.cache.invalidate(&cache_key).await;
                 }
                 self.rejected.insert(cache_key, Verdict::Rejected).await;
                 Err(MatrixError::unknown_token())
@@ -229,7 +269,10 @@ impl Auth {
             .await
             .map_err(|err| unreadable(&err))?;
         let who: WhoAmI = serde_json::from_slice(&body).map_err(|err| unreadable(&err))?;
-        Ok(Verdict::Valid(who.user_id))
+        Ok(Verdict::Valid {
+            user_id: who.user_id,
+            vouched_at: Instant::now(),
+        })
     }
 }
 

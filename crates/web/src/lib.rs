@@ -14,6 +14,7 @@ pub mod pending;
 pub mod purge;
 pub mod query;
 pub mod range;
+mod recent_tokens;
 pub mod reload;
 pub mod route_metrics;
 pub mod routes;

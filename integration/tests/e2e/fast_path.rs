@@ -8,7 +8,9 @@ use integration::{wait_until, RedisServer, Synapse};
 use reqwest::blocking::Response;
 use sha2::{Digest, Sha256};
 
-use crate::common::{matrix_error, random_bytes, users, Db, Options, Stack};
+use crate::common::{
+    config_yaml, matrix_error, random_bytes, users, Db, Options, Stack, DEFAULT_MAX_UPLOAD_BYTES,
+};
 
 /// A background cache fill lands within this.
 const FILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -154,4 +156,62 @@ fn a_deleted_media_answers_404_at_once_on_postgres() {
         Db::Postgres,
         None,
     );
+}
+
+/// Each worker remembers the tokens it saw vouched for (as the shared whoami cache does,
+/// for `auth.whoami_cache_secs`); a reload that turns the cache off makes every worker
+/// forget at once: a token logged out meanwhile is refused on the next request.
+#[test]
+fn a_reload_makes_every_worker_forget_the_tokens_it_remembers() {
+    let synapse = Synapse::shared();
+    let s = Stack::start(Options::default());
+    let (server, id) = s.upload(&users().alice, b"remembered".to_vec(), "text/plain", None);
+    let token = synapse.login("bob").unwrap();
+    // Over fresh connections, so both workers are likely to see (and remember) the token.
+    let fresh_download = || {
+        reqwest::blocking::Client::new()
+            .get(s.url(&format!("/_matrix/client/v1/media/download/{server}/{id}")))
+            .bearer_auth(&token)
+            .send()
+            .unwrap()
+    };
+    for _ in 0..8 {
+        assert_eq!(fresh_download().status(), 200);
+    }
+    synapse.logout(&token).unwrap();
+    assert_eq!(
+        fresh_download().status(),
+        200,
+        "within the cache's lifetime the vouched-for answer stands"
+    );
+
+    let reloads = |result: &str| {
+        s.repo
+            .metric_value(&format!(
+                "media_repo_config_reloads_total{{result=\"{result}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    let applied_before = reloads("applied");
+    s.repo
+        .write_config(&config_yaml(
+            synapse,
+            "sqlite://{dir}/media-repo.db",
+            DEFAULT_MAX_UPLOAD_BYTES,
+            "cache:\n  backend: memory\n",
+            "auth:\n  whoami_cache_secs: 0\n",
+        ))
+        .unwrap();
+    s.repo.sighup();
+    wait_until("the reload to apply", FILL_TIMEOUT, || {
+        reloads("applied") > applied_before
+    })
+    .unwrap();
+    for _ in 0..8 {
+        assert_eq!(
+            matrix_error(fresh_download()),
+            (401, "M_UNKNOWN_TOKEN".to_owned()),
+            "a worker still trusted a logged-out token after the reload"
+        );
+    }
 }
