@@ -4,7 +4,9 @@
 //! size measures `put` and `get` with the same number of concurrent tasks through
 //!
 //! * the actor path: `mr_cache::Cache` (backend redis, one shard = that server), inside an
-//!   actix System — `put_blob`, and `open_blob` + every `BlobRead::Data` to the end;
+//!   actix System — `put_blob`, and `open_blob` + every `BlobRead::Data` to the end; and the
+//!   same with the tasks spread over two actix arbiters, as the server's requests are over
+//!   its two workers (each worker reads through its own shard reader);
 //! * plain redis-rs (the baseline): `SET`/`GET` of one value of that size over
 //!   `ConnectionManager`s, on a 2-worker tokio runtime; for reference also with the cache's
 //!   two commands per operation (chunk + header), and on one thread.
@@ -68,7 +70,7 @@ struct Args {
     /// Only this operation: `put` or `get`.
     #[arg(long)]
     only_op: Option<String>,
-    /// Only this path: `actor`, `plain`, `plain2` or `plain1`.
+    /// Only this path: `actor`, `actor2`, `plain`, `plain2` or `plain1`.
     #[arg(long)]
     only_path: Option<String>,
 }
@@ -78,6 +80,7 @@ impl Args {
         let op_name = if op == Op::Put { "put" } else { "get" };
         let path_name = match path {
             Path::Actor => "actor",
+            Path::ActorOnWorkers => "actor2",
             Path::Plain => "plain",
             Path::PlainTwoCommands => "plain2",
             Path::PlainOneThread => "plain1",
@@ -107,8 +110,12 @@ enum Op {
 /// The ways a case is run.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Path {
-    /// `mr_cache::Cache` → ring → shard actor (its own thread) → Redis.
+    /// `mr_cache::Cache` → ring → shard actor (its own thread) → Redis, every task on the
+    /// System's one thread.
     Actor,
+    /// The actor path with the tasks spread over [`PLAIN_THREADS`] actix arbiters: the
+    /// server's shape (requests on every worker), and the baseline's number of threads.
+    ActorOnWorkers,
     /// Plain redis-rs, one command per operation, 2-worker runtime: the baseline.
     Plain,
     /// Plain redis-rs issuing the cache's command pattern (chunk + header, one after the
@@ -118,8 +125,9 @@ enum Path {
     PlainOneThread,
 }
 
-const PATHS: [Path; 4] = [
+const PATHS: [Path; 5] = [
     Path::Actor,
+    Path::ActorOnWorkers,
     Path::Plain,
     Path::PlainTwoCommands,
     Path::PlainOneThread,
@@ -160,6 +168,9 @@ fn main() -> Result<()> {
     // runs there (see DESIGN.md: a manager's I/O stays on the thread that created it).
     let plain = plain_rt.block_on(connect_plain(&server.url(), connections))?;
     let plain_local = system.block_on(connect_plain(&server.url(), connections))?;
+    let workers: Vec<actix_rt::Arbiter> = (0..PLAIN_THREADS)
+        .map(|_| actix_rt::Arbiter::new())
+        .collect();
 
     let warmup = Duration::from_secs_f64(args.warmup_secs);
     let measure = Duration::from_secs_f64(args.secs);
@@ -176,11 +187,15 @@ fn main() -> Result<()> {
                     let case = Case {
                         size,
                         op,
+                        first_task: 0,
                         tasks: args.tasks,
                         data: data.clone(),
                     };
                     let run = |duration| match path {
                         Path::Actor => system.block_on(case.actor(&cache, duration)),
+                        Path::ActorOnWorkers => {
+                            system.block_on(case.actor_on(&workers, &cache, duration))
+                        }
                         Path::Plain => plain_rt.block_on(case.plain(&plain, duration, false)),
                         Path::PlainTwoCommands => {
                             plain_rt.block_on(case.plain(&plain, duration, true))
@@ -273,9 +288,13 @@ fn blob(size: usize) -> Bytes {
 }
 
 /// One blob size and operation, as every path runs it.
+#[derive(Clone)]
 struct Case {
     size: usize,
     op: Op,
+    /// Index of this case's first task: cases run side by side on several arbiters use
+    /// different keys.
+    first_task: usize,
     tasks: usize,
     data: Bytes,
 }
@@ -284,10 +303,49 @@ impl Case {
     /// Per-task blob ids (valid sha256 hex) so tasks never share a key.
     fn shas(&self) -> Arc<Vec<String>> {
         Arc::new(
-            (0..self.tasks)
+            (self.first_task..self.first_task + self.tasks)
                 .map(|t| format!("{:016x}{:048x}", self.size, t))
                 .collect(),
         )
+    }
+
+    /// [`Case::actor`] with the tasks spread over `workers` (each its own thread), run at
+    /// once; the outcomes add up, over the longest run's time.
+    async fn actor_on(
+        &self,
+        workers: &[actix_rt::Arbiter],
+        cache: &Cache,
+        duration: Duration,
+    ) -> Outcome {
+        let mut results = Vec::new();
+        let mut first_task = 0;
+        for (i, worker) in workers.iter().enumerate() {
+            let tasks = self.tasks / workers.len() + usize::from(i < self.tasks % workers.len());
+            let part = Case {
+                first_task,
+                tasks,
+                ..self.clone()
+            };
+            first_task += tasks;
+            let (done, result) = tokio::sync::oneshot::channel();
+            let cache = cache.clone();
+            worker.spawn(async move {
+                let _ = done.send(part.actor(&cache, duration).await);
+            });
+            results.push(result);
+        }
+        let mut total = Outcome::default();
+        for result in results {
+            // A worker that died is a bug in the benchmark: one failure, no operations.
+            let part = result.await.unwrap_or(Outcome {
+                failed: 1,
+                ..Outcome::default()
+            });
+            total.ok += part.ok;
+            total.failed += part.failed;
+            total.elapsed = total.elapsed.max(part.elapsed);
+        }
+        total
     }
 
     fn plain_keys(&self) -> Arc<Vec<String>> {
@@ -493,10 +551,10 @@ fn print_report(args: &Args, samples: &[Sample], ring: &[(String, f64)], connect
     );
     println!(
         "| blob | op | actor ops/s | actor MB/s | plain ops/s | plain MB/s | actor/plain \
-         (min–max) | goal | plain 2-cmd ops/s | actor/plain 2-cmd | plain 1-thread ops/s | \
-         actor/plain 1-thread |"
+         (min–max) | goal | actor on 2 workers ops/s | actor on 2 workers/plain (min–max) | \
+         plain 2-cmd ops/s | actor/plain 2-cmd | plain 1-thread ops/s | actor/plain 1-thread |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|");
     let mut failed = Vec::new();
     for (size_idx, &(label, size, goal)) in SIZES.iter().enumerate() {
         for op in [Op::Put, Op::Get] {
@@ -512,13 +570,13 @@ fn print_report(args: &Args, samples: &[Sample], ring: &[(String, f64)], connect
                 |o: &[Outcome]| median(&o.iter().map(Outcome::ops_per_sec).collect::<Vec<_>>());
             // Ratios per round (paths ran back to back), so slow phases of the machine
             // weigh on both sides of one ratio.
-            let ratios = |other: &[Outcome]| -> Vec<f64> {
-                actor
-                    .iter()
+            let ratios_of = |ours: &[Outcome], other: &[Outcome]| -> Vec<f64> {
+                ours.iter()
                     .zip(other)
                     .map(|(a, p)| a.ops_per_sec() / p.ops_per_sec())
                     .collect()
             };
+            let ratios = |other: &[Outcome]| ratios_of(&actor, other);
             let mut cells = Vec::new();
             for path in PATHS {
                 let o = outcomes(path);
@@ -528,16 +586,20 @@ fn print_report(args: &Args, samples: &[Sample], ring: &[(String, f64)], connect
                 }
                 cells.push((ops(&o), median(&ratios(&o)), min_max(&ratios(&o))));
             }
-            let [(a, _, _), (p, r, (lo, hi)), (p2, r2, _), (p1, r1, _)] = cells[..] else {
+            let [(a, _, _), (w, _, _), (p, r, (lo, hi)), (p2, r2, _), (p1, r1, _)] = cells[..]
+            else {
                 continue;
             };
+            let on_workers = ratios_of(&outcomes(Path::ActorOnWorkers), &outcomes(Path::Plain));
+            let (rw, (wlo, whi)) = (median(&on_workers), min_max(&on_workers));
             let mb = |ops: f64| ops * size as f64 / 1e6;
             let goal = goal.map_or("—".to_owned(), |g| {
                 format!("≥ {g} {}", if r >= g { "met" } else { "**missed**" })
             });
             println!(
                 "| {label} | {} | {a:.0} | {:.1} | {p:.0} | {:.1} | {r:.2} ({lo:.2}–{hi:.2}) | \
-                 {goal} | {p2:.0} | {r2:.2} | {p1:.0} | {r1:.2} |",
+                 {goal} | {w:.0} | {rw:.2} ({wlo:.2}–{whi:.2}) | {p2:.0} | {r2:.2} | {p1:.0} | \
+                 {r1:.2} |",
                 if op == Op::Put { "put" } else { "get" },
                 mb(a),
                 mb(p),
@@ -571,7 +633,7 @@ fn print_cpu(samples: &[Sample]) {
     println!("|---|---|---|---:|---:|---:|---|");
     for (size_idx, &(label, _, _)) in SIZES.iter().enumerate() {
         for op in [Op::Put, Op::Get] {
-            for path in [Path::Actor, Path::Plain] {
+            for path in [Path::Actor, Path::ActorOnWorkers, Path::Plain] {
                 let runs: Vec<&Sample> = samples
                     .iter()
                     .filter(|s| s.size_idx == size_idx && s.op == op && s.path == path)
