@@ -31,6 +31,7 @@ mod split;
 mod test_image;
 #[cfg(test)]
 mod tests;
+mod threads;
 mod unstuff;
 
 use entropy::{decode, Cursor, Halt, Layout, Tables, Target, Unobserved, MAX_MCU_BYTES};

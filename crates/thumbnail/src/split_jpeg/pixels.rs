@@ -6,6 +6,7 @@
 
 use super::entropy::Layout;
 use super::header::Header;
+use super::threads;
 use super::Image;
 use crate::error::{Error, Result};
 
@@ -91,13 +92,19 @@ pub(super) fn render(
         idct_band(header, layout, coefs, &idct, &strides, rows, out)
     };
     let (first, second) = std::thread::scope(|s| {
-        let second = (mid < layout.mcus_y).then(|| s.spawn(|| band(mid..layout.mcus_y, &mut high)));
+        let second = (mid < layout.mcus_y)
+            .then(|| threads::spawn_or_none(s, || band(mid..layout.mcus_y, &mut high)));
         let first = band(0..mid, &mut low);
-        (first, second.map(|h| h.join()))
+        (first, second.map(|h| h.map(|h| h.join())))
     });
     first?;
-    if let Some(second) = second {
-        second.map_err(|_| Error::Undecodable("IDCT thread panicked".into()))??;
+    match second {
+        Some(Some(joined)) => {
+            joined.map_err(|_| Error::Undecodable("IDCT thread panicked".into()))??;
+        }
+        // The OS gave no second thread: its rows on this one.
+        Some(None) => band(mid..layout.mcus_y, &mut high)?,
+        None => {}
     }
 
     // Upsampling and colour: output rows [0, split) here, the rest on the second thread.
@@ -107,12 +114,20 @@ pub(super) fn render(
     let split = if threads > 1 { out_h / 2 } else { out_h };
     let (top, bottom) = pixels.split_at_mut(split * row_bytes);
     let planes = &planes;
-    std::thread::scope(|s| {
-        if !bottom.is_empty() {
-            s.spawn(move || colour_rows(planes, out_w, split, bottom));
-        }
+    let bottom_empty = bottom.is_empty();
+    let bottom_done = std::thread::scope(|s| {
+        let helper = if bottom_empty {
+            None
+        } else {
+            let rows = &mut *bottom;
+            threads::spawn_or_none(s, move || colour_rows(planes, out_w, split, rows))
+        };
         colour_rows(planes, out_w, 0, top);
+        bottom_empty || helper.is_some()
     });
+    if !bottom_done {
+        colour_rows(planes, out_w, split, bottom);
+    }
     Ok(Image {
         width: out_w as u32,
         height: out_h as u32,

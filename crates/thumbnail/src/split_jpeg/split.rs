@@ -28,6 +28,7 @@ use super::bits::BitPos;
 use super::entropy::{
     decode, Cursor, Halt, Layout, Observer, Tables, Target, Unobserved, MAX_MCU_BYTES,
 };
+use super::threads;
 use crate::error::{Error, Result};
 
 /// Data left below which a second thread is not worth its start-up.
@@ -164,17 +165,18 @@ fn at_restart(
         return scan.to_end(coefs, cursor);
     };
     let (low, high) = coefs.split_at_mut(scan.layout.coefficients(mid).min(coefs.len()));
+    let second_half = |high: &mut [i16]| {
+        let mut at = Cursor::at(mid, offset as u64 * 8);
+        decode(
+            &mut scan.target(high, mid),
+            &mut at,
+            total,
+            BitPos::MAX,
+            &mut Unobserved,
+        )
+    };
     let (first, second) = std::thread::scope(|s| {
-        let second = s.spawn(|| {
-            let mut at = Cursor::at(mid, offset as u64 * 8);
-            decode(
-                &mut scan.target(high, mid),
-                &mut at,
-                total,
-                BitPos::MAX,
-                &mut Unobserved,
-            )
-        });
+        let second = threads::spawn_or_none(s, || second_half(&mut *high));
         let mut at = cursor;
         let first = decode(
             &mut scan.target(low, 0),
@@ -183,14 +185,22 @@ fn at_restart(
             BitPos::MAX,
             &mut Unobserved,
         );
-        (first, second.join())
+        (first, second.map(|handle| handle.join()))
     });
-    trace.split_byte = Some(offset);
-    trace.at_restart = true;
-    trace.second_thread_mcus = total - mid;
     // The first error in stream order, as one thread would have met it.
     first?;
-    second.map_err(|_| Error::Undecodable("JPEG decoding thread panicked".into()))??;
+    match second {
+        Some(joined) => {
+            joined.map_err(|_| Error::Undecodable("JPEG decoding thread panicked".into()))??;
+            trace.split_byte = Some(offset);
+            trace.at_restart = true;
+            trace.second_thread_mcus = total - mid;
+        }
+        // No second thread to be had: the rest on this one.
+        None => {
+            second_half(high)?;
+        }
+    }
     Ok(())
 }
 
@@ -216,7 +226,13 @@ fn speculative(
     let (publish, candidates) = mpsc::sync_channel::<Vec<Cursor>>(1);
     trace.split_byte = Some(target);
     std::thread::scope(|s| {
-        let second = s.spawn(|| speculate(scan, target, offered, &cancel, publish));
+        let Some(second) =
+            threads::spawn_or_none(s, || speculate(scan, target, offered, &cancel, publish))
+        else {
+            // No second thread to be had: decode on alone.
+            trace.split_byte = None;
+            return scan.to_end(coefs, cursor);
+        };
         let second = Second {
             handle: second,
             candidates: &candidates,

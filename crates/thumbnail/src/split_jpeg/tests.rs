@@ -504,3 +504,32 @@ fn same_pixels_when_speculation_fails() {
         );
     }
 }
+
+/// The OS refusing the second threads (entropy split at a guessed byte or at a restart
+/// marker, the IDCT bands, the colour rows): the same pixels from one thread, no error.
+#[test]
+fn same_pixels_when_no_second_thread_can_be_had() {
+    let plain = splittable_jpeg();
+    let restarts = jpeg_encoder_jpeg(
+        &noise_image(1001, 757, 50.0, 6),
+        jpeg_encoder::SamplingFactor::F_2_2,
+        5,
+        false,
+    );
+    for (name, bytes) in [("plain", &plain), ("restart markers", &restarts)] {
+        for eighths in [2, 8] {
+            let one = decoded(decode_slice(bytes, eighths, &LIMITS, 1).unwrap());
+            let middle = bytes.len() / 2;
+            let (two, trace) = with_split(bytes, eighths, middle);
+            assert!(two == one, "{name}, {eighths}/8, two threads: {trace:?}");
+            assert!(trace.second_thread_mcus > 0, "{name}: no split to refuse: {trace:?}");
+            let (refused, trace) =
+                threads::with_spawns_refused(|| with_split(bytes, eighths, middle));
+            assert!(
+                refused == one,
+                "{name}, {eighths}/8, spawns refused: {trace:?}"
+            );
+            assert_eq!(trace.second_thread_mcus, 0, "{name}: {trace:?}");
+        }
+    }
+}
