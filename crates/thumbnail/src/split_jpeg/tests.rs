@@ -522,7 +522,10 @@ fn same_pixels_when_no_second_thread_can_be_had() {
             let middle = bytes.len() / 2;
             let (two, trace) = with_split(bytes, eighths, middle);
             assert!(two == one, "{name}, {eighths}/8, two threads: {trace:?}");
-            assert!(trace.second_thread_mcus > 0, "{name}: no split to refuse: {trace:?}");
+            assert!(
+                trace.second_thread_mcus > 0,
+                "{name}: no split to refuse: {trace:?}"
+            );
             let (refused, trace) =
                 threads::with_spawns_refused(|| with_split(bytes, eighths, middle));
             assert!(
