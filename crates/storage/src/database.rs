@@ -263,14 +263,14 @@ const INSERT_CLAIM: &str = "INSERT INTO content_claims \
 
 const DELETE_CLAIM: &str = "DELETE FROM content_claims WHERE claim_id = $1";
 
-/// [`INSERT_CLAIM`] unless the bytes (`$5`, their SHA-256) may not be uploaded: their hash
-/// is quarantined or some quarantined media holds them (the same test as
-/// `Database::is_content_quarantined`, in the statement that claims, so an upload pays one
-/// round trip for both).
-const INSERT_CLAIM_UNLESS_QUARANTINED: &str = "INSERT INTO content_claims \
-     (claim_id, datastore_id, location, created_at_ms) SELECT $1, $2, $3, $4 \
-     WHERE NOT EXISTS (SELECT 1 FROM quarantined_hashes WHERE sha256 = $5) \
-       AND NOT EXISTS (SELECT 1 FROM media WHERE sha256 = $5 AND quarantined_by IS NOT NULL)";
+/// [`INSERT_CLAIM`] unless the bytes (`$5`, their SHA-256) may not be uploaded
+/// (`quarantine::content_is_quarantined`): the check in the statement that claims, so an
+/// upload pays one round trip for both.
+const INSERT_CLAIM_UNLESS_QUARANTINED: &str = concat!(
+    "INSERT INTO content_claims (claim_id, datastore_id, location, created_at_ms) ",
+    "SELECT $1, $2, $3, $4 WHERE NOT ",
+    crate::quarantine::content_is_quarantined!("$5")
+);
 
 /// Postgres: an upload's media row and its claim's release in one statement (autocommit:
 /// one round trip instead of four for BEGIN, two statements and COMMIT). The row is written

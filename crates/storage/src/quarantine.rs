@@ -116,11 +116,25 @@ const UNMARK_BY_MARKER: &str = concat!(
 );
 
 const HASH_QUARANTINED: &str = "SELECT COUNT(*) FROM quarantined_hashes WHERE sha256 = $1";
-/// Bytes under a hash quarantine, or held by any quarantined media (as Synapse, which
-/// quarantines a new upload of bytes some quarantined media holds).
-const CONTENT_QUARANTINED: &str = "SELECT \
-     (SELECT COUNT(*) FROM quarantined_hashes WHERE sha256 = $1) \
-     + (SELECT COUNT(*) FROM media WHERE sha256 = $1 AND quarantined_by IS NOT NULL)";
+/// The SQL condition "the bytes whose SHA-256 is parameter `$sha` may not be uploaded":
+/// under a hash quarantine, or held by any quarantined media (as Synapse, which quarantines
+/// a new upload of bytes some quarantined media holds). One home for the test, which the
+/// upload's claim (`database.rs`) and [`Database::is_content_quarantined`] both make.
+macro_rules! content_is_quarantined {
+    ($sha:literal) => {
+        concat!(
+            "(EXISTS (SELECT 1 FROM quarantined_hashes WHERE sha256 = ",
+            $sha,
+            ") OR EXISTS (SELECT 1 FROM media WHERE sha256 = ",
+            $sha,
+            " AND quarantined_by IS NOT NULL))"
+        )
+    };
+}
+pub(crate) use content_is_quarantined;
+
+const CONTENT_QUARANTINED: &str =
+    concat!("SELECT COUNT(*) WHERE ", content_is_quarantined!("$1"));
 const ORIGIN_QUARANTINED: &str = "SELECT COUNT(*) FROM quarantined_origins WHERE origin = $1";
 
 /// Marks a just-written row if its origin or content hash is under a standing quarantine
