@@ -196,9 +196,12 @@ impl Auth {
                 recent_tokens::remember(generation, &hs.name, &cache_key.1, user_id, until);
             }
         };
-        // The common case first, in one lookup: a token vouched for within the cache's
+        // Then the shared cache, in one lookup: a token vouched for within the cache's
         // lifetime. A rejection forgets the token here before it is remembered as
-        // rejected, so a token found valid here is not one rejected since.
+        // rejected, so a token found valid here is not one rejected since. (Other workers'
+        // memories are not told: they keep a token at most until the homeserver's answer
+        // they saw expires, the cache's own lifetime. A rejection can only follow a valid
+        // answer once the cache dropped it early, past `MAX_CACHED_TOKENS`.)
         if let Some(accepted) = accepted.as_ref() {
             if let Some(Verdict::Valid {
                 user_id,
