@@ -133,8 +133,7 @@ macro_rules! content_is_quarantined {
 }
 pub(crate) use content_is_quarantined;
 
-const CONTENT_QUARANTINED: &str =
-    concat!("SELECT COUNT(*) WHERE ", content_is_quarantined!("$1"));
+const CONTENT_QUARANTINED: &str = concat!("SELECT COUNT(*) WHERE ", content_is_quarantined!("$1"));
 const ORIGIN_QUARANTINED: &str = "SELECT COUNT(*) FROM quarantined_origins WHERE origin = $1";
 
 /// Marks a just-written row if its origin or content hash is under a standing quarantine
