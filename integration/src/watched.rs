@@ -105,14 +105,25 @@ impl Watched {
                 .and_then(|s| s.trim().parse().ok());
             pid.is_some()
         })?;
-        match pid {
-            Some(pid) => Ok(Watched {
-                watchdog,
-                pid,
-                program: program.display().to_string(),
-            }),
-            None => bail!("no pid in {}", pid_file.display()),
-        }
+        let Some(pid) = pid else {
+            bail!("no pid in {}", pid_file.display());
+        };
+        // The pid is written right after the fork, before the child has exec'd the program:
+        // until then its command line is the watchdog's own (and for a moment during the exec,
+        // empty). Wait for the exec, so callers (and `stop`'s orphan check) recognise the
+        // process by its command line.
+        let watchdog_cmdline = cmdline(watchdog.pid());
+        wait_until("the watched process to exec", PID_TIMEOUT, || {
+            let ended = !crate::pid_exists(pid) || is_zombie(pid);
+            let execd = cmdline(pid)
+                .is_some_and(|c| !c.is_empty() && Some(&c) != watchdog_cmdline.as_ref());
+            ended || execd
+        })?;
+        Ok(Watched {
+            watchdog,
+            pid,
+            program: program.display().to_string(),
+        })
     }
 
     /// The watched process's pid.
@@ -152,6 +163,21 @@ impl Drop for Watched {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether `pid` has exited and waits to be reaped (state `Z` in `/proc/<pid>/stat`).
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            let (_, after_name) = stat.rsplit_once(')')?;
+            after_name
+                .split_whitespace()
+                .next()
+                .map(|state| state == "Z")
+        })
+        .unwrap_or(false)
 }
 
 fn cmdline(pid: u32) -> Option<String> {
