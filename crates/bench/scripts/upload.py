@@ -18,7 +18,8 @@ Usage:  python3 crates/bench/scripts/upload.py
 Environment: BENCH_DURATION (s, default 10), BENCH_WARMUP (s, default 2),
 BENCH_CONNECTIONS (default 16), BENCH_THREADS (default 2), BENCH_KEEP=1 keeps the temp dir,
 BENCH_BINARY=path uses that media-repo binary instead of building this checkout (to measure
-an older commit in the same run conditions), BENCH_ONLY=synapse,sqlite,postgres picks targets.
+an older commit in the same run conditions), BENCH_ONLY=synapse,sqlite,postgres picks targets,
+BENCH_SIZES="1 MiB" picks sizes.
 Needs what download.py needs, plus psql and a Postgres with trust auth on 127.0.0.1.
 """
 
@@ -34,7 +35,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import download as dl  # noqa: E402  (the shared harness: Synapse, processes, build)
 
-SIZES = [("4 KiB", 4 * 1024), ("64 KiB", 64 * 1024), ("1 MiB", 1024 * 1024)]
+ALL_SIZES = [("4 KiB", 4 * 1024), ("64 KiB", 64 * 1024), ("1 MiB", 1024 * 1024)]
+# BENCH_SIZES="1 MiB" (labels, comma-separated) runs only those sizes, e.g. under a profiler.
+_chosen = [s.strip() for s in os.environ.get("BENCH_SIZES", "").split(",") if s.strip()]
+SIZES = [size for size in ALL_SIZES if not _chosen or size[0] in _chosen]
+if not SIZES:
+    raise SystemExit(f"BENCH_SIZES names none of {[label for label, _ in ALL_SIZES]}")
 PG_URL = "postgres://postgres@127.0.0.1:5432/test"
 # Uploads one user may have running: above the connection count, so no upload is refused.
 PER_USER_UPLOADS = 64

@@ -176,8 +176,48 @@ fn register_reads(cfg: &mut web::ServiceConfig, listener: Listener) {
     }
 }
 
+/// Downloads whose path needs no decoding ([`download::plain_tail`]), served before the
+/// route table is walked: a scope's static prefix is a string comparison, where the
+/// table's `{server}/{media_id}` patterns are regexes whose captures cost more than the rest
+/// of the routing (callgrind). Each scope carries the label and handler of the table's
+/// route for the same path, so the request is counted, traced and answered as the table
+/// would; any other path or method fails the guard and goes on to the table.
+fn register_plain_downloads(cfg: &mut web::ServiceConfig) {
+    for (prefix, read) in [
+        ("/_matrix/client/v1/media", Read::AuthenticatedDownload),
+        ("/_matrix/media/v3", Read::LegacyDownload),
+        ("/_matrix/media/r0", Read::LegacyDownload),
+    ] {
+        let [without_name, with_name] = download_paths(prefix);
+        for (label, named) in [(without_name, false), (with_name, true)] {
+            let scope = web::scope(&format!("{prefix}/download"))
+                .guard(actix_web::guard::fn_guard(move |ctx| {
+                    let head = ctx.head();
+                    // The raw path, so the whole of it is checked for escapes.
+                    let tail = head
+                        .uri
+                        .path()
+                        .strip_prefix(prefix)
+                        .and_then(|rest| rest.strip_prefix("/download"));
+                    (head.method == Method::GET || head.method == Method::HEAD)
+                        && tail
+                            .and_then(download::plain_tail)
+                            .is_some_and(|(_, _, name)| name.is_some() == named)
+                }))
+                .wrap(TrackRoute::new(&label));
+            cfg.service(match read {
+                Read::AuthenticatedDownload => {
+                    scope.default_service(web::to(download::authenticated_plain))
+                }
+                _ => scope.default_service(web::to(download::legacy_plain)),
+            });
+        }
+    }
+}
+
 /// The public listener: media API, health and readiness. No operator endpoint.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    register_plain_downloads(cfg);
     register_reads(cfg, Listener::Public);
     for version in ["v3", "r0"] {
         let legacy = format!("/_matrix/media/{version}");
@@ -273,6 +313,126 @@ mod tests {
             "/_matrix/media/r0/download/{server}/{media_id}/{file_name}",
         ] {
             assert!(public.contains(&path.to_owned()), "{path} missing");
+        }
+    }
+
+    /// What the route table's download patterns capture from `path`, or None for no match.
+    async fn captured_by_the_table(path: &str) -> Option<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Fields {
+            server: String,
+            media_id: String,
+            file_name: Option<String>,
+        }
+        async fn echo(path: web::Path<Fields>) -> HttpResponse {
+            let Fields {
+                server,
+                media_id,
+                file_name,
+            } = path.into_inner();
+            let fields: Vec<String> = [Some(server), Some(media_id), file_name]
+                .into_iter()
+                .flatten()
+                .collect();
+            HttpResponse::Ok().body(fields.join("\n"))
+        }
+        let mut app = App::new();
+        for pattern in download_paths("/_matrix/client/v1/media") {
+            app = app.route(&pattern, web::to(echo));
+        }
+        let app = init_service(app).await;
+        let response = call_service(&app, TestRequest::get().uri(path).to_request()).await;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        let body = actix_web::test::read_body(response).await;
+        let text = String::from_utf8(body.to_vec()).ok()?;
+        Some(text.split('\n').map(str::to_owned).collect())
+    }
+
+    #[actix_web::test]
+    async fn a_plain_download_path_means_what_the_route_table_reads_in_it() {
+        let prefix = "/_matrix/client/v1/media/download";
+        for tail in [
+            "/example.org/abcDEF123",
+            "/example.org:8448/abc/name.png",
+            "/example.org/abc/cat+dog.png",
+            "/example.org/abc/",
+            "/example.org//name",
+            "/example.org/abc/name/more",
+            "/example.org/a%62c",
+            "/example.org/abc/na%20me",
+            "/example.org/abc/a%2Fb",
+        ] {
+            let table = captured_by_the_table(&format!("{prefix}{tail}")).await;
+            match download::plain_tail(tail) {
+                Some((server, media_id, name)) => {
+                    let plain: Vec<String> = [Some(server), Some(media_id), name]
+                        .into_iter()
+                        .flatten()
+                        .map(str::to_owned)
+                        .collect();
+                    assert_eq!(Some(plain), table, "{tail}");
+                }
+                // Not plain: left to the table, whatever it makes of it.
+                None => assert!(tail.contains('%') || table.is_none(), "{tail}: {table:?}"),
+            }
+        }
+    }
+
+    #[actix_web::test]
+    async fn plain_downloads_are_served_before_the_table_and_the_rest_fall_through() {
+        let app = init_service(App::new().configure(register_plain_downloads)).await;
+        for (method, path, served) in [
+            (
+                Method::GET,
+                "/_matrix/client/v1/media/download/example.org/abc",
+                true,
+            ),
+            (
+                Method::HEAD,
+                "/_matrix/media/v3/download/example.org/abc/n.png",
+                true,
+            ),
+            (
+                Method::GET,
+                "/_matrix/media/r0/download/example.org/abc",
+                true,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v1/media/download/example.org/a%62c",
+                false,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v1/media/download/example.org/abc/",
+                false,
+            ),
+            (
+                Method::POST,
+                "/_matrix/client/v1/media/download/example.org/abc",
+                false,
+            ),
+            (
+                Method::GET,
+                "/_matrix/client/v1/media/thumbnail/example.org/abc",
+                false,
+            ),
+        ] {
+            let req = TestRequest::default()
+                .method(method.clone())
+                .uri(path)
+                .to_request();
+            // Served: its handler ran and failed for want of the app state (500). Not
+            // served: nothing else is registered here (404).
+            let status = call_service(&app, req).await.status();
+            let expected = if served {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            assert_eq!(status, expected, "{method} {path}");
         }
     }
 
