@@ -136,6 +136,11 @@ pub fn get_routes(listener: Listener) -> Vec<(String, Read)> {
     }
 }
 
+/// The end of a media route's pattern that [`register_plain_reads`] serves before the table.
+const PLAIN: &str = "/{server}/{media_id}";
+/// The same with the download's optional file name.
+const PLAIN_NAMED: &str = "/{server}/{media_id}/{file_name}";
+
 /// The download paths under `prefix`; the optional `{file_name}` is a field of the path.
 fn download_paths(prefix: &str) -> [String; 2] {
     [
@@ -176,48 +181,47 @@ fn register_reads(cfg: &mut web::ServiceConfig, listener: Listener) {
     }
 }
 
-/// Downloads whose path needs no decoding ([`download::plain_tail`]), served before the
-/// route table is walked: a scope's static prefix is a string comparison, where the
-/// table's `{server}/{media_id}` patterns are regexes whose captures cost more than the rest
-/// of the routing (callgrind). Each scope carries the label and handler of the table's
-/// route for the same path, so the request is counted, traced and answered as the table
+/// Downloads and thumbnails whose path needs no decoding ([`media::plain_tail`]), served
+/// before the route table is walked: a scope's static prefix is a string comparison, where
+/// the table's `{server}/{media_id}` patterns are regexes whose captures cost more than the
+/// rest of the routing (callgrind). One scope per such route of the table, with that
+/// route's label and handler, so the request is counted, traced and answered as the table
 /// would; any other path or method fails the guard and goes on to the table.
-fn register_plain_downloads(cfg: &mut web::ServiceConfig) {
-    for (prefix, read) in [
-        ("/_matrix/client/v1/media", Read::AuthenticatedDownload),
-        ("/_matrix/media/v3", Read::LegacyDownload),
-        ("/_matrix/media/r0", Read::LegacyDownload),
-    ] {
-        let [without_name, with_name] = download_paths(prefix);
-        for (label, named) in [(without_name, false), (with_name, true)] {
-            let scope = web::scope(&format!("{prefix}/download"))
-                .guard(actix_web::guard::fn_guard(move |ctx| {
-                    let head = ctx.head();
-                    // The raw path, so the whole of it is checked for escapes.
-                    let tail = head
-                        .uri
-                        .path()
-                        .strip_prefix(prefix)
-                        .and_then(|rest| rest.strip_prefix("/download"));
-                    (head.method == Method::GET || head.method == Method::HEAD)
-                        && tail
-                            .and_then(download::plain_tail)
-                            .is_some_and(|(_, _, name)| name.is_some() == named)
-                }))
-                .wrap(TrackRoute::new(&label));
-            cfg.service(match read {
-                Read::AuthenticatedDownload => {
-                    scope.default_service(web::to(download::authenticated_plain))
-                }
-                _ => scope.default_service(web::to(download::legacy_plain)),
-            });
-        }
+fn register_plain_reads(cfg: &mut web::ServiceConfig) {
+    for (pattern, read) in get_routes(Listener::Public) {
+        let (prefix, named) = if let Some(prefix) = pattern.strip_suffix(PLAIN_NAMED) {
+            (prefix.to_owned(), true)
+        } else if let Some(prefix) = pattern.strip_suffix(PLAIN) {
+            (prefix.to_owned(), false)
+        } else {
+            continue;
+        };
+        let handler = match read {
+            Read::AuthenticatedDownload => web::to(download::authenticated_plain),
+            Read::LegacyDownload => web::to(download::legacy_plain),
+            Read::AuthenticatedThumbnail => web::to(media::thumbnail::authenticated_plain),
+            Read::LegacyThumbnail => web::to(media::thumbnail::legacy_plain),
+            _ => continue,
+        };
+        let scope = web::scope(&prefix)
+            .guard(actix_web::guard::fn_guard(move |ctx| {
+                let head = ctx.head();
+                // The raw path, so the whole of it is checked for escapes.
+                let tail = head.uri.path().strip_prefix(prefix.as_str());
+                (head.method == Method::GET || head.method == Method::HEAD)
+                    && tail
+                        .and_then(media::plain_tail)
+                        .is_some_and(|(_, _, name)| name.is_some() == named)
+            }))
+            .wrap(TrackRoute::new(&pattern))
+            .default_service(handler);
+        cfg.service(scope);
     }
 }
 
 /// The public listener: media API, health and readiness. No operator endpoint.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    register_plain_downloads(cfg);
+    register_plain_reads(cfg);
     register_reads(cfg, Listener::Public);
     for version in ["v3", "r0"] {
         let legacy = format!("/_matrix/media/{version}");
@@ -365,7 +369,7 @@ mod tests {
             "/example.org/abc/a%2Fb",
         ] {
             let table = captured_by_the_table(&format!("{prefix}{tail}")).await;
-            match download::plain_tail(tail) {
+            match media::plain_tail(tail) {
                 Some((server, media_id, name)) => {
                     let plain: Vec<String> = [Some(server), Some(media_id), name]
                         .into_iter()
@@ -381,8 +385,8 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn plain_downloads_are_served_before_the_table_and_the_rest_fall_through() {
-        let app = init_service(App::new().configure(register_plain_downloads)).await;
+    async fn plain_reads_are_served_before_the_table_and_the_rest_fall_through() {
+        let app = init_service(App::new().configure(register_plain_reads)).await;
         for (method, path, served) in [
             (
                 Method::GET,
@@ -417,8 +421,24 @@ mod tests {
             (
                 Method::GET,
                 "/_matrix/client/v1/media/thumbnail/example.org/abc",
+                true,
+            ),
+            (
+                Method::HEAD,
+                "/_matrix/media/r0/thumbnail/example.org/abc",
+                true,
+            ),
+            (
+                Method::GET,
+                "/_matrix/media/v3/thumbnail/example.org/abc/n.png",
                 false,
             ),
+            (
+                Method::GET,
+                "/_matrix/federation/v1/media/download/abc",
+                false,
+            ),
+            (Method::GET, "/_matrix/client/v1/media/config", false),
         ] {
             let req = TestRequest::default()
                 .method(method.clone())

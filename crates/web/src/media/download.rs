@@ -59,54 +59,11 @@ pub async fn legacy(
     serve(req, state, Api::Legacy, path.into_inner()).await
 }
 
-/// The download paths' part after `…/download`, `/{server}/{media_id}[/{file_name}]`, when
-/// it needs no decoding: two or three non-empty segments and no `%`. Such a path means
-/// the same bytes raw as decoded, so it can be served without the route table's regex
-/// (routes.rs registers `authenticated_plain` and `legacy_plain` for it); any other goes
-/// through the table.
-pub fn plain_tail(tail: &str) -> Option<(&str, &str, Option<&str>)> {
-    // One pass over the bytes: this runs twice per download (the route's guard, then the
-    // handler), on the path the route table's regex would otherwise read.
-    let bytes = tail.as_bytes();
-    // Where each segment starts (just after its `/`); a fourth means too many segments.
-    let mut starts = [0usize; 3];
-    let mut segments = 0;
-    for (at, byte) in bytes.iter().enumerate() {
-        match byte {
-            b'%' => return None,
-            b'/' if segments == starts.len() => return None,
-            b'/' => {
-                starts[segments] = at + 1;
-                segments += 1;
-            }
-            _ => {}
-        }
-    }
-    // Segment `i` runs from its start to the byte before the next `/` (or the end).
-    let segment = |i: usize| {
-        let end = if i + 1 < segments {
-            starts[i + 1] - 1
-        } else {
-            bytes.len()
-        };
-        tail.get(starts[i]..end).filter(|s| !s.is_empty())
-    };
-    if bytes.first() != Some(&b'/') || segments < 2 {
-        return None;
-    }
-    let file_name = if segments == 3 {
-        Some(segment(2)?)
-    } else {
-        None
-    };
-    Some((segment(0)?, segment(1)?, file_name))
-}
-
 impl DownloadPath {
-    /// The path of a request routed by its [`plain_tail`] (what is left after the scope).
+    /// The path of a request routed by its [`super::plain_tail`] (what is left after the scope).
     fn from_plain(req: &HttpRequest) -> MatrixResult<DownloadPath> {
-        let (server, media_id, file_name) =
-            plain_tail(req.match_info().unprocessed()).ok_or_else(MatrixError::unrecognized)?;
+        let (server, media_id, file_name) = super::plain_tail(req.match_info().unprocessed())
+            .ok_or_else(MatrixError::unrecognized)?;
         Ok(DownloadPath {
             server: server.to_owned(),
             media_id: media_id.to_owned(),
@@ -115,7 +72,7 @@ impl DownloadPath {
     }
 }
 
-/// [`authenticated`] for a path with a [`plain_tail`].
+/// [`authenticated`] for a path with a [`super::plain_tail`].
 pub async fn authenticated_plain(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -124,7 +81,7 @@ pub async fn authenticated_plain(
     serve(req, state, Api::Authenticated, path).await
 }
 
-/// [`legacy`] for a path with a [`plain_tail`].
+/// [`legacy`] for a path with a [`super::plain_tail`].
 pub async fn legacy_plain(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -424,46 +381,4 @@ pub async fn respond_with(
         Some(bytes) => response.body(bytes),
         None => response.body(SizedStream::new(length, body.into_stream())),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plain_tail;
-
-    #[test]
-    fn plain_tails_are_split_into_their_segments() {
-        assert_eq!(
-            plain_tail("/example.org/abcDEF123"),
-            Some(("example.org", "abcDEF123", None))
-        );
-        assert_eq!(
-            plain_tail("/example.org:8448/abc/cat+dog.png"),
-            Some(("example.org:8448", "abc", Some("cat+dog.png")))
-        );
-        assert_eq!(
-            plain_tail("/[::1]:8448/a_b-c"),
-            Some(("[::1]:8448", "a_b-c", None))
-        );
-    }
-
-    #[test]
-    fn tails_the_route_table_must_decide_are_refused() {
-        for tail in [
-            "",
-            "/",
-            "/example.org",
-            "example.org/abc",
-            "//abc",
-            "/example.org/",
-            "/example.org//name",
-            "/example.org/abc/",
-            "/example.org/abc/name/more",
-            "/example.org/abc/name/",
-            "/example.org/a%62c",
-            "/example%2Eorg/abc",
-            "/example.org/abc/na%20me",
-        ] {
-            assert_eq!(plain_tail(tail), None, "{tail:?}");
-        }
-    }
 }

@@ -60,6 +60,49 @@ impl MediaRef {
     }
 }
 
+/// A media path's part after `…/download` or `…/thumbnail`,
+/// `/{server}/{media_id}[/{file_name}]`, when it needs no decoding: two or three non-empty
+/// segments and no `%`. Such a path means the same bytes raw as decoded, so it can be
+/// served without the route table's regexes (routes.rs registers the handlers'
+/// `*_plain` variants for it); any other goes through the table.
+pub fn plain_tail(tail: &str) -> Option<(&str, &str, Option<&str>)> {
+    // One pass over the bytes: this runs twice per request (the route's guard, then the
+    // handler), on the path the route table's regex would otherwise read.
+    let bytes = tail.as_bytes();
+    // Where each segment starts (just after its `/`); a fourth means too many segments.
+    let mut starts = [0usize; 3];
+    let mut segments = 0;
+    for (at, byte) in bytes.iter().enumerate() {
+        match byte {
+            b'%' => return None,
+            b'/' if segments == starts.len() => return None,
+            b'/' => {
+                starts[segments] = at + 1;
+                segments += 1;
+            }
+            _ => {}
+        }
+    }
+    // Segment `i` runs from its start to the byte before the next `/` (or the end).
+    let segment = |i: usize| {
+        let end = if i + 1 < segments {
+            starts[i + 1] - 1
+        } else {
+            bytes.len()
+        };
+        tail.get(starts[i]..end).filter(|s| !s.is_empty())
+    };
+    if bytes.first() != Some(&b'/') || segments < 2 {
+        return None;
+    }
+    let file_name = if segments == 3 {
+        Some(segment(2)?)
+    } else {
+        None
+    };
+    Some((segment(0)?, segment(1)?, file_name))
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -75,4 +118,46 @@ pub async fn media_config(
     state.auth.authenticate(&req).await?;
     let config = state.config();
     Ok(HttpResponse::Ok().json(json!({ "m.upload.size": config.uploads.max_bytes })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_tail;
+
+    #[test]
+    fn plain_tails_are_split_into_their_segments() {
+        assert_eq!(
+            plain_tail("/example.org/abcDEF123"),
+            Some(("example.org", "abcDEF123", None))
+        );
+        assert_eq!(
+            plain_tail("/example.org:8448/abc/cat+dog.png"),
+            Some(("example.org:8448", "abc", Some("cat+dog.png")))
+        );
+        assert_eq!(
+            plain_tail("/[::1]:8448/a_b-c"),
+            Some(("[::1]:8448", "a_b-c", None))
+        );
+    }
+
+    #[test]
+    fn tails_the_route_table_must_decide_are_refused() {
+        for tail in [
+            "",
+            "/",
+            "/example.org",
+            "example.org/abc",
+            "//abc",
+            "/example.org/",
+            "/example.org//name",
+            "/example.org/abc/",
+            "/example.org/abc/name/more",
+            "/example.org/abc/name/",
+            "/example.org/a%62c",
+            "/example%2Eorg/abc",
+            "/example.org/abc/na%20me",
+        ] {
+            assert_eq!(plain_tail(tail), None, "{tail:?}");
+        }
+    }
 }

@@ -326,6 +326,38 @@ pub async fn legacy(
     serve(req, state, Api::Legacy, path.into_inner()).await
 }
 
+impl ThumbnailPath {
+    /// The path of a request routed by its [`super::plain_tail`] (what is left after the
+    /// scope); a thumbnail path has no file name.
+    fn from_plain(req: &HttpRequest) -> MatrixResult<ThumbnailPath> {
+        match super::plain_tail(req.match_info().unprocessed()) {
+            Some((server, media_id, None)) => Ok(ThumbnailPath {
+                server: server.to_owned(),
+                media_id: media_id.to_owned(),
+            }),
+            _ => Err(MatrixError::unrecognized()),
+        }
+    }
+}
+
+/// [`authenticated`] for a path with a [`super::plain_tail`].
+pub async fn authenticated_plain(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
+    let path = ThumbnailPath::from_plain(&req)?;
+    serve(req, state, Api::Authenticated, path).await
+}
+
+/// [`legacy`] for a path with a [`super::plain_tail`].
+pub async fn legacy_plain(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
+    let path = ThumbnailPath::from_plain(&req)?;
+    serve(req, state, Api::Legacy, path).await
+}
+
 async fn serve(
     req: HttpRequest,
     state: web::Data<AppState>,
