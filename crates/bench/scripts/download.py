@@ -386,18 +386,20 @@ def wrk(url, token=None, duration=DURATION):
     }
 
 
+def warm_and_run(label, size_label, url, token, width=24):
+    """A wrk warm-up, then the measured run; any failed request fails the bench."""
+    wrk(url, token, duration=WARMUP)
+    r = wrk(url, token)
+    if r["non2xx"] or r["errors"]:
+        raise RuntimeError(f"{label} {size_label}: {r['non2xx']} non-2xx answers, {r['errors']}\n{r['raw']}")
+    log(f"{label:{width}} {size_label:6} {r['rps']:10.1f} req/s  p50 {r['p50']}  p99 {r['p99']}")
+    return r
+
+
 def measure(label, base, paths, token):
     """wrk warm-up then the measured run, for each size."""
-    results = {}
-    for size_label, _, _ in SIZES:
-        url = base + paths[size_label]
-        wrk(url, token, duration=WARMUP)
-        r = wrk(url, token)
-        if r["non2xx"] or r["errors"]:
-            raise RuntimeError(f"{label} {size_label}: {r['non2xx']} non-2xx answers, {r['errors']}\n{r['raw']}")
-        log(f"{label:24} {size_label:6} {r['rps']:10.1f} req/s  p50 {r['p50']}  p99 {r['p99']}")
-        results[size_label] = r
-    return results
+    return {size_label: warm_and_run(label, size_label, base + paths[size_label], token)
+            for size_label, _, _ in SIZES}
 
 
 def measure_pair(label, base, paths, token, bare_label, bare_base, bare_paths):
@@ -414,12 +416,7 @@ def measure_pair(label, base, paths, token, bare_label, bare_base, bare_paths):
             for name, target, target_paths, target_token in (
                     (label, base, paths, token), (bare_label, bare_base, bare_paths, None)):
                 url = target + target_paths[size_label]
-                wrk(url, target_token, duration=WARMUP)
-                r = wrk(url, target_token)
-                if r["non2xx"] or r["errors"]:
-                    raise RuntimeError(f"{name} {size_label}: {r['non2xx']} non-2xx answers, {r['errors']}\n{r['raw']}")
-                log(f"{name:28} {size_label:6} {r['rps']:10.1f} req/s  p50 {r['p50']}  p99 {r['p99']}")
-                pair.append(r)
+                pair.append(warm_and_run(name, size_label, url, target_token, width=28))
             rounds.append(pair)
         rounds.sort(key=lambda pair: pair[0]["rps"] / pair[1]["rps"])
         ours[size_label], bare[size_label] = rounds[len(rounds) // 2]
