@@ -17,7 +17,8 @@ use super::body::MediaBody;
 use super::remote::{self, FetchState, RemoteHead};
 use super::{now_ms, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
-use crate::headers::{content_disposition, content_type_value, etag};
+use super::row_headers::RowHeaders;
+use crate::headers::{content_disposition, content_type_value};
 use crate::query::{self, DownloadQuery};
 use crate::range::ByteRange;
 use crate::state::AppState;
@@ -204,8 +205,11 @@ async fn serve(
             return Ok(response.streaming(remote::tail_body(state.clone(), progress)));
         }
     };
-    let filename = file_name.as_deref().or(record.upload_name.as_deref());
-    respond(&req, &state, &record, filename).await
+    let headers = match file_name.as_deref() {
+        Some(name) => RowHeaders::build(&record, Some(name)),
+        None => RowHeaders::of_cached(&record),
+    };
+    respond_with(&req, &state, &record, headers, None).await
 }
 
 /// Where a media is: stored (ours, or a remote one we have or just fetched), or arriving
@@ -284,24 +288,14 @@ async fn file_missing(state: &AppState, record: &MediaRecord) -> MatrixError {
     }
 }
 
-/// Answers with the bytes of `record` (whole, or the asked range; HEAD: headers only),
-/// from the cache when it has them, else the datastore.
-pub async fn respond(
-    req: &HttpRequest,
-    state: &web::Data<AppState>,
-    record: &MediaRecord,
-    filename: Option<&str>,
-) -> MatrixResult<HttpResponse> {
-    respond_with(req, state, record, filename, None).await
-}
-
-/// [`respond`], with the bytes at hand when `fresh` holds them (a thumbnail just made,
-/// still being stored): the same headers, ranges and HEAD, the body from memory.
+/// Answers with the bytes of `record` (whole, or the asked range; HEAD: headers only) and
+/// `headers` (its [`RowHeaders`]), from `fresh` when it holds them (a thumbnail just made,
+/// still being stored), else the cache when it has them, else the datastore.
 pub async fn respond_with(
     req: &HttpRequest,
     state: &web::Data<AppState>,
     record: &MediaRecord,
-    filename: Option<&str>,
+    headers: RowHeaders,
     fresh: Option<bytes::Bytes>,
 ) -> MatrixResult<HttpResponse> {
     let size = record.size_bytes;
@@ -326,22 +320,21 @@ pub async fn respond_with(
     let length = if size == 0 { 0 } else { end - start + 1 };
 
     let mut response = HttpResponse::build(status);
+    let RowHeaders {
+        content_type,
+        content_disposition,
+        etag,
+    } = headers;
     response
-        .insert_header((
-            header::CONTENT_TYPE,
-            content_type_value(&record.content_type),
-        ))
-        .insert_header((
-            header::CONTENT_DISPOSITION,
-            content_disposition(&record.content_type, filename),
-        ))
+        .insert_header((header::CONTENT_TYPE, content_type))
+        .insert_header((header::CONTENT_DISPOSITION, content_disposition))
         .insert_header((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")))
         .insert_header((
             header::CACHE_CONTROL,
             HeaderValue::from_static(CACHE_CONTROL),
         ));
     // A stored media's sha256 is hex, so the ETag is always a valid value.
-    if let Some(etag) = etag(&record.sha256) {
+    if let Some(etag) = etag {
         response.insert_header((header::ETAG, etag));
     }
     if status == StatusCode::PARTIAL_CONTENT {

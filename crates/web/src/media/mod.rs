@@ -7,6 +7,7 @@ pub mod early_thumbnails;
 pub mod quarantine;
 pub mod remote;
 pub mod remote_shared;
+pub mod row_headers;
 pub mod slots;
 pub mod thumbnail;
 pub mod upload;

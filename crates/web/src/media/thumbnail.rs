@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::body::fill_from_datastore;
 use super::download::{self, Api, Located};
+use super::row_headers::RowHeaders;
 use super::early_thumbnails::EarlyThumbnails;
 use super::{now_ms, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
@@ -383,14 +384,8 @@ async fn serve(
         .thumbnail_of(&state, &record, asked)
         .await?;
     let served = as_media(&thumbnail.record);
-    download::respond_with(
-        &req,
-        &state,
-        &served,
-        served.upload_name.as_deref(),
-        thumbnail.fresh,
-    )
-    .await
+    let headers = RowHeaders::build(&served, served.upload_name.as_deref());
+    download::respond_with(&req, &state, &served, headers, thumbnail.fresh).await
 }
 
 /// A stored thumbnail as the media the download path serves.
