@@ -282,6 +282,17 @@ const INSERT_MEDIA_RELEASING_CLAIM: &str = concat!(
     ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM claim"
 );
 
+/// Postgres keeps upload claims in an unlogged table (no WAL): a transaction that only
+/// writes such a table commits without waiting for a WAL flush, so the claim costs an
+/// upload no flush of its own. A database crash empties the table; that is a claim lost in
+/// a crash, which the row's write already handles (`Error::ClaimLost`: the upload fails, no
+/// row points at bytes nothing protected). Altered here rather than in a migration because
+/// SQLite has no such table kind; only a table still logged is altered.
+const CLAIMS_UNLOGGED: &str = "DO $$ BEGIN \
+     IF EXISTS (SELECT 1 FROM pg_class WHERE oid = to_regclass('content_claims') \
+       AND relpersistence = 'p') THEN ALTER TABLE content_claims SET UNLOGGED; END IF; \
+     END $$";
+
 const DELETE_OLD_CLAIMS: &str = "DELETE FROM content_claims WHERE created_at_ms <= $1";
 
 const DELETE_PENDING: &str = "DELETE FROM pending_uploads WHERE origin = $1 AND media_id = $2";
@@ -321,6 +332,9 @@ impl Database {
             rows: Arc::new(MediaRowCache::new()),
         };
         with_writer!(db, pool => MIGRATOR.run(pool).await?);
+        if let Backend::Postgres(pool) = &db.backend {
+            sqlx::query(CLAIMS_UNLOGGED).execute(pool).await?;
+        }
         info!(backend = db.backend_name(), "metadata database ready");
         Ok(db)
     }

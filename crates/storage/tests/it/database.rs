@@ -462,6 +462,36 @@ async fn postgres_tables_live_in_the_search_path_schema() {
     db.close().await;
 }
 
+/// Upload claims live in an unlogged table on Postgres (their commit waits for no WAL
+/// flush); connecting again (a restart, a second process) leaves it so.
+#[tokio::test]
+async fn postgres_claims_are_unlogged() {
+    let fx = Fixture::postgres().await;
+    let Fixture::Postgres(schema) = &fx else {
+        unreachable!()
+    };
+    let pool = sqlx::PgPool::connect(crate::common::POSTGRES_URL)
+        .await
+        .unwrap();
+    let persistence = || {
+        sqlx::query_scalar::<_, String>(
+            "SELECT c.relpersistence::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2",
+        )
+        .bind(&schema.name)
+        .bind("content_claims")
+        .fetch_one(&pool)
+    };
+    let first = fx.connect().await;
+    assert_eq!(persistence().await.unwrap(), "u");
+    let second = fx.connect().await;
+    assert_eq!(persistence().await.unwrap(), "u");
+    pool.close().await;
+    first.close().await;
+    second.close().await;
+}
+
 #[tokio::test]
 async fn unsupported_url_is_a_typed_error_without_secrets() {
     let err = Database::connect("mysql://root:hunter2@localhost/db", 1)
