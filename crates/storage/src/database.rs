@@ -27,6 +27,7 @@ use crate::records::{
     self, MediaRecord, MediaRow, PendingRow, PendingUpload, ThumbnailRecord, ThumbnailRow,
 };
 use crate::row_cache::{self, MediaRowCache};
+use crate::pg_rows::RowBatcher;
 use crate::sqlite_writer::GroupWriter;
 
 /// Schema migrations, embedded at compile time; sqlx records applied ones in
@@ -46,6 +47,8 @@ pub struct Database {
     /// Media rows downloads read (`media_row`), shared by every clone of this handle;
     /// every method below that changes a media row forgets it here.
     rows: Arc<MediaRowCache>,
+    /// Postgres: the task that writes uploads' rows in batches (`pg_rows.rs`).
+    pg_rows: Option<RowBatcher>,
 }
 
 /// Which file a path named when the database was opened. A SQLite file deleted (or
@@ -207,6 +210,7 @@ macro_rules! bind_media {
             .bind(i64::from($m.safe_from_quarantine))
     };
 }
+pub(crate) use bind_media;
 
 /// Every column of a media row, in `MediaRow`'s order: one list for every query that reads
 /// whole rows (here and in `quarantine.rs`).
@@ -275,7 +279,7 @@ const INSERT_CLAIM_UNLESS_QUARANTINED: &str = concat!(
 /// Postgres: an upload's media row and its claim's release in one statement (autocommit:
 /// one round trip instead of four for BEGIN, two statements and COMMIT). The row is written
 /// only if the claim was still there to be deleted.
-const INSERT_MEDIA_RELEASING_CLAIM: &str = concat!(
+pub(crate) const INSERT_MEDIA_RELEASING_CLAIM: &str = concat!(
     "WITH claim AS (DELETE FROM content_claims WHERE claim_id = $13 RETURNING 1) ",
     "INSERT INTO media (",
     media_columns!(),
@@ -326,10 +330,16 @@ impl Database {
             let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
             return Err(Error::UnsupportedDatabase(scheme.to_owned()));
         };
+        let rows = Arc::new(MediaRowCache::new());
+        let pg_rows = match &backend {
+            Backend::Postgres(pool) => Some(RowBatcher::start(pool.clone(), rows.clone())),
+            Backend::Sqlite(_) => None,
+        };
         let db = Database {
             backend,
             sqlite_file,
-            rows: Arc::new(MediaRowCache::new()),
+            rows,
+            pg_rows,
         };
         with_writer!(db, pool => MIGRATOR.run(pool).await?);
         if let Backend::Postgres(pool) = &db.backend {
@@ -530,17 +540,8 @@ impl Database {
         // Postgres the mark must follow the row's commit (see `quarantine`'s module docs).
         let mark_in_job = matches!(self.backend, Backend::Sqlite(_));
         let (origin, media_id) = (m.origin.clone(), m.media_id.clone());
-        if let (Backend::Postgres(pool), false) = (&self.backend, completes_pending) {
-            let written = bind_media!(sqlx::query(INSERT_MEDIA_RELEASING_CLAIM), m, size)
-                .bind(&claim_id)
-                .execute(pool)
-                .await
-                .map_err(|e| conflict_or(e, &m.origin, &m.media_id))?
-                .rows_affected();
-            if written == 0 {
-                return Err(Error::ClaimLost { claim_id });
-            }
-            return self.apply_standing_quarantine(&origin, &media_id).await;
+        if let (Some(batcher), false) = (&self.pg_rows, completes_pending) {
+            return batcher.write(m, size, claim_id).await;
         }
         let mark: Option<Option<String>> = write_job!(self, conn => {
             bind_media!(sqlx::query(INSERT_MEDIA), m, size)
@@ -800,7 +801,7 @@ async fn connect_sqlite(
     Ok((SqliteBackend { read, write, group }, file))
 }
 
-fn already_exists(origin: &str, media_id: &str) -> Error {
+pub(crate) fn already_exists(origin: &str, media_id: &str) -> Error {
     Error::AlreadyExists {
         origin: origin.to_owned(),
         media_id: media_id.to_owned(),
@@ -808,7 +809,7 @@ fn already_exists(origin: &str, media_id: &str) -> Error {
 }
 
 /// A unique-key violation becomes [`Error::AlreadyExists`]; anything else stays a database error.
-fn conflict_or(e: sqlx::Error, origin: &str, media_id: &str) -> Error {
+pub(crate) fn conflict_or(e: sqlx::Error, origin: &str, media_id: &str) -> Error {
     match e.as_database_error() {
         Some(db) if db.is_unique_violation() => already_exists(origin, media_id),
         _ => Error::Database(e),

@@ -15,6 +15,7 @@ mod datastore;
 pub mod error;
 pub mod ids;
 mod location;
+mod pg_rows;
 pub mod purge;
 pub mod quarantine;
 mod records;

@@ -136,16 +136,41 @@ pub(crate) use content_is_quarantined;
 const CONTENT_QUARANTINED: &str = concat!("SELECT COUNT(*) WHERE ", content_is_quarantined!("$1"));
 const ORIGIN_QUARANTINED: &str = "SELECT COUNT(*) FROM quarantined_origins WHERE origin = $1";
 
-/// Marks a just-written row if its origin or content hash is under a standing quarantine
-/// (the origin's marker wins when both are).
-pub(crate) const APPLY_STANDING: &str = "UPDATE media SET quarantined_by = CASE \
-       WHEN EXISTS (SELECT 1 FROM quarantined_origins q WHERE q.origin = media.origin) \
-       THEN 'origin:' || media.origin ELSE 'hash:' || media.sha256 END \
-     WHERE origin = $1 AND media_id = $2 AND safe_from_quarantine = 0 \
-       AND quarantined_by IS NULL \
-       AND (EXISTS (SELECT 1 FROM quarantined_origins q WHERE q.origin = media.origin) \
-         OR EXISTS (SELECT 1 FROM quarantined_hashes h WHERE h.sha256 = media.sha256)) \
-     RETURNING quarantined_by";
+/// The `SET` and the condition of [`APPLY_STANDING`] and [`APPLY_STANDING_TO_BATCH`]: the
+/// mark a row gets under a standing quarantine (the origin's marker wins when both are), and
+/// when it gets one.
+macro_rules! standing_mark {
+    () => {
+        "UPDATE media SET quarantined_by = CASE \
+           WHEN EXISTS (SELECT 1 FROM quarantined_origins q WHERE q.origin = media.origin) \
+           THEN 'origin:' || media.origin ELSE 'hash:' || media.sha256 END "
+    };
+}
+macro_rules! standing_condition {
+    () => {
+        " AND media.safe_from_quarantine = 0 AND media.quarantined_by IS NULL \
+           AND (EXISTS (SELECT 1 FROM quarantined_origins q WHERE q.origin = media.origin) \
+             OR EXISTS (SELECT 1 FROM quarantined_hashes h WHERE h.sha256 = media.sha256)) "
+    };
+}
+
+/// Marks a just-written row if its origin or content hash is under a standing quarantine.
+pub(crate) const APPLY_STANDING: &str = concat!(
+    standing_mark!(),
+    "WHERE origin = $1 AND media_id = $2",
+    standing_condition!(),
+    "RETURNING quarantined_by"
+);
+
+/// [`APPLY_STANDING`] for a batch of just-written rows (Postgres; `$1` origins, `$2`
+/// media ids): returns each row it marked with its mark.
+pub(crate) const APPLY_STANDING_TO_BATCH: &str = concat!(
+    standing_mark!(),
+    "FROM unnest($1::text[], $2::text[]) AS written(origin, media_id) \
+     WHERE media.origin = written.origin AND media.media_id = written.media_id",
+    standing_condition!(),
+    "RETURNING media.origin, media.media_id, media.quarantined_by"
+);
 
 const WITHDRAW_QUARANTINED: &str = "DELETE FROM media WHERE origin = $1 AND media_id = $2 \
      AND quarantined_by IS NOT NULL";

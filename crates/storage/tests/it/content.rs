@@ -16,6 +16,7 @@ on_both_backends!(
     concurrent_uploads_and_deletions_never_lose_a_recorded_object,
     quarantined_content_is_refused_by_the_claim,
     no_row_is_written_once_its_claim_is_gone,
+    rows_recorded_together_each_get_their_own_outcome,
 );
 
 async fn stage(store: &FileDatastore, bytes: &[u8]) -> StagedObject {
@@ -281,4 +282,92 @@ async fn an_object_a_crash_left_moved_aside_is_put_back_at_start() {
     FileDatastore::new("default", root.clone()).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"mid-deletion");
     assert!(!aside.exists());
+}
+
+/// Many uploads recording their rows at once (on Postgres they share batch statements):
+/// each gets its own outcome, and a row Postgres refuses (a NUL in its name) fails only
+/// its own upload.
+async fn rows_recorded_together_each_get_their_own_outcome(fx: &Fixture) {
+    let (_dir, db, store) = setup(fx).await;
+    let (taken_object, taken_claim) =
+        commit_claimed(&db, &store, stage(&store, b"first of taken").await, 1_000)
+            .await
+            .unwrap();
+    taken_claim
+        .record(&row("taken", &taken_object), false)
+        .await
+        .unwrap();
+
+    let mut uploads = Vec::new();
+    for i in 0..24 {
+        let made_at = if i == 1 { 1 } else { 1_000 };
+        let bytes = format!("upload number {i}");
+        let staged = stage(&store, bytes.as_bytes()).await;
+        let (object, claim) = commit_claimed(&db, &store, staged, made_at).await.unwrap();
+        let mut record = row(&format!("m{i}"), &object);
+        if i == 0 {
+            record.media_id = "taken".to_owned();
+        }
+        uploads.push((i, object, claim, record));
+    }
+    // Upload 1's claim goes as if swept; upload 3's bytes get a standing quarantine after
+    // their claim was made.
+    assert_eq!(db.delete_claims_made_before(1).await.unwrap(), 1);
+    let quarantined_sha = uploads[3].1.sha256.clone();
+    db.quarantine_hash(&quarantined_sha, "@admin:example.org", 1_000)
+        .await
+        .unwrap();
+
+    let results = futures_util::future::join_all(
+        uploads
+            .into_iter()
+            .map(|(i, _, claim, record)| async move { (i, record.clone(), claim.record(&record, false).await) }),
+    )
+    .await;
+    for (i, record, result) in results {
+        match i {
+            0 => assert!(matches!(result, Err(Error::AlreadyExists { .. })), "{result:?}"),
+            1 => assert!(matches!(result, Err(Error::ClaimLost { .. })), "{result:?}"),
+            3 => assert_eq!(result.unwrap(), Some(format!("hash:{quarantined_sha}"))),
+            _ => assert_eq!(result.unwrap(), None, "upload {i}"),
+        }
+        let stored = db.get_media(&record.origin, &record.media_id).await.unwrap();
+        match i {
+            0 => assert_eq!(stored.unwrap().sha256, taken_object.sha256, "the first row stays"),
+            1 => assert!(stored.is_none()),
+            3 => assert_eq!(
+                stored.unwrap().quarantined_by,
+                Some(format!("hash:{quarantined_sha}"))
+            ),
+            _ => assert_eq!(stored.unwrap().sha256, record.sha256, "upload {i}"),
+        }
+    }
+
+    // A row Postgres refuses (a NUL in its name) among others: only its upload fails.
+    let mut uploads = Vec::new();
+    for i in 0..8 {
+        let staged = stage(&store, format!("second round {i}").as_bytes()).await;
+        let (object, claim) = commit_claimed(&db, &store, staged, 1_000).await.unwrap();
+        let mut record = row(&format!("second{i}"), &object);
+        if i == 5 {
+            record.upload_name = Some("bad\0name".to_owned());
+        }
+        uploads.push((i, claim, record));
+    }
+    let results = futures_util::future::join_all(
+        uploads
+            .into_iter()
+            .map(|(i, claim, record)| async move { (i, claim.record(&record, false).await) }),
+    )
+    .await;
+    for (i, result) in results {
+        let stored = db.get_media("example.org", &format!("second{i}")).await.unwrap();
+        if i == 5 && db.backend_name() == "postgres" {
+            assert!(result.is_err(), "{result:?}");
+            assert!(stored.is_none());
+        } else {
+            assert_eq!(result.unwrap(), None, "second round {i}");
+            assert!(stored.is_some(), "second round {i}");
+        }
+    }
 }
