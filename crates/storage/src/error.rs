@@ -63,7 +63,13 @@ pub enum Error {
     #[error("database error: the write's group commit failed: {0}")]
     GroupCommit(String),
 
-    /// The SQLite writer task is gone (the database was closed, or its runtime shut down).
+    /// A Postgres batch of upload rows committed, but its answer did not say which rows it
+    /// wrote (`pg_rows.rs`); the upload is not reported as stored.
+    #[error("database error: a batch write's outcome is unknown: {0}")]
+    BatchOutcomeUnknown(String),
+
+    /// A database writer task is gone (SQLite's writer or Postgres' upload-row batcher:
+    /// the database was closed, or its runtime shut down).
     #[error("the database writer has stopped")]
     WriterStopped,
 

@@ -153,8 +153,25 @@ enum Outcome {
 
 async fn write_batch(pool: &PgPool, batch: Vec<RowJob>, rows: &MediaRowCache) {
     let outcomes = match insert_batch(pool, &batch).await {
-        Ok(outcomes) => outcomes,
+        Ok(outcomes) if outcomes.len() == batch.len() => outcomes,
+        Ok(outcomes) => {
+            // Cannot happen (one answer per input row by construction); if it did, the
+            // statement committed and which rows it wrote is unknown: no upload is told
+            // it succeeded, and no cached row is trusted.
+            let message = format!(
+                "the batch insert answered for {} of {} rows",
+                outcomes.len(),
+                batch.len()
+            );
+            warn!(%message, "a batch of upload rows gave an unusable answer");
+            rows.forget_all();
+            for job in batch {
+                let _ = job.answer.send(Err(Error::BatchOutcomeUnknown(message.clone())));
+            }
+            return;
+        }
         Err(err) => {
+            // The statement is atomic: nothing of the batch was written.
             warn!(error = %err, rows = batch.len(), "a batch of upload rows failed; writing them one by one");
             for job in batch {
                 let result = write_one(pool, &job, rows).await;
@@ -216,13 +233,6 @@ async fn insert_batch(pool: &PgPool, batch: &[RowJob]) -> Result<Vec<Outcome>> {
         .bind(column(|j| j.claim_id.clone()))
         .fetch_all(pool)
         .await?;
-    if answers.len() != batch.len() {
-        return Err(Error::Database(sqlx::Error::Protocol(format!(
-            "the batch insert answered for {} of {} rows",
-            answers.len(),
-            batch.len()
-        ))));
-    }
     Ok(answers
         .into_iter()
         .map(|(_, claimed, written)| match (claimed, written) {
