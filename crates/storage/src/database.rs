@@ -23,11 +23,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use tracing::info;
 
 use crate::error::{Error, Result};
+use crate::pg_rows::RowBatcher;
 use crate::records::{
     self, MediaRecord, MediaRow, PendingRow, PendingUpload, ThumbnailRecord, ThumbnailRow,
 };
 use crate::row_cache::{self, MediaRowCache};
-use crate::pg_rows::RowBatcher;
 use crate::sqlite_writer::GroupWriter;
 
 /// Schema migrations, embedded at compile time; sqlx records applied ones in

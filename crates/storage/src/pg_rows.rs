@@ -138,9 +138,8 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<RowJob>, rows: Arc<MediaRow
 /// batch), keeping their order.
 fn one_per_media(jobs: Vec<RowJob>) -> (Vec<RowJob>, Vec<RowJob>) {
     let mut seen = HashSet::with_capacity(jobs.len());
-    jobs.into_iter().partition(|job| {
-        seen.insert((job.row.origin.clone(), job.row.media_id.clone()))
-    })
+    jobs.into_iter()
+        .partition(|job| seen.insert((job.row.origin.clone(), job.row.media_id.clone())))
 }
 
 /// What the batch statement did with one row.
@@ -166,7 +165,9 @@ async fn write_batch(pool: &PgPool, batch: Vec<RowJob>, rows: &MediaRowCache) {
             warn!(%message, "a batch of upload rows gave an unusable answer");
             rows.forget_all();
             for job in batch {
-                let _ = job.answer.send(Err(Error::BatchOutcomeUnknown(message.clone())));
+                let _ = job
+                    .answer
+                    .send(Err(Error::BatchOutcomeUnknown(message.clone())));
             }
             return;
         }
@@ -222,7 +223,12 @@ async fn insert_batch(pool: &PgPool, batch: &[RowJob]) -> Result<Vec<Outcome>> {
         .bind(column(|j| j.row.sha256.clone()))
         .bind(column(|j| j.row.datastore_id.clone()))
         .bind(column(|j| j.row.location.clone()))
-        .bind(batch.iter().map(|j| j.row.created_at_ms).collect::<Vec<i64>>())
+        .bind(
+            batch
+                .iter()
+                .map(|j| j.row.created_at_ms)
+                .collect::<Vec<i64>>(),
+        )
         .bind(optional(|j| j.row.quarantined_by.clone()))
         .bind(
             batch
@@ -267,16 +273,13 @@ async fn mark_batch(
 /// One row the way it was written before batches: its own statement, then its own mark.
 async fn write_one(pool: &PgPool, job: &RowJob, rows: &MediaRowCache) -> Result<Option<String>> {
     let m = &job.row;
-    let written = crate::database::bind_media!(
-        sqlx::query(INSERT_MEDIA_RELEASING_CLAIM),
-        m,
-        job.size
-    )
-    .bind(&job.claim_id)
-    .execute(pool)
-    .await
-    .map_err(|e| conflict_or(e, &m.origin, &m.media_id))?
-    .rows_affected();
+    let written =
+        crate::database::bind_media!(sqlx::query(INSERT_MEDIA_RELEASING_CLAIM), m, job.size)
+            .bind(&job.claim_id)
+            .execute(pool)
+            .await
+            .map_err(|e| conflict_or(e, &m.origin, &m.media_id))?
+            .rows_affected();
     if written == 0 {
         return Err(Error::ClaimLost {
             claim_id: job.claim_id.clone(),

@@ -319,21 +319,31 @@ async fn rows_recorded_together_each_get_their_own_outcome(fx: &Fixture) {
         .unwrap();
 
     let results = futures_util::future::join_all(
-        uploads
-            .into_iter()
-            .map(|(i, _, claim, record)| async move { (i, record.clone(), claim.record(&record, false).await) }),
+        uploads.into_iter().map(|(i, _, claim, record)| async move {
+            (i, record.clone(), claim.record(&record, false).await)
+        }),
     )
     .await;
     for (i, record, result) in results {
         match i {
-            0 => assert!(matches!(result, Err(Error::AlreadyExists { .. })), "{result:?}"),
+            0 => assert!(
+                matches!(result, Err(Error::AlreadyExists { .. })),
+                "{result:?}"
+            ),
             1 => assert!(matches!(result, Err(Error::ClaimLost { .. })), "{result:?}"),
             3 => assert_eq!(result.unwrap(), Some(format!("hash:{quarantined_sha}"))),
             _ => assert_eq!(result.unwrap(), None, "upload {i}"),
         }
-        let stored = db.get_media(&record.origin, &record.media_id).await.unwrap();
+        let stored = db
+            .get_media(&record.origin, &record.media_id)
+            .await
+            .unwrap();
         match i {
-            0 => assert_eq!(stored.unwrap().sha256, taken_object.sha256, "the first row stays"),
+            0 => assert_eq!(
+                stored.unwrap().sha256,
+                taken_object.sha256,
+                "the first row stays"
+            ),
             1 => assert!(stored.is_none()),
             3 => assert_eq!(
                 stored.unwrap().quarantined_by,
@@ -361,7 +371,10 @@ async fn rows_recorded_together_each_get_their_own_outcome(fx: &Fixture) {
     )
     .await;
     for (i, result) in results {
-        let stored = db.get_media("example.org", &format!("second{i}")).await.unwrap();
+        let stored = db
+            .get_media("example.org", &format!("second{i}"))
+            .await
+            .unwrap();
         if i == 5 && db.backend_name() == "postgres" {
             assert!(result.is_err(), "{result:?}");
             assert!(stored.is_none());

@@ -15,9 +15,9 @@ use serde::Deserialize;
 
 use super::body::MediaBody;
 use super::remote::{self, FetchState, RemoteHead};
+use super::row_headers::RowHeaders;
 use super::{now_ms, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
-use super::row_headers::RowHeaders;
 use crate::headers::{content_disposition, content_type_value};
 use crate::query::{self, DownloadQuery};
 use crate::range::ByteRange;

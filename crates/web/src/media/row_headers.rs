@@ -101,7 +101,10 @@ mod tests {
         let changed = row(Some("report.html"), "text/html");
         let headers = RowHeaders::of_cached(&changed);
         assert_eq!(headers.content_type, "text/html");
-        assert_eq!(headers.content_disposition, "attachment; filename=report.html");
+        assert_eq!(
+            headers.content_disposition,
+            "attachment; filename=report.html"
+        );
     }
 
     #[test]

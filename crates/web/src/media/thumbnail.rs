@@ -29,8 +29,8 @@ use tracing::{debug, info, warn};
 
 use super::body::fill_from_datastore;
 use super::download::{self, Api, Located};
-use super::row_headers::RowHeaders;
 use super::early_thumbnails::EarlyThumbnails;
+use super::row_headers::RowHeaders;
 use super::{now_ms, MediaRef};
 use crate::error::{MatrixError, MatrixResult};
 use crate::query::{self, ThumbnailQuery};
