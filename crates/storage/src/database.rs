@@ -278,7 +278,8 @@ const INSERT_CLAIM_UNLESS_QUARANTINED: &str = concat!(
 
 /// Postgres: an upload's media row and its claim's release in one statement (autocommit:
 /// one round trip instead of four for BEGIN, two statements and COMMIT). The row is written
-/// only if the claim was still there to be deleted.
+/// only if the claim was still there to be deleted. Rows are written in batches
+/// (`pg_rows.rs`); this is how a row of a batch Postgres refused is written on its own.
 pub(crate) const INSERT_MEDIA_RELEASING_CLAIM: &str = concat!(
     "WITH claim AS (DELETE FROM content_claims WHERE claim_id = $13 RETURNING 1) ",
     "INSERT INTO media (",
@@ -525,8 +526,8 @@ impl Database {
     /// row takes over the claim's protection of the bytes), then applies a standing
     /// quarantine to the row ([`Database::apply_standing_quarantine`]) and returns the mark.
     /// `completes_pending`: the row fills a `/create`d id, whose pending row goes in the same
-    /// write ([`Database::complete_pending`], with its errors). On error nothing was
-    /// written and the claim is still there.
+    /// write ([`Database::complete_pending`], with its errors). On error no row was written
+    /// by this call; the claim may still be there (the caller releases it).
     pub(crate) async fn insert_claimed_media(
         &self,
         m: &MediaRecord,
@@ -535,14 +536,14 @@ impl Database {
     ) -> Result<Option<String>> {
         let size = records::db_size(m)?;
         let (m, claim_id) = (m.clone(), claim_id.to_owned());
+        if let (Some(batcher), false) = (&self.pg_rows, completes_pending) {
+            return batcher.write(m, size, claim_id).await;
+        }
         // SQLite has one writer, so a quarantine's two statements cannot interleave with
         // this job: marking inside it is as good as after it, and saves a commit. On
         // Postgres the mark must follow the row's commit (see `quarantine`'s module docs).
         let mark_in_job = matches!(self.backend, Backend::Sqlite(_));
         let (origin, media_id) = (m.origin.clone(), m.media_id.clone());
-        if let (Some(batcher), false) = (&self.pg_rows, completes_pending) {
-            return batcher.write(m, size, claim_id).await;
-        }
         let mark: Option<Option<String>> = write_job!(self, conn => {
             bind_media!(sqlx::query(INSERT_MEDIA), m, size)
                 .execute(&mut *conn)
