@@ -93,6 +93,8 @@ mod tests {
     fn remembered_headers_are_the_ones_built_for_that_row() {
         let cat = row(Some("cat.png"), "image/png");
         let first = RowHeaders::of_cached(&cat);
+        let key = Arc::as_ptr(&cat) as usize;
+        assert!(REMEMBERED.with(|remembered| remembered.borrow().contains_key(&key)));
         let again = RowHeaders::of_cached(&cat);
         assert_eq!(again.content_type, "image/png");
         assert_eq!(again.content_disposition, "inline; filename=cat.png");
