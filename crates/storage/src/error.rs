@@ -57,9 +57,10 @@ pub enum Error {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
 
-    /// A SQLite write ran, but the transaction it was grouped into could not be committed
-    /// (or a statement of the group broke the transaction): nothing of it was kept. Holds
-    /// the message of the error the whole group got.
+    /// A write grouped with others failed as a whole: SQLite's group commit (the
+    /// transaction could not be committed, or a statement broke it) or a Postgres batch of
+    /// upload rows without a connection. Nothing of it was kept. Holds the message of the
+    /// error the whole group got.
     #[error("database error: the write's group commit failed: {0}")]
     GroupCommit(String),
 

@@ -11,9 +11,10 @@
 //! (after the commit, as `quarantine.rs` requires). A caller learns its row's fate after
 //! both.
 //!
-//! If the batch statement fails as a whole (a value Postgres refuses, the connection lost),
-//! nothing of it was written, and each row is then written on its own with the
-//! one-row statement, so one bad row fails only its own upload. Two uploads of the same
+//! If Postgres refuses the batch statement (a value it does not take), nothing of it was
+//! written, and each row is then written on its own with the one-row statement, so one bad
+//! row fails only its own upload. Without a connection (pool timeout, closed pool, broken
+//! socket) every row of the batch fails at once instead of waiting again one by one. Two uploads of the same
 //! id never share a batch (the later one waits for the next), so each row's outcome is
 //! known exactly.
 
@@ -171,12 +172,22 @@ async fn write_batch(pool: &PgPool, batch: Vec<RowJob>, rows: &MediaRowCache) {
             }
             return;
         }
-        Err(err) => {
-            // The statement is atomic: nothing of the batch was written.
-            warn!(error = %err, rows = batch.len(), "a batch of upload rows failed; writing them one by one");
+        Err(err) if refused_by_the_server(&err) => {
+            // The statement is atomic: nothing of the batch was written, and the server
+            // answered, so one of the rows may be what it refused.
+            warn!(error = %err, rows = batch.len(), "a batch of upload rows was refused; writing them one by one");
             for job in batch {
                 let result = write_one(pool, &job, rows).await;
                 let _ = job.answer.send(result);
+            }
+            return;
+        }
+        Err(err) => {
+            // No connection, a timeout: retrying row by row would only make each row wait
+            // as long again, one after the other. Nothing of the batch was written.
+            let message = err.to_string();
+            for job in batch {
+                let _ = job.answer.send(Err(Error::GroupCommit(message.clone())));
             }
             return;
         }
@@ -201,8 +212,16 @@ async fn write_batch(pool: &PgPool, batch: Vec<RowJob>, rows: &MediaRowCache) {
                 Ok(marked) => Ok(marked
                     .get(&(job.row.origin.clone(), job.row.media_id.clone()))
                     .cloned()),
-                // The batch's marking failed: each row is marked on its own.
-                Err(_) => apply_standing_one(pool, &job.row, rows).await,
+                // The batch's marking was refused: each row is marked on its own.
+                Err(err) if refused_by_the_server(err) => {
+                    apply_standing_one(pool, &job.row, rows).await
+                }
+                // Unmarked for want of a connection: the upload fails, as a failed mark
+                // of a single row does, and the row is not trusted from the cache.
+                Err(err) => {
+                    rows.forget([(job.row.origin.as_str(), job.row.media_id.as_str())]);
+                    Err(Error::GroupCommit(err.to_string()))
+                }
             },
         };
         let _ = job.answer.send(result);
@@ -247,6 +266,14 @@ async fn insert_batch(pool: &PgPool, batch: &[RowJob]) -> Result<Vec<Outcome>> {
             (false, false) => Outcome::ClaimLost,
         })
         .collect())
+}
+
+/// Whether a batch statement failed because the server refused it (so one of its rows
+/// may be to blame, and writing them one by one is worth it), rather than for want of a
+/// connection (a pool timeout, a closed pool, a broken socket), when each row on its own
+/// would wait as long again.
+fn refused_by_the_server(err: &Error) -> bool {
+    matches!(err, Error::Database(sqlx::Error::Database(_)))
 }
 
 /// Marks the batch's rows under a standing quarantine; returns the marked ones.
@@ -305,4 +332,23 @@ async fn apply_standing_one(
         rows.forget([(m.origin.as_str(), m.media_id.as_str())]);
     }
     Ok(marked?.flatten())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_by_the_server_is_retried_row_by_row() {
+        for unreachable in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ] {
+            assert!(!refused_by_the_server(&Error::Database(unreachable)));
+        }
+        assert!(!refused_by_the_server(&Error::WriterStopped));
+        // A refusal (a real server error) is covered by the storage tests: a NUL in one
+        // row's name fails that upload alone (`rows_recorded_together_each_get_their_own_outcome`).
+    }
 }
