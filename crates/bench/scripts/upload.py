@@ -16,8 +16,9 @@ Everything started here is killed at the end, also on failure.
 
 Usage:  python3 crates/bench/scripts/upload.py
 Environment: BENCH_DURATION (s, default 10), BENCH_WARMUP (s, default 2),
-BENCH_CONNECTIONS (default 16), BENCH_THREADS (default 2), BENCH_KEEP=1 keeps the temp dir,
-BENCH_BINARY=path uses that media-repo binary instead of building this checkout (to measure
+BENCH_CONNECTIONS (default 16), BENCH_THREADS (default 2), BENCH_KEEP=1 keeps the temp dir
+(every upload stays on disk: ~10 GB per full run; delete /tmp/mr-upload-bench-* afterwards,
+but minutes before the next run, see docs/benchmarks.md on inode allocation), BENCH_BINARY=path uses that media-repo binary instead of building this checkout (to measure
 an older commit in the same run conditions), BENCH_ONLY=synapse,sqlite,postgres picks targets,
 BENCH_SIZES="1 MiB" picks sizes.
 Needs what download.py needs, plus psql and a Postgres with trust auth on 127.0.0.1.
