@@ -59,8 +59,9 @@ pub enum Error {
 
     /// A write grouped with others failed as a whole: SQLite's group commit (the
     /// transaction could not be committed, or a statement broke it) or a Postgres batch of
-    /// upload rows without a connection. Nothing of it was kept. Holds the message of the
-    /// error the whole group got.
+    /// upload rows without a connection. Nothing of it was kept (for a socket that broke
+    /// after a Postgres commit, as for any statement, that cannot be known). Holds the
+    /// message of the error the whole group got.
     #[error("database error: the write's group commit failed: {0}")]
     GroupCommit(String),
 

@@ -184,7 +184,9 @@ async fn write_batch(pool: &PgPool, batch: Vec<RowJob>, rows: &MediaRowCache) {
         }
         Err(err) => {
             // No connection, a timeout: retrying row by row would only make each row wait
-            // as long again, one after the other. Nothing of the batch was written.
+            // as long again, one after the other. Nothing was written unless the socket
+            // broke after the commit, the same uncertainty a one-row statement has: the
+            // uploads are not reported as stored either way.
             let message = err.to_string();
             for job in batch {
                 let _ = job.answer.send(Err(Error::GroupCommit(message.clone())));
