@@ -6,7 +6,10 @@
   * media-repo (release build), metadata in SQLite, file datastore,
   * media-repo, metadata in Postgres (a fresh schema in database `test` on 127.0.0.1:5432),
 and prints req/s, p50, p90, p99 and max latency per size, with the ratios to Synapse and
-whether the goal (p99 ≤ 2× Synapse's, req/s ≥ 3× Synapse's) is met.
+whether the goal (p99 ≤ 2× Synapse's, req/s ≥ 3× Synapse's) is met, and the CPU time the
+server process used per upload (from /proc; wrk and, for media-repo on Postgres, the
+database are not in it). On two cores shared with wrk, req/s moves by ±15 % from run to
+run; the CPU per upload moves far less, so A/B comparisons of media-repo builds read it.
 
 Every request body is different (its first 16 bytes are a per-thread counter), so each
 upload stores new content, as real uploads do, instead of finding its bytes already there.
@@ -93,6 +96,8 @@ def run_wrk(url, script, body_path, token, duration):
     stats["max"] = to_ms(latency.group(1)) if latency else float("nan")
     rps = re.search(r"Requests/sec:\s*([\d.]+)", out)
     stats["rps"] = float(rps.group(1)) if rps else 0.0
+    done = re.search(r"^\s*(\d+) requests in", out, re.M)
+    stats["requests"] = int(done.group(1)) if done else 0
     bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
     if bad or errors or not rps:
@@ -102,6 +107,14 @@ def run_wrk(url, script, body_path, token, duration):
 
 PHASE_SERIES = re.compile(r'^media_repo_upload_phase_seconds_(sum|count)\{phase="(\w+)"\}\s+(\S+)$', re.M)
 PHASE_BUCKETS = re.compile(r'^media_repo_upload_phase_seconds_bucket\{phase="(\w+)",le="([^"]+)"\}\s+(\S+)$', re.M)
+# The whole request as the server timed it (until its response head was ready), shown beside
+# the phases as "handler": what the phases leave out (auth, the upload slot, the reply) is
+# the difference, and what wrk's latency adds beyond it is the client's and the kernel's.
+HANDLER_SERIES = re.compile(
+    r'^media_repo_http_request_duration_seconds_(sum|count)\{route="/_matrix/media/v3/upload"\}\s+(\S+)$', re.M)
+HANDLER_BUCKETS = re.compile(
+    r'^media_repo_http_request_duration_seconds_bucket\{route="/_matrix/media/v3/upload",le="([^"]+)"\}\s+(\S+)$',
+    re.M)
 
 
 def phase_totals(metrics_base):
@@ -118,6 +131,10 @@ def phase_totals(metrics_base):
         totals.setdefault(phase, {"buckets": {}})["secs" if kind == "sum" else "count"] = float(value)
     for phase, le, value in PHASE_BUCKETS.findall(text):
         totals.setdefault(phase, {"buckets": {}})["buckets"][float(le)] = float(value)
+    for kind, value in HANDLER_SERIES.findall(text):
+        totals.setdefault("handler", {"buckets": {}})["secs" if kind == "sum" else "count"] = float(value)
+    for le, value in HANDLER_BUCKETS.findall(text):
+        totals.setdefault("handler", {"buckets": {}})["buckets"][float(le)] = float(value)
     return totals
 
 
@@ -138,13 +155,25 @@ def phase_stats(before, after):
     return stats
 
 
-def measure(title, base, token, script, bodies, metrics_base=None):
+def cpu_seconds(pid):
+    """User + system CPU time the process `pid` has used so far (its threads included)."""
+    with open(f"/proc/{pid}/stat") as f:
+        # The fields after the command name, which is in parentheses and may hold spaces.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(title, base, token, script, bodies, pid, metrics_base=None):
+    """wrk runs of every size against `base`; `pid` is the server, whose CPU time per
+    upload is reported too (a figure the machine's load moves far less than req/s)."""
     results = {}
     url = base + "/_matrix/media/v3/upload?filename=bench.bin"
     for label, _ in SIZES:
         run_wrk(url, script, bodies[label], token, dl.WARMUP)
         before = phase_totals(metrics_base)
+        cpu_before = cpu_seconds(pid)
         r = run_wrk(url, script, bodies[label], token, dl.DURATION)
+        r["cpu_ms"] = 1000 * (cpu_seconds(pid) - cpu_before) / max(r["requests"], 1)
         after = phase_totals(metrics_base)
         r["phases"] = phase_stats(before, after)
         dl.log(f"{title:28} {label:7} {r['rps']:8.1f} req/s  p50 {r['p50']:.1f}  p90 {r['p90']:.1f}  "
@@ -185,8 +214,9 @@ def report(results, load_before, load_after, synapse_version):
           f"every body distinct, loopback, {os.cpu_count()} cores shared by client and servers; "
           f"Synapse {synapse_version}; load average before {' '.join(load_before)}, after {' '.join(load_after)}\n")
     syn = results.get("Synapse media repo")
-    print("| target | size | req/s | × Synapse | p50 ms | p90 ms | p99 ms | p99 / Synapse's | max ms |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| target | size | req/s | × Synapse | p50 ms | p90 ms | p99 ms | p99 / Synapse's | max ms "
+          "| server CPU ms per upload |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     verdicts = []
     for title, by_size in results.items():
         for label, _ in SIZES:
@@ -199,9 +229,9 @@ def report(results, load_before, load_after, synapse_version):
                 met = ratio_v >= 3 and p99_v <= 2
                 verdicts.append(f"{title} {label}: {'met' if met else 'MISSED'}")
             print(f"| {title} | {label} | {r['rps']:,.0f} | {ratio} | {r['p50']:.1f} | {r['p90']:.1f} | "
-                  f"{r['p99']:.1f} | {p99_ratio} | {r['max']:.0f} |")
+                  f"{r['p99']:.1f} | {p99_ratio} | {r['max']:.0f} | {r['cpu_ms']:.2f} |")
     # (Before the record phase applied the standing quarantine, quarantine_recheck timed it.)
-    phases = ["body", "sync", "store", "record"]
+    phases = ["body", "sync", "store", "record", "handler"]
     timed = [(t, label) for t, by_size in results.items() for label, _ in SIZES if by_size[label].get("phases")]
     if timed:
         print("\nTime per upload in each phase, mean / p99 in ms (from the histogram "
@@ -244,7 +274,7 @@ def main():
         sbase = f"http://127.0.0.1:{sport}"
         token = dl.synapse_token(venv, sbase)
         if "synapse" in only:
-            results["Synapse media repo"] = measure("Synapse media repo", sbase, token, script, bodies)
+            results["Synapse media repo"] = measure("Synapse media repo", sbase, token, script, bodies, synapse.pid)
 
         targets = []
         if "sqlite" in only:
@@ -263,7 +293,7 @@ def main():
             os.sync()
             dl.log(f"sync before {title}: {time.time() - flushed:.2f} s")
             proc, base, metrics_base = start_repo(binary, tmp, label, sname, sport, url)
-            results[title] = measure(title, base, token, script, bodies, metrics_base)
+            results[title] = measure(title, base, token, script, bodies, proc.pid, metrics_base)
             dl.stop(proc)
         dl.stop(synapse)
     finally:
