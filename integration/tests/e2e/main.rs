@@ -18,3 +18,4 @@ mod reload;
 mod reshard;
 mod shared_fetch;
 mod thumbnails;
+mod upload_warming;

@@ -13,7 +13,7 @@ use futures_util::{Stream, StreamExt};
 use mr_cache::{BlobRead, BlobReader};
 use prometheus::{register_int_counter_vec, IntCounter, IntCounterVec};
 use tokio::io::AsyncReadExt;
-use tokio_util::io::ReaderStream;
+use tokio_util::io::{ReaderStream, StreamReader};
 use tracing::{debug, warn};
 
 use crate::state::AppState;
@@ -260,5 +260,16 @@ pub fn fill_from_datastore(state: &web::Data<AppState>, sha256: &str, location: 
     // The handle is dropped: the fill runs on, and its outcome is the cache's to log.
     let _ = state.cache.fill_in_background(sha256, size, async move {
         opener.datastore.open(&location).await
+    });
+}
+
+/// [`fill_from_datastore`] for a blob whose bytes are still in memory (a small upload's
+/// body, the chunks as they arrived): the same policy, without opening the file and reading
+/// it back on the blocking pool.
+pub fn fill_from_memory(state: &web::Data<AppState>, sha256: &str, chunks: Vec<Bytes>) {
+    let size = chunks.iter().map(|chunk| chunk.len() as u64).sum();
+    let chunks = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+    let _ = state.cache.fill_in_background(sha256, size, async move {
+        Ok::<_, std::convert::Infallible>(StreamReader::new(chunks))
     });
 }

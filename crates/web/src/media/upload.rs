@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
 use futures_util::StreamExt;
+use mr_config::CacheBackend;
 use mr_storage::content::{self, Admission, Claim};
 use mr_storage::{MediaRecord, PendingUpload, StoredObject};
 use serde_json::json;
@@ -30,6 +32,48 @@ const MAX_FILENAME_BYTES: usize = 1024;
 /// Longest Content-Type accepted, in bytes.
 const MAX_CONTENT_TYPE_BYTES: usize = 255;
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// Largest upload whose body is kept in memory while it arrives, so that warming the cache
+/// copies those bytes instead of reading the file back (an open and reads on the blocking
+/// pool, per upload). One write batch: an upload this small never holds more received bytes
+/// than its batch does anyway, so what an upload may hold in memory stays bounded as
+/// `uploads.max_concurrent` documents.
+const WARM_FROM_MEMORY_MAX_BYTES: usize = mr_storage::WRITE_BATCH_BYTES;
+
+/// A small upload's body as it arrived (the received chunks themselves, shared, not copied),
+/// for warming the cache. Given up, and its chunks released, as soon as the body grows past
+/// [`WARM_FROM_MEMORY_MAX_BYTES`]; such an upload warms the cache from its file.
+struct KeptBody {
+    /// `None`: not kept (too big, or no warming wanted).
+    chunks: Option<Vec<Bytes>>,
+    len: usize,
+}
+
+impl KeptBody {
+    fn new(wanted: bool) -> KeptBody {
+        KeptBody {
+            chunks: wanted.then(Vec::new),
+            len: 0,
+        }
+    }
+
+    fn keep(&mut self, chunk: &Bytes) {
+        let Some(chunks) = self.chunks.as_mut() else {
+            return;
+        };
+        self.len += chunk.len();
+        if self.len > WARM_FROM_MEMORY_MAX_BYTES {
+            self.chunks = None;
+        } else {
+            chunks.push(chunk.clone());
+        }
+    }
+
+    /// The whole body, if it was kept and is `size` bytes long (what was stored).
+    fn into_body(self, size: u64) -> Option<Vec<Bytes>> {
+        self.chunks.filter(|_| self.len as u64 == size)
+    }
+}
 
 /// What the client said about the file besides its bytes.
 struct UploadMeta {
@@ -98,6 +142,7 @@ async fn store_body(
     mut payload: web::Payload,
     limits: BodyLimits,
     early: Option<&mut EarlyThumbnails>,
+    kept: &mut KeptBody,
 ) -> MatrixResult<(StoredObject, Claim)> {
     let max_bytes = limits.max_bytes;
     let mut writer = state
@@ -106,7 +151,7 @@ async fn store_body(
         .map_err(|err| MatrixError::internal("opening a datastore temp file failed", &err))?;
     let received = timed(
         Phase::Body,
-        receive_body(&mut writer, &mut payload, limits, early),
+        receive_body(&mut writer, &mut payload, limits, early, kept),
     )
     .await;
     if let Err(err) = received {
@@ -155,6 +200,7 @@ async fn receive_body(
         idle_timeout,
     }: BodyLimits,
     mut early: Option<&mut EarlyThumbnails>,
+    kept: &mut KeptBody,
 ) -> MatrixResult<()> {
     loop {
         let next = tokio::time::timeout(idle_timeout, payload.next())
@@ -177,6 +223,7 @@ async fn receive_body(
         if let Some(early) = early.as_deref_mut() {
             early.feed(&chunk);
         }
+        kept.keep(&chunk);
         writer.write(chunk).await.map_err(|err| match err {
             mr_storage::Error::TooLarge { .. } => too_large(max_bytes),
             other => MatrixError::internal("writing an upload failed", &other),
@@ -310,10 +357,17 @@ fn record(
     }
 }
 
-/// Copies a fresh upload into the cache in the background when configured to.
-fn warm_cache(state: &web::Data<AppState>, object: &StoredObject) {
-    if state.config().uploads.warm_cache {
-        super::body::fill_from_datastore(state, &object.sha256, &object.location, object.size);
+/// Copies a fresh upload into the cache in the background when configured to: from its body
+/// when that was kept in memory, else from its file.
+fn warm_cache(state: &web::Data<AppState>, object: &StoredObject, body: Option<Vec<Bytes>>) {
+    if !state.config().uploads.warm_cache {
+        return;
+    }
+    match body {
+        Some(chunks) => super::body::fill_from_memory(state, &object.sha256, chunks),
+        None => {
+            super::body::fill_from_datastore(state, &object.sha256, &object.location, object.size)
+        }
     }
 }
 
@@ -323,6 +377,8 @@ struct Received {
     meta: UploadMeta,
     object: StoredObject,
     claim: Claim,
+    /// Its bytes, when small enough to be kept for warming the cache.
+    body: Option<Vec<Bytes>>,
     /// Its thumbnails, made as it arrived (when it is an image and a worker was free).
     early: Option<EarlyThumbnails>,
     _slot: super::slots::UploadSlot,
@@ -345,9 +401,13 @@ async fn receive(
         max_bytes: config.uploads.max_bytes,
         idle_timeout: Duration::from_secs(config.uploads.idle_timeout_secs),
     };
-    let (object, claim) = store_body(req, state, payload, limits, early.as_mut()).await?;
+    let warming = config.uploads.warm_cache && state.cache.kind() != CacheBackend::None;
+    let mut kept = KeptBody::new(warming);
+    let (object, claim) =
+        store_body(req, state, payload, limits, early.as_mut(), &mut kept).await?;
     Ok(Received {
         meta,
+        body: kept.into_body(object.size),
         object,
         claim,
         early,
@@ -380,6 +440,7 @@ pub async fn upload(
         meta,
         object,
         claim,
+        body,
         early,
         _slot,
     } = receive(&req, &state, payload, &user.user_id, &config).await?;
@@ -393,7 +454,7 @@ pub async fn upload(
         .map_err(|err| MatrixError::internal("recording an upload failed", &err))?;
     refuse_if_quarantined_meanwhile(&state, &media, &object, standing).await?;
     info!(mxc = %media.mxc(), size = object.size, user = %user.user_id, "media uploaded");
-    warm_cache(&state, &object);
+    warm_cache(&state, &object, body);
     super::thumbnail::Thumbnailer::pregenerate(&state, row, early);
     Ok(HttpResponse::Ok().json(json!({ "content_uri": media.mxc() })))
 }
@@ -487,6 +548,7 @@ pub async fn upload_to(
         meta,
         object,
         claim,
+        body,
         early,
         _slot,
     } = receive(&req, &state, payload, &user.user_id, &config).await?;
@@ -509,7 +571,53 @@ pub async fn upload_to(
     state.pending.announce(&media.origin, &media.media_id);
     refuse_if_quarantined_meanwhile(&state, &media, &object, standing).await?;
     info!(mxc = %media.mxc(), size = object.size, "async upload completed");
-    warm_cache(&state, &object);
+    warm_cache(&state, &object, body);
     super::thumbnail::Thumbnailer::pregenerate(&state, row, early);
     Ok(HttpResponse::Ok().json(json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(len: usize) -> Bytes {
+        Bytes::from(vec![7u8; len])
+    }
+
+    #[test]
+    fn a_body_up_to_one_batch_is_kept_whole_and_shared() {
+        let first = chunk(WARM_FROM_MEMORY_MAX_BYTES - 10);
+        let mut kept = KeptBody::new(true);
+        kept.keep(&first);
+        kept.keep(&chunk(10));
+        let body = kept
+            .into_body(WARM_FROM_MEMORY_MAX_BYTES as u64)
+            .expect("kept");
+        assert_eq!(body.len(), 2);
+        assert_eq!(body[0].as_ptr(), first.as_ptr(), "a chunk was copied");
+    }
+
+    #[test]
+    fn a_larger_body_is_given_up_and_its_chunks_released() {
+        let first = chunk(1000);
+        let mut kept = KeptBody::new(true);
+        kept.keep(&first);
+        kept.keep(&chunk(WARM_FROM_MEMORY_MAX_BYTES));
+        assert!(kept.chunks.is_none());
+        assert!(first.is_unique(), "the kept chunk is still held");
+        kept.keep(&chunk(1));
+        let size = (WARM_FROM_MEMORY_MAX_BYTES + 1001) as u64;
+        assert!(kept.into_body(size).is_none());
+    }
+
+    #[test]
+    fn nothing_is_kept_unless_wanted_and_a_size_mismatch_keeps_nothing() {
+        let mut unwanted = KeptBody::new(false);
+        unwanted.keep(&chunk(10));
+        assert!(unwanted.into_body(10).is_none());
+
+        let mut kept = KeptBody::new(true);
+        kept.keep(&chunk(10));
+        assert!(kept.into_body(11).is_none(), "not what was stored");
+    }
 }
