@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use mr_config::{RedisConfig, ShardConfig, ShardDiff};
 use mr_shard_actor::{ShardActor, ShardHealth, ShardReaders, ShardSettings};
 
+use crate::hashing;
 use crate::messages::{ApplyRedisConfig, ShardStatus, Status};
 use crate::snapshot::{PreviousRing, RingHandle, ShardHandle, Snapshot};
 
@@ -47,6 +48,7 @@ impl RunningShard {
         let (arbiter, addr) = spawn_actor(&readers);
         let handle = ShardHandle {
             name: Arc::from(settings.name.as_str()),
+            name_hash: hashing::name_hash(&settings.name),
             addr,
             health,
             readers,

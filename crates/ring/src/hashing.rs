@@ -30,7 +30,22 @@ pub fn routing_part(key: &str) -> &str {
 
 /// The weight of `shard_name` for a routing part. Fixed forever (see module docs).
 pub fn score(shard_name: &str, routing: &str) -> u64 {
-    mix(xxh64(routing.as_bytes(), SEED) ^ xxh64(shard_name.as_bytes(), SEED))
+    score_hashed(name_hash(shard_name), routing_hash(routing))
+}
+
+/// A shard name's share of every [`score`]: a ring computes it once per shard.
+pub fn name_hash(shard_name: &str) -> u64 {
+    xxh64(shard_name.as_bytes(), SEED)
+}
+
+/// A routing part's share of every [`score`]: computed once per key, not once per shard.
+fn routing_hash(routing: &str) -> u64 {
+    xxh64(routing.as_bytes(), SEED)
+}
+
+/// [`score`] from the two hashes it combines.
+fn score_hashed(name_hash: u64, routing_hash: u64) -> u64 {
+    mix(routing_hash ^ name_hash)
 }
 
 /// xorshift* finaliser: xoring two hashes keeps too much structure on its own.
@@ -44,11 +59,20 @@ fn mix(mut x: u64) -> u64 {
 /// The shard `key` belongs to among `names`; `None` when there are none. Ties (practically
 /// never) go to the smaller name so the answer never depends on iteration order.
 pub fn pick<'a>(names: impl Iterator<Item = &'a str>, key: &str) -> Option<&'a str> {
-    let routing = routing_part(key);
-    names
-        .map(|name| (score(name, routing), name))
-        .max_by(|(sa, na), (sb, nb)| sa.cmp(sb).then_with(|| nb.cmp(na)))
-        .map(|(_, name)| name)
+    pick_hashed(names.map(|name| (name, name_hash(name), name)), key)
+}
+
+/// [`pick`] over candidates given as `(name, name_hash(name), item)`, for a caller that
+/// keeps each name's hash (a ring's shards): the same answer, with the key hashed once.
+pub fn pick_hashed<'a, T>(
+    candidates: impl Iterator<Item = (&'a str, u64, T)>,
+    key: &str,
+) -> Option<T> {
+    let routing = routing_hash(routing_part(key));
+    candidates
+        .map(|(name, hash, item)| (score_hashed(hash, routing), name, item))
+        .max_by(|(sa, na, _), (sb, nb, _)| sa.cmp(sb).then_with(|| nb.cmp(na)))
+        .map(|(_, _, item)| item)
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ use crate::hashing;
 pub struct ShardHandle {
     /// The configured name: the hashing identity.
     pub name: Arc<str>,
+    /// `hashing::name_hash(&name)`, kept so routing hashes only the key.
+    pub name_hash: u64,
     /// Where to send commands. Replaced (in a new snapshot) when the actor is respawned.
     pub addr: Addr<ShardActor>,
     /// Flipped by the shard actor's health check.
@@ -91,9 +93,8 @@ impl RingHandle {
     /// come back to it when it is up again.
     pub fn route(&self, key: &str) -> Option<ShardHandle> {
         let snapshot = self.snapshot.load();
-        let up = || snapshot.shards.iter().filter(|shard| shard.is_up());
-        let name = hashing::pick(up().map(|shard| &*shard.name), key)?;
-        up().find(|shard| &*shard.name == name).cloned()
+        let up = snapshot.shards.iter().filter(|shard| shard.is_up());
+        hashing::pick_hashed(up.map(|shard| (&*shard.name, shard.name_hash, shard)), key).cloned()
     }
 
     /// Every configured shard, up or down, sorted by name.
@@ -131,12 +132,14 @@ impl RingHandle {
         if Instant::now() >= previous.until {
             return None;
         }
-        let names = previous.shards.iter().map(|(shard, _)| &*shard.name);
-        let name = hashing::pick(names, key)?;
-        if Some(name) == current {
+        let candidates = previous
+            .shards
+            .iter()
+            .map(|entry| (&*entry.0.name, entry.0.name_hash, entry));
+        let (shard, removed) = hashing::pick_hashed(candidates, key)?;
+        if Some(&*shard.name) == current {
             return None;
         }
-        let (shard, removed) = previous.shards.iter().find(|(s, _)| &*s.name == name)?;
         Some(PreviousOwner {
             shard: shard.clone(),
             removed: *removed,
