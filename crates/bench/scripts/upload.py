@@ -235,7 +235,8 @@ def report(results, load_before, load_after, synapse_version):
     timed = [(t, label) for t, by_size in results.items() for label, _ in SIZES if by_size[label].get("phases")]
     if timed:
         print("\nTime per upload in each phase, mean / p99 in ms (from the histogram "
-              "media_repo_upload_phase_seconds; p99 is the bucket bound 99 % fell under):\n")
+              "media_repo_upload_phase_seconds, and for the whole handler "
+              "media_repo_http_request_duration_seconds; p99 is the bucket bound 99 % fell under):\n")
         print("| target | size | " + " | ".join(phases) + " |")
         print("|---|---|" + "---:|" * len(phases))
         for title, label in timed:
