@@ -168,15 +168,25 @@ macro_rules! write_job {
         }
     };
 }
-pub(crate) use write_job;
 
-/// [`write_job!`] for a body of one statement: on Postgres it runs on a pooled connection
-/// in autocommit (one round trip instead of three with BEGIN and COMMIT); on SQLite it is
-/// a group-writer job like any other.
+/// [`write_job!`] for a body of exactly one statement that cannot fail once its statement
+/// succeeded (nothing fallible decoded from it): on Postgres it runs on a pooled connection
+/// in autocommit (one round trip instead of three with BEGIN and COMMIT); on SQLite it is a
+/// group-writer job without a savepoint of its own (one round trip instead of three).
 macro_rules! write_statement {
     ($db:expr, $conn:ident => $body:expr) => {
         match &$db.backend {
-            Backend::Sqlite(_) => $crate::database::write_job!($db, $conn => $body),
+            Backend::Sqlite(sqlite) => {
+                sqlite
+                    .group
+                    .run_statement(move |$conn| {
+                        Box::pin(async move {
+                            let out: crate::error::Result<_> = $body;
+                            out
+                        })
+                    })
+                    .await
+            }
             Backend::Postgres(pool) => {
                 async {
                     let mut pooled = pool.acquire().await?;
