@@ -132,6 +132,23 @@ macro_rules! with_writer {
 }
 pub(crate) use with_writer;
 
+/// The SQLite side of [`write_job!`] and [`write_statement!`]: `$body` queued to the group
+/// writer by its method `$run` (`run`, or `run_statement` for one statement).
+macro_rules! sqlite_job {
+    ($sqlite:expr, $run:ident, $conn:ident => $body:expr) => {
+        $sqlite
+            .group
+            .$run(move |$conn| {
+                Box::pin(async move {
+                    let out: crate::error::Result<_> = $body;
+                    out
+                })
+            })
+            .await
+    };
+}
+pub(crate) use sqlite_job;
+
 /// A small write on the upload path, atomic on its own: `$body` (an expression of type
 /// `Result<T>`) runs with `$conn` a `&mut` connection inside a transaction. SQLite: a job
 /// of the group writer (its own savepoint, committed with whatever else is queued), so the
@@ -139,17 +156,7 @@ pub(crate) use with_writer;
 macro_rules! write_job {
     ($db:expr, $conn:ident => $body:expr) => {
         match &$db.backend {
-            Backend::Sqlite(sqlite) => {
-                sqlite
-                    .group
-                    .run(move |$conn| {
-                        Box::pin(async move {
-                            let out: crate::error::Result<_> = $body;
-                            out
-                        })
-                    })
-                    .await
-            }
+            Backend::Sqlite(sqlite) => $crate::database::sqlite_job!(sqlite, run, $conn => $body),
             Backend::Postgres(pool) => {
                 async {
                     let mut tx = pool.begin().await?;
@@ -177,15 +184,7 @@ macro_rules! write_statement {
     ($db:expr, $conn:ident => $body:expr) => {
         match &$db.backend {
             Backend::Sqlite(sqlite) => {
-                sqlite
-                    .group
-                    .run_statement(move |$conn| {
-                        Box::pin(async move {
-                            let out: crate::error::Result<_> = $body;
-                            out
-                        })
-                    })
-                    .await
+                $crate::database::sqlite_job!(sqlite, run_statement, $conn => $body)
             }
             Backend::Postgres(pool) => {
                 async {
