@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """HTTP upload benchmark of issue 11 (upload tail latency), in one run.
 
-16 concurrent uploads (wrk, one connection each) of 4 KiB, 64 KiB and 1 MiB bodies to:
+16 concurrent uploads (one keep-alive connection each) of 4 KiB, 64 KiB and 1 MiB bodies to:
   * Synapse's own media repo (SQLite),
   * media-repo (release build), metadata in SQLite, file datastore,
   * media-repo, metadata in Postgres (a fresh schema in database `test` on 127.0.0.1:5432),
@@ -11,8 +11,14 @@ server process used per upload (from /proc; wrk and, for media-repo on Postgres,
 database are not in it). On two cores shared with wrk, req/s moves by ±15 % from run to
 run; the CPU per upload moves far less, so A/B comparisons of media-repo builds read it.
 
-Every request body is different (its first 16 bytes are a per-thread counter), so each
+Every request body is different (its first 16 bytes are a per-connection counter), so each
 upload stores new content, as real uploads do, instead of finding its bytes already there.
+
+The client is `upload-load` (crates/bench/src/bin/upload-load.rs): each connection reuses one
+request buffer and rewrites only those 16 bytes, so the client costs little more than its
+socket writes. BENCH_CLIENT=wrk uses wrk and a Lua script instead, as runs before the tenth
+session did; at 1 MiB wrk spent 3-7 ms of a core building each distinct body, on the two
+cores the servers need (docs/benchmarks.md), so its figures there are the client's pace.
 
 The Synapse set-up, process handling and build come from download.py beside it (imported).
 Everything started here is killed at the end, also on failure.
@@ -23,7 +29,7 @@ BENCH_CONNECTIONS (default 16), BENCH_THREADS (default 2), BENCH_KEEP=1 keeps th
 (every upload stays on disk: ~10 GB per full run; delete /tmp/mr-upload-bench-* afterwards,
 but minutes before the next run, see docs/benchmarks.md on inode allocation), BENCH_BINARY=path uses that media-repo binary instead of building this checkout (to measure
 an older commit in the same run conditions), BENCH_ONLY=synapse,sqlite,postgres picks targets,
-BENCH_SIZES="1 MiB" picks sizes.
+BENCH_SIZES="1 MiB" picks sizes, BENCH_CLIENT=wrk picks the client (default upload-load).
 Needs what download.py needs, plus psql and a Postgres with trust auth on 127.0.0.1.
 """
 
@@ -48,6 +54,9 @@ if not SIZES:
 PG_URL = "postgres://postgres@127.0.0.1:5432/test"
 # Uploads one user may have running: above the connection count, so no upload is refused.
 PER_USER_UPLOADS = 64
+CLIENT = os.environ.get("BENCH_CLIENT", "upload-load")
+if CLIENT not in ("upload-load", "wrk"):
+    raise SystemExit(f"BENCH_CLIENT must be upload-load or wrk, not {CLIENT!r}")
 
 # wrk script: POST the body file with a distinct 16-byte prefix per request.
 WRK_SCRIPT = r"""
@@ -103,6 +112,35 @@ def run_wrk(url, script, body_path, token, duration):
     if bad or errors or not rps:
         raise RuntimeError(f"wrk on {url}: failed requests\n{out}")
     return stats
+
+
+def build_client():
+    """The upload-load binary (release build of this checkout)."""
+    dl.log("cargo build --release -p mr-bench --bin upload-load")
+    subprocess.run(["cargo", "build", "--release", "-p", "mr-bench", "--bin", "upload-load"], cwd=dl.REPO,
+                   check=True)
+    binary = os.path.join(dl.TARGET, "release", "upload-load")
+    if not os.path.exists(binary):
+        raise RuntimeError(f"{binary} not built")
+    return binary
+
+
+def run_upload_load(binary, url, size, token, duration):
+    argv = [binary, "--url", url, "--token", token, "--size", str(size), "--connections", str(dl.CONNECTIONS),
+            "--threads", str(dl.THREADS), "--seconds", str(duration)]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    stats = json.loads(out)
+    if stats["bad_status"] or stats["errors"] or not stats["requests"]:
+        raise RuntimeError(f"upload-load on {url}: failed requests\n{out}")
+    stats["raw"] = out
+    return stats
+
+
+def run_client(client, url, label, size, token, duration):
+    """One timed run of the chosen client; `client` is the upload-load binary or the wrk script."""
+    if CLIENT == "wrk":
+        return run_wrk(url, client["script"], client["bodies"][label], token, duration)
+    return run_upload_load(client["binary"], url, size, token, duration)
 
 
 PHASE_SERIES = re.compile(r'^media_repo_upload_phase_seconds_(sum|count)\{phase="(\w+)"\}\s+(\S+)$', re.M)
@@ -163,16 +201,16 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(title, base, token, script, bodies, pid, metrics_base=None):
-    """wrk runs of every size against `base`; `pid` is the server, whose CPU time per
+def measure(title, base, token, client, pid, metrics_base=None):
+    """Client runs of every size against `base`; `pid` is the server, whose CPU time per
     upload is reported too (a figure the machine's load moves far less than req/s)."""
     results = {}
     url = base + "/_matrix/media/v3/upload?filename=bench.bin"
-    for label, _ in SIZES:
-        run_wrk(url, script, bodies[label], token, dl.WARMUP)
+    for label, size in SIZES:
+        run_client(client, url, label, size, token, dl.WARMUP)
         before = phase_totals(metrics_base)
         cpu_before = cpu_seconds(pid)
-        r = run_wrk(url, script, bodies[label], token, dl.DURATION)
+        r = run_client(client, url, label, size, token, dl.DURATION)
         r["cpu_ms"] = 1000 * (cpu_seconds(pid) - cpu_before) / max(r["requests"], 1)
         after = phase_totals(metrics_base)
         r["phases"] = phase_stats(before, after)
@@ -210,7 +248,8 @@ def start_repo(binary, tmp, label, synapse_name, synapse_port, database_url):
 
 
 def report(results, load_before, load_after, synapse_version):
-    print(f"\nwrk -t{dl.THREADS} -c{dl.CONNECTIONS} -d{dl.DURATION}s POST (after a {dl.WARMUP} s warm-up), "
+    client = f"wrk -t{dl.THREADS}" if CLIENT == "wrk" else f"upload-load --threads {dl.THREADS}"
+    print(f"\n{client} -c{dl.CONNECTIONS} -d{dl.DURATION}s POST (after a {dl.WARMUP} s warm-up), "
           f"every body distinct, loopback, {os.cpu_count()} cores shared by client and servers; "
           f"Synapse {synapse_version}; load average before {' '.join(load_before)}, after {' '.join(load_after)}\n")
     syn = results.get("Synapse media repo")
@@ -261,21 +300,25 @@ def main():
     _, load_before = dl.machine_notes()
     results = {}
     try:
-        script = os.path.join(tmp, "upload.lua")
-        with open(script, "w") as f:
-            f.write(WRK_SCRIPT)
-        bodies = {}
-        for label, size in SIZES:
-            bodies[label] = os.path.join(tmp, f"{size}.bin")
-            with open(bodies[label], "wb") as f:
-                f.write(os.urandom(size))
+        if CLIENT == "wrk":
+            script = os.path.join(tmp, "upload.lua")
+            with open(script, "w") as f:
+                f.write(WRK_SCRIPT)
+            bodies = {}
+            for label, size in SIZES:
+                bodies[label] = os.path.join(tmp, f"{size}.bin")
+                with open(bodies[label], "wb") as f:
+                    f.write(os.urandom(size))
+            client = {"script": script, "bodies": bodies}
+        else:
+            client = {"binary": build_client()}
 
         dl.log("starting Synapse (media repo enabled)")
         synapse, sport, sname = dl.start_synapse(venv, tmp)
         sbase = f"http://127.0.0.1:{sport}"
         token = dl.synapse_token(venv, sbase)
         if "synapse" in only:
-            results["Synapse media repo"] = measure("Synapse media repo", sbase, token, script, bodies, synapse.pid)
+            results["Synapse media repo"] = measure("Synapse media repo", sbase, token, client, synapse.pid)
 
         targets = []
         if "sqlite" in only:
@@ -294,7 +337,7 @@ def main():
             os.sync()
             dl.log(f"sync before {title}: {time.time() - flushed:.2f} s")
             proc, base, metrics_base = start_repo(binary, tmp, label, sname, sport, url)
-            results[title] = measure(title, base, token, script, bodies, proc.pid, metrics_base)
+            results[title] = measure(title, base, token, client, proc.pid, metrics_base)
             dl.stop(proc)
         dl.stop(synapse)
     finally:
