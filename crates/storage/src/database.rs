@@ -20,7 +20,7 @@ use std::time::Duration;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::pg_rows::RowBatcher;
@@ -296,6 +296,18 @@ pub(crate) const INSERT_MEDIA_RELEASING_CLAIM: &str = concat!(
     ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM claim"
 );
 
+/// SQLite: an upload's media row, written only while its claim (`$13`) exists and marked
+/// under a standing quarantine as it is written; it returns the row's `quarantined_by`, and
+/// no row when the claim is gone.
+const INSERT_CLAIMED_MEDIA_MARKED: &str = concat!(
+    "INSERT INTO media (",
+    media_columns!(),
+    ") SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, ",
+    crate::quarantine::standing_mark_of_new_row!(),
+    ", $12 WHERE EXISTS (SELECT 1 FROM content_claims WHERE claim_id = $13) \
+     RETURNING quarantined_by"
+);
+
 /// Postgres keeps upload claims in an unlogged table (no WAL): a transaction that only
 /// writes such a table commits without waiting for a WAL flush, so the claim costs an
 /// upload no flush of its own. A database crash empties the table; that is a claim lost in
@@ -547,6 +559,11 @@ impl Database {
         let (m, claim_id) = (m.clone(), claim_id.to_owned());
         if let (Some(batcher), false) = (&self.pg_rows, completes_pending) {
             return batcher.write(m, size, claim_id).await;
+        }
+        if let (Backend::Sqlite(sqlite), false) = (&self.backend, completes_pending) {
+            return sqlite_job!(sqlite, run_statement, conn => {
+                insert_claimed_sqlite_row(conn, &m, size, &claim_id).await
+            });
         }
         // SQLite has one writer, so a quarantine's two statements cannot interleave with
         // this job: marking inside it is as good as after it, and saves a commit. On
@@ -824,4 +841,42 @@ pub(crate) fn conflict_or(e: sqlx::Error, origin: &str, media_id: &str) -> Error
         Some(db) if db.is_unique_violation() => already_exists(origin, media_id),
         _ => Error::Database(e),
     }
+}
+
+/// [`Database::insert_claimed_media`] on SQLite, as a group-writer job without a savepoint:
+/// two round trips to the connection's thread instead of five (savepoint, insert, claim
+/// release, mark, release). The insert is the job's one deciding statement: it writes the
+/// row only while the claim exists and marks it under a standing quarantine in the same
+/// statement. Releasing the claim afterwards changes nothing the caller relies on: should
+/// it fail, the row already protects the bytes and the claim expires on its own.
+async fn insert_claimed_sqlite_row(
+    conn: &mut sqlx::SqliteConnection,
+    m: &MediaRecord,
+    size: i64,
+    claim_id: &str,
+) -> Result<Option<String>> {
+    let written: Option<Option<String>> =
+        bind_media!(sqlx::query_scalar(INSERT_CLAIMED_MEDIA_MARKED), m, size)
+            .bind(claim_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| conflict_or(e, &m.origin, &m.media_id))?;
+    let Some(mark) = written else {
+        return Err(Error::ClaimLost {
+            claim_id: claim_id.to_owned(),
+        });
+    };
+    if let Err(err) = sqlx::query(DELETE_CLAIM)
+        .bind(claim_id)
+        .execute(&mut *conn)
+        .await
+    {
+        warn!(error = %err, claim = %claim_id, "could not release a content claim after its row; it expires on its own");
+    }
+    // A row that arrived with a mark of its own was not marked by a standing quarantine.
+    Ok(if m.quarantined_by.is_some() {
+        None
+    } else {
+        mark
+    })
 }

@@ -154,6 +154,21 @@ macro_rules! standing_condition {
     };
 }
 
+/// The mark [`APPLY_STANDING`] would give a row it is about to write, as the value of its
+/// `quarantined_by` column: the same rules, for the row's parameters (`$1` origin, `$7`
+/// SHA-256, `$11` its own mark, `$12` safe from quarantine) instead of a stored row. For
+/// SQLite, whose single writer lets nothing come between a row's insert and its mark.
+macro_rules! standing_mark_of_new_row {
+    () => {
+        "CASE WHEN $11 IS NOT NULL OR $12 <> 0 THEN $11 \
+           WHEN EXISTS (SELECT 1 FROM quarantined_origins q WHERE q.origin = $1) \
+           THEN 'origin:' || $1 \
+           WHEN EXISTS (SELECT 1 FROM quarantined_hashes h WHERE h.sha256 = $7) \
+           THEN 'hash:' || $7 END"
+    };
+}
+pub(crate) use standing_mark_of_new_row;
+
 /// Marks a just-written row if its origin or content hash is under a standing quarantine.
 pub(crate) const APPLY_STANDING: &str = concat!(
     standing_mark!(),

@@ -83,7 +83,9 @@ impl GroupWriter {
     /// that statement succeeded (nothing fallible is decoded from it): it runs without a
     /// savepoint, since SQLite undoes a failed statement by itself and the transaction goes
     /// on. The same contract as `write_statement!` on Postgres, where such a body runs in
-    /// autocommit.
+    /// autocommit. A job may follow its one deciding statement with others only if their
+    /// failure leaves nothing its caller relies on undone, and it then logs that failure
+    /// instead of returning it (an upload's row, then its claim's release).
     pub(crate) async fn run_statement<T, F>(&self, job: F) -> Result<T>
     where
         T: Send + 'static,

@@ -17,6 +17,7 @@ on_both_backends!(
     quarantined_content_is_refused_by_the_claim,
     no_row_is_written_once_its_claim_is_gone,
     rows_recorded_together_each_get_their_own_outcome,
+    a_recorded_row_releases_its_claim_and_takes_the_standing_marks,
 );
 
 async fn stage(store: &FileDatastore, bytes: &[u8]) -> StagedObject {
@@ -383,4 +384,74 @@ async fn rows_recorded_together_each_get_their_own_outcome(fx: &Fixture) {
             assert!(stored.is_some(), "second round {i}");
         }
     }
+}
+
+/// What a row's write does besides the row: its claim is gone afterwards, and a standing
+/// quarantine marks it (the origin's mark winning over the hash's), while a row protected
+/// from quarantine or carrying a mark of its own is left as it came and reports no mark.
+async fn a_recorded_row_releases_its_claim_and_takes_the_standing_marks(fx: &Fixture) {
+    let (_dir, db, store) = setup(fx).await;
+    let record = |media_id: &'static str, bytes: &'static [u8]| {
+        let (db, store) = (db.clone(), store.clone());
+        async move {
+            let (object, claim) = commit_claimed(&db, &store, stage(&store, bytes).await, 1_000)
+                .await
+                .unwrap();
+            (row(media_id, &object), claim)
+        }
+    };
+
+    let (plain, claim) = record("plain", b"plain bytes").await;
+    assert_eq!(claim.record(&plain, false).await.unwrap(), None);
+    assert_eq!(
+        db.delete_claims_made_before(i64::MAX).await.unwrap(),
+        0,
+        "the row's write released its claim"
+    );
+
+    let (hashed, claim) = record("hashed", b"quarantined bytes").await;
+    db.quarantine_hash(&hashed.sha256, "@admin:example.org", 1_000)
+        .await
+        .unwrap();
+    let hash_mark = format!("hash:{}", hashed.sha256);
+    assert_eq!(
+        claim.record(&hashed, false).await.unwrap(),
+        Some(hash_mark.clone())
+    );
+
+    let (mut safe, claim) = record("safe", b"quarantined bytes").await;
+    safe.safe_from_quarantine = true;
+    assert_eq!(claim.record(&safe, false).await.unwrap(), None);
+
+    let (mut marked, claim) = record("marked", b"quarantined bytes").await;
+    marked.quarantined_by = Some("@admin:example.org".to_owned());
+    assert_eq!(claim.record(&marked, false).await.unwrap(), None);
+
+    db.quarantine_origin("example.org", "@admin:example.org", 1_000)
+        .await
+        .unwrap();
+    let (both, claim) = record("both", b"quarantined bytes").await;
+    assert_eq!(
+        claim.record(&both, false).await.unwrap(),
+        Some("origin:example.org".to_owned())
+    );
+    assert_eq!(db.delete_claims_made_before(i64::MAX).await.unwrap(), 0);
+
+    let stored = |media_id: &'static str| {
+        let db = db.clone();
+        async move {
+            db.get_media("example.org", media_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .quarantined_by
+        }
+    };
+    assert_eq!(stored("hashed").await, Some(hash_mark));
+    assert_eq!(stored("safe").await, None);
+    assert_eq!(
+        stored("marked").await,
+        Some("@admin:example.org".to_owned())
+    );
+    assert_eq!(stored("both").await, Some("origin:example.org".to_owned()));
 }
