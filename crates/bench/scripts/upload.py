@@ -313,6 +313,9 @@ def main():
         else:
             client = {"binary": build_client()}
 
+        # Whatever an earlier run left dirty in the page cache is written back now, not
+        # during Synapse's measurement (see the sync before each media-repo target below).
+        os.sync()
         dl.log("starting Synapse (media repo enabled)")
         synapse, sport, sname = dl.start_synapse(venv, tmp)
         sbase = f"http://127.0.0.1:{sport}"
