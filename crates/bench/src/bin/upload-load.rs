@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A request that has not been answered after this long counts as an error.
@@ -229,7 +229,10 @@ async fn one_request(
 
 /// Reads one HTTP/1.1 response (Content-Length or chunked body); its status and whether the
 /// connection stays open.
-async fn read_response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, bool)> {
+async fn read_response<R: AsyncRead + Unpin>(
+    conn: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<(u16, bool)> {
     buf.clear();
     let head_end = loop {
         if let Some(at) = find(buf, b"\r\n\r\n") {
@@ -283,7 +286,7 @@ async fn read_response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u16, 
     Ok((status, keep_alive))
 }
 
-async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<()> {
+async fn read_more<R: AsyncRead + Unpin>(conn: &mut R, buf: &mut Vec<u8>) -> Result<()> {
     let mut chunk = [0u8; 4096];
     let read = conn.read(&mut chunk).await.context("reading the answer")?;
     if read == 0 {
@@ -362,6 +365,29 @@ mod tests {
             "/"
         );
         assert!(Target::parse("https://127.0.0.1/").is_err());
+    }
+
+    #[tokio::test]
+    async fn responses_are_read_whole_by_length_or_chunks() {
+        let mut buf = Vec::new();
+        let mut sized: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n{\"a\": \"mxc\"}";
+        assert_eq!(
+            read_response(&mut sized, &mut buf).await.unwrap(),
+            (200, true)
+        );
+        assert!(sized.is_empty(), "the whole body was read");
+
+        let mut chunked: &[u8] =
+            b"HTTP/1.1 413 Payload Too Large\r\nTransfer-Encoding: chunked\r\n\
+            Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        assert_eq!(
+            read_response(&mut chunked, &mut buf).await.unwrap(),
+            (413, false)
+        );
+        assert!(chunked.is_empty());
+
+        let mut cut: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort";
+        assert!(read_response(&mut cut, &mut buf).await.is_err());
     }
 
     #[test]
