@@ -29,7 +29,9 @@ BENCH_CONNECTIONS (default 16), BENCH_THREADS (default 2), BENCH_KEEP=1 keeps th
 (every upload stays on disk: ~10 GB per full run; delete /tmp/mr-upload-bench-* afterwards,
 but minutes before the next run, see docs/benchmarks.md on inode allocation), BENCH_BINARY=path uses that media-repo binary instead of building this checkout (to measure
 an older commit in the same run conditions), BENCH_ONLY=synapse,sqlite,postgres picks targets,
-BENCH_SIZES="1 MiB" picks sizes, BENCH_CLIENT=wrk picks the client (default upload-load).
+BENCH_SIZES="1 MiB" picks sizes, BENCH_CLIENT=wrk picks the client (default upload-load),
+BENCH_ROUNDS=N measures every size N times, each round all targets back to back, and reports
+media-repo's round with the median ratio to Synapse's (and the spread of the ratios).
 Needs what download.py needs, plus psql and a Postgres with trust auth on 127.0.0.1.
 """
 
@@ -201,23 +203,62 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(title, base, token, client, pid, metrics_base=None):
-    """Client runs of every size against `base`; `pid` is the server, whose CPU time per
-    upload is reported too (a figure the machine's load moves far less than req/s)."""
-    results = {}
+def measure_one(title, base, token, client, pid, metrics_base, label, size):
+    """One warm-up and one measured client run of `size` against `base`; `pid` is the server,
+    whose CPU time per upload is reported too (a figure the machine's load moves far less
+    than req/s). Whatever an earlier run left dirty in the page cache (Synapse does not fsync
+    what it stores) is written back first, so that no target pays for another's writeback
+    (a 4 KiB p99 of 420-690 ms was measured right after Synapse's gigabyte, 36 ms without it)."""
+    flushed = time.time()
+    os.sync()
+    if time.time() - flushed > 0.5:
+        dl.log(f"sync before {title}: {time.time() - flushed:.2f} s")
     url = base + "/_matrix/media/v3/upload?filename=bench.bin"
+    run_client(client, url, label, size, token, dl.WARMUP)
+    before = phase_totals(metrics_base)
+    cpu_before = cpu_seconds(pid)
+    r = run_client(client, url, label, size, token, dl.DURATION)
+    r["cpu_ms"] = 1000 * (cpu_seconds(pid) - cpu_before) / max(r["requests"], 1)
+    after = phase_totals(metrics_base)
+    r["phases"] = phase_stats(before, after)
+    dl.log(f"{title:28} {label:7} {r['rps']:8.1f} req/s  p50 {r['p50']:.1f}  p90 {r['p90']:.1f}  "
+           f"p99 {r['p99']:.1f}  max {r['max']:.1f} ms")
+    return r
+
+
+def measure_all(servers, token, client):
+    """Every size, BENCH_ROUNDS times over, each round running every target back to back (so
+    Synapse and media-repo see the same state of the shared machine). Returns {title: {size
+    label: [run per round]}}."""
+    runs = {title: {label: [] for label, _ in SIZES} for title, _, _, _ in servers}
     for label, size in SIZES:
-        run_client(client, url, label, size, token, dl.WARMUP)
-        before = phase_totals(metrics_base)
-        cpu_before = cpu_seconds(pid)
-        r = run_client(client, url, label, size, token, dl.DURATION)
-        r["cpu_ms"] = 1000 * (cpu_seconds(pid) - cpu_before) / max(r["requests"], 1)
-        after = phase_totals(metrics_base)
-        r["phases"] = phase_stats(before, after)
-        dl.log(f"{title:28} {label:7} {r['rps']:8.1f} req/s  p50 {r['p50']:.1f}  p90 {r['p90']:.1f}  "
-               f"p99 {r['p99']:.1f}  max {r['max']:.1f} ms")
-        results[label] = r
-    return results
+        for _ in range(dl.ROUNDS):
+            for title, base, pid, metrics_base in servers:
+                runs[title][label].append(measure_one(title, base, token, client, pid, metrics_base, label, size))
+    return runs
+
+
+def pick_rounds(runs):
+    """{title: {size label: run}}: for media-repo, the round whose throughput ratio to Synapse's
+    (taken within the round) is the median, with every round's ratio in "ratios"; for
+    Synapse (or without it) the round with the median req/s."""
+    syn = runs.get("Synapse media repo")
+    picked = {}
+    for title, by_size in runs.items():
+        picked[title] = {}
+        for label, _ in SIZES:
+            rounds = list(enumerate(by_size[label]))
+            if syn and title != "Synapse media repo":
+                def ratio(indexed):
+                    return indexed[1]["rps"] / syn[label][indexed[0]]["rps"]
+                rounds.sort(key=ratio)
+                index, run = rounds[len(rounds) // 2]
+                run = dict(run, ratios=[ratio(r) for r in rounds], synapse=syn[label][index])
+            else:
+                rounds.sort(key=lambda indexed: indexed[1]["rps"])
+                run = rounds[len(rounds) // 2][1]
+            picked[title][label] = run
+    return picked
 
 
 def psql(sql):
@@ -251,8 +292,10 @@ def report(results, load_before, load_after, synapse_version):
     client = f"wrk -t{dl.THREADS}" if CLIENT == "wrk" else f"upload-load --threads {dl.THREADS}"
     print(f"\n{client} -c{dl.CONNECTIONS} -d{dl.DURATION}s POST (after a {dl.WARMUP} s warm-up), "
           f"every body distinct, loopback, {os.cpu_count()} cores shared by client and servers; "
-          f"Synapse {synapse_version}; load average before {' '.join(load_before)}, after {' '.join(load_after)}\n")
-    syn = results.get("Synapse media repo")
+          f"Synapse {synapse_version}; load average before {' '.join(load_before)}, after {' '.join(load_after)}"
+          + (f"; of {dl.ROUNDS} rounds, media-repo's round with the median ratio to Synapse's in that "
+             "round (× Synapse: min–max of the rounds) and Synapse's with its median req/s"
+             if dl.ROUNDS > 1 else "") + "\n")
     print("| target | size | req/s | × Synapse | p50 ms | p90 ms | p99 ms | p99 / Synapse's | max ms "
           "| server CPU ms per upload |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -261,10 +304,12 @@ def report(results, load_before, load_after, synapse_version):
         for label, _ in SIZES:
             r = by_size[label]
             ratio = p99_ratio = "–"
-            if syn and title != "Synapse media repo":
-                s = syn[label]
+            if "synapse" in r:
+                s = r["synapse"]
                 ratio_v, p99_v = r["rps"] / s["rps"], r["p99"] / s["p99"]
-                ratio, p99_ratio = f"{ratio_v:.2f}×", f"{p99_v:.2f}×"
+                spread = r["ratios"]
+                ratio = f"{ratio_v:.2f}×" + (f" ({spread[0]:.2f}–{spread[-1]:.2f})" if len(spread) > 1 else "")
+                p99_ratio = f"{p99_v:.2f}×"
                 met = ratio_v >= 3 and p99_v <= 2
                 verdicts.append(f"{title} {label}: {'met' if met else 'MISSED'}")
             print(f"| {title} | {label} | {r['rps']:,.0f} | {ratio} | {r['p50']:.1f} | {r['p90']:.1f} | "
@@ -313,15 +358,13 @@ def main():
         else:
             client = {"binary": build_client()}
 
-        # Whatever an earlier run left dirty in the page cache is written back now, not
-        # during Synapse's measurement (see the sync before each media-repo target below).
-        os.sync()
         dl.log("starting Synapse (media repo enabled)")
         synapse, sport, sname = dl.start_synapse(venv, tmp)
         sbase = f"http://127.0.0.1:{sport}"
         token = dl.synapse_token(venv, sbase)
+        servers = []
         if "synapse" in only:
-            results["Synapse media repo"] = measure("Synapse media repo", sbase, token, client, synapse.pid)
+            servers.append(("Synapse media repo", sbase, synapse.pid, None))
 
         targets = []
         if "sqlite" in only:
@@ -331,17 +374,12 @@ def main():
             schema_made = True
             targets.append(("postgres", "media-repo, Postgres",
                             f"{PG_URL}?options=-c%20search_path%3D{schema}"))
+        # Every target runs for the whole bench (an idle one costs nothing), so that each
+        # round can measure them back to back.
         for label, title, url in targets:
-            # Synapse does not fsync what it stores: the gigabyte it wrote is still dirty in
-            # the page cache, and the kernel's writeback of it would stall the first fsyncs
-            # of the next target for up to a second (a 4 KiB p99 of 420-690 ms measured
-            # right after Synapse, 36 ms without it). Each target starts with it written.
-            flushed = time.time()
-            os.sync()
-            dl.log(f"sync before {title}: {time.time() - flushed:.2f} s")
             proc, base, metrics_base = start_repo(binary, tmp, label, sname, sport, url)
-            results[title] = measure(title, base, token, client, proc.pid, metrics_base)
-            dl.stop(proc)
+            servers.append((title, base, proc.pid, metrics_base))
+        results = pick_rounds(measure_all(servers, token, client))
         dl.stop(synapse)
     finally:
         for proc in reversed(list(dl.PROCS)):
