@@ -12,7 +12,7 @@
 //! one generation per (media, size, method, animated) however many requests ask at once.
 //! Uploads of images get the configured sizes made in the background.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use actix_web::http::StatusCode;
@@ -103,17 +103,27 @@ type Waiter = watch::Receiver<Option<Generated>>;
 /// A generation in progress, as held in [`Thumbnailer::in_progress`].
 struct InProgress {
     waiter: Waiter,
-    /// Told each time a request joins: a queued pre-generation job then stops waiting
-    /// behind other background jobs (see [`Thumbnailer::worker`]).
-    joined: Arc<Notify>,
+    joins: Arc<Joins>,
 }
 
 impl InProgress {
     /// Joins the generation: its result, once there is one.
     fn join(&self) -> Waiter {
-        self.joined.notify_one();
+        self.joins.any.store(true, Ordering::Release);
+        self.joins.notify.notify_one();
         self.waiter.clone()
     }
+}
+
+/// The requests that joined one generation, as its maker sees them.
+#[derive(Default)]
+struct Joins {
+    /// Told each time a request joins: a queued pre-generation job then stops waiting
+    /// behind other background jobs (see [`Thumbnailer::worker`]).
+    notify: Notify,
+    /// Some request joined: it is (or will be) answered with the fresh bytes, which do
+    /// not pass the cache, so the maker fills the cache once the thumbnail is stored.
+    any: AtomicBool,
 }
 
 /// The bounded pool and the generations in progress.
@@ -166,8 +176,8 @@ struct Claim {
     key: String,
     /// Shared with a pre-generation's render thread, which asks it whether anyone waits.
     result: Arc<watch::Sender<Option<Generated>>>,
-    /// Told when a request joins ([`InProgress::join`]).
-    joined: Arc<Notify>,
+    /// Who joined ([`InProgress::join`]).
+    joins: Arc<Joins>,
 }
 
 impl Claim {
@@ -178,16 +188,16 @@ impl Claim {
         key: &str,
     ) -> Claim {
         let (result, waiter) = watch::channel(None);
-        let joined = Arc::new(Notify::new());
+        let joins = Arc::new(Joins::default());
         entry.insert(InProgress {
             waiter,
-            joined: joined.clone(),
+            joins: joins.clone(),
         });
         Claim {
             state: state.clone(),
             key: key.to_owned(),
             result: Arc::new(result),
-            joined,
+            joins,
         }
     }
 
@@ -543,7 +553,7 @@ impl Thumbnailer {
                     // exists, so that its next request (another size, say) finds it.
                     claim.publish(&result);
                     if let Ok(ready @ Ready { fresh: Some(_), .. }) = &result {
-                        self.store_logged(state, media, ready, true).await;
+                        self.store_logged(state, media, ready, claim, true).await;
                     }
                     return result;
                 }
@@ -770,30 +780,37 @@ impl Thumbnailer {
         made: mr_thumbnail::Thumbnail,
     ) {
         let ready = made_ready(state, media, asked.width, asked.height, asked, made).await;
-        let served = Claim::waited_for(&claim.result);
         claim.publish(&ready);
         match &ready {
             Ok(ready) => {
-                self.store_logged(state, media, ready, served).await;
+                self.store_logged(state, media, ready, claim, false).await;
             }
             Err(err) => warn!(reason = %err.message, "a pre-generated thumbnail was not stored"),
         }
     }
 
     /// [`Thumbnailer::store`] for a thumbnail whose requests are answered already (from
-    /// its bytes): a failure only means the next request makes it again.
+    /// its bytes), releasing its claim once the row exists: a failure only means the next
+    /// request makes it again.
     ///
-    /// `served`: some request was answered with the fresh bytes. Its answer did not pass
-    /// the cache (a stored thumbnail's first answer fills it on its miss), so the stored
-    /// one is copied into the cache now, as the next request would have.
+    /// The caller's request (`answered_here`) and those that joined the claim were
+    /// answered with the fresh bytes. Those answers did not pass the cache (a stored
+    /// thumbnail's first answer fills it on its miss), so if there was one the stored
+    /// thumbnail is copied into the cache now, as the next request would have.
     async fn store_logged(
         &self,
         state: &web::Data<AppState>,
         media: &MediaRecord,
         fresh: &Ready,
-        served: bool,
+        claim: Claim,
+        answered_here: bool,
     ) {
-        match self.store(state, media, fresh).await {
+        let stored = self.store(state, media, fresh).await;
+        let joins = Arc::clone(&claim.joins);
+        // Requests join until the claim is dropped: only then is `any` final.
+        drop(claim);
+        let served = answered_here || joins.any.load(Ordering::Acquire);
+        match stored {
             Ok(stored) if served => {
                 let row = &stored.record;
                 fill_from_datastore(state, &row.sha256, &row.location, row.size_bytes);
@@ -971,7 +988,7 @@ impl Thumbnailer {
         // Someone joining any size of the job (even before it queued) makes it urgent.
         let joins = group
             .iter()
-            .map(|(_, claim)| Box::pin(claim.joined.notified()));
+            .map(|(_, claim)| Box::pin(claim.joins.notify.notified()));
         let joined_any = futures_util::future::select_all(joins).map(|_| ());
         let worker = match self.worker(Priority::Background, joined_any).await {
             Ok(worker) => worker,
