@@ -20,7 +20,9 @@ pub struct FederationConfig {
     #[serde(default)]
     pub extra_ca_file: Option<PathBuf>,
     /// Milliseconds a remote server may take to answer a request (until the response
-    /// head). Default 20000.
+    /// head; a media body may stream for longer, bounded by `idle_timeout_ms`). An origin
+    /// is asked to wait at most half of this for an async upload pending there. Default
+    /// 20000.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Milliseconds to wait for a connection to a remote server. Default 5000.

@@ -21,7 +21,7 @@ use tracing::debug;
 
 use crate::discovery::{Destination, Discovery, Lookups};
 use crate::error::{Error, Result};
-use crate::limited_body::read_limited;
+use crate::limited_body::{read_limited, LimitedBodyError};
 use crate::server_name::{Host, ServerName};
 
 /// Whether an address may be dialled (private, loopback, … addresses may not, unless
@@ -35,8 +35,9 @@ const MAX_WELL_KNOWN_REDIRECTS: usize = 5;
 
 /// How to build a [`Dialer`].
 pub struct DialerSettings {
-    /// Bound on a whole request until its response head (bodies are read by the caller,
-    /// which bounds them itself).
+    /// Bound on a request until its response head. A media body may take far longer (its
+    /// reader bounds the time between bytes instead); a small answer read with
+    /// [`Dialer::read_small`] gets this much again, `.well-known` this much in all.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     /// PEM file with extra CA certificates to trust beside the built-in roots.
@@ -155,7 +156,10 @@ impl Lookups for NetworkLookups {
 
 /// The client for federation requests.
 pub struct Dialer {
+    /// No total timeout of its own: reqwest's would also cut a media body that streams
+    /// for longer. [`Dialer::send`] bounds the wait for the response head.
     http: reqwest::Client,
+    request_timeout: Duration,
     resolver: Arc<GuardedResolver>,
     discovery: Discovery<NetworkLookups>,
     policy: AddressPolicy,
@@ -177,14 +181,16 @@ impl Dialer {
             Some(path) => load_ca_file(path)?,
             None => Vec::new(),
         };
-        let base = |redirects: reqwest::redirect::Policy| {
+        let base = |redirects: reqwest::redirect::Policy, total: Option<Duration>| {
             let mut builder = reqwest::Client::builder()
                 .no_proxy()
                 .dns_resolver(Arc::new(SharedResolver(resolver.clone())))
                 .redirect(redirects)
-                .timeout(settings.request_timeout)
                 .connect_timeout(settings.connect_timeout)
                 .tls_built_in_root_certs(true);
+            if let Some(total) = total {
+                builder = builder.timeout(total);
+            }
             for cert in &extra_roots {
                 builder = builder.add_root_certificate(cert.clone());
             }
@@ -205,11 +211,13 @@ impl Dialer {
             }
         });
         let lookups = NetworkLookups {
-            http: base(well_known_redirects)?,
+            // A `.well-known` answer is small: one bound for the whole exchange.
+            http: base(well_known_redirects, Some(settings.request_timeout))?,
             dns,
         };
         Ok(Dialer {
-            http: base(reqwest::redirect::Policy::none())?,
+            http: base(reqwest::redirect::Policy::none(), None)?,
+            request_timeout: settings.request_timeout,
             resolver,
             discovery: Discovery::new(lookups),
             policy: settings.policy,
@@ -250,10 +258,7 @@ impl Dialer {
         if let Some(authorization) = authorization {
             request = request.header(AUTHORIZATION, authorization);
         }
-        request
-            .send()
-            .await
-            .map_err(|source| request_error(server_name, source))
+        self.send(server_name, request).await
     }
 
     /// `GET url` (a redirect target): the same address rules, no `Authorization`. Only
@@ -274,11 +279,37 @@ impl Dialer {
             ("https", None) => {}
             _ => return Err(Error::InvalidUrl(url.to_owned())),
         }
-        self.http
-            .get(parsed)
-            .send()
+        self.send(&host.to_string(), self.http.get(parsed)).await
+    }
+
+    /// Sends `request`, waiting at most `request_timeout` for the response head; the body
+    /// is the caller's to read (and to bound).
+    async fn send(
+        &self,
+        host: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        match tokio::time::timeout(self.request_timeout, request.send()).await {
+            Ok(sent) => sent.map_err(|source| request_error(host, source)),
+            Err(_) => Err(Error::Timeout {
+                host: host.to_owned(),
+                after: self.request_timeout,
+            }),
+        }
+    }
+
+    /// Reads a small answer (a key document, an error) of at most `limit` bytes, within
+    /// `request_timeout`: a peer that trickles it is cut off.
+    pub async fn read_small(
+        &self,
+        response: reqwest::Response,
+        limit: usize,
+    ) -> std::result::Result<bytes::Bytes, LimitedBodyError> {
+        tokio::time::timeout(self.request_timeout, read_limited(response, limit))
             .await
-            .map_err(|source| request_error(&host.to_string(), source))
+            .unwrap_or(Err(LimitedBodyError::TimedOut {
+                after: self.request_timeout,
+            }))
     }
 
     fn check_ip(&self, ip: IpAddr, host: &str) -> Result<()> {
@@ -370,6 +401,95 @@ mod tests {
                 "{url}"
             );
         }
+    }
+
+    /// A dialer that may reach loopback only (plain http to an IP literal, as `get_url`
+    /// allows for allow-listed addresses).
+    fn loopback_only(request_timeout: Duration) -> Dialer {
+        Dialer::new(DialerSettings {
+            request_timeout,
+            connect_timeout: Duration::from_secs(1),
+            extra_ca_file: None,
+            policy: Arc::new(|ip| ip.is_loopback()),
+        })
+        .unwrap()
+    }
+
+    /// A one-shot HTTP server on 127.0.0.1: after `head_after` it sends a response head
+    /// announcing `pieces` × `piece` bytes, then one piece every `gap`. Returns its URL.
+    async fn slow_server(
+        head_after: Duration,
+        piece: &'static [u8],
+        pieces: usize,
+        gap: Duration,
+    ) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            tokio::time::sleep(head_after).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                piece.len() * pieces
+            );
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for _ in 0..pieces {
+                tokio::time::sleep(gap).await;
+                if stream.write_all(piece).await.is_err() {
+                    return;
+                }
+            }
+        });
+        format!("http://127.0.0.1:{port}/media")
+    }
+
+    #[tokio::test]
+    async fn a_body_may_stream_for_longer_than_the_request_timeout() {
+        // The head comes at once; the body takes about three request timeouts.
+        let timeout = Duration::from_millis(300);
+        let url = slow_server(Duration::ZERO, b"0123456789", 9, Duration::from_millis(100)).await;
+        let dialer = loopback_only(timeout);
+        let mut response = dialer.get_url(&url).await.unwrap();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            body.extend_from_slice(&chunk);
+        }
+        assert_eq!(body, b"0123456789".repeat(9));
+    }
+
+    #[tokio::test]
+    async fn a_head_that_does_not_come_is_a_timeout() {
+        let timeout = Duration::from_millis(200);
+        let url = slow_server(Duration::from_secs(5), b"x", 1, Duration::ZERO).await;
+        let err = loopback_only(timeout).get_url(&url).await.unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_small_answer_trickled_past_the_timeout_is_cut_off() {
+        let timeout = Duration::from_millis(200);
+        let url = slow_server(Duration::ZERO, b"{}", 10, Duration::from_millis(100)).await;
+        let dialer = loopback_only(timeout);
+        let response = dialer.get_url(&url).await.unwrap();
+        assert!(matches!(
+            dialer.read_small(response, 1024).await,
+            Err(LimitedBodyError::TimedOut { .. })
+        ));
+        // One that arrives in time is read whole.
+        let url = slow_server(Duration::ZERO, b"{}", 2, Duration::from_millis(10)).await;
+        let response = dialer.get_url(&url).await.unwrap();
+        assert_eq!(
+            dialer.read_small(response, 1024).await.unwrap().as_ref(),
+            b"{}{}"
+        );
     }
 
     #[test]

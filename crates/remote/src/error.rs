@@ -26,6 +26,13 @@ pub enum Error {
         source: reqwest::Error,
     },
 
+    /// No response head within the request timeout.
+    #[error("{host} did not answer within {after:?}")]
+    Timeout {
+        host: String,
+        after: std::time::Duration,
+    },
+
     /// A `Location` or URL that is not an absolute `https://` (or `http://` where allowed) URL.
     #[error("invalid redirect target {0:?}")]
     InvalidUrl(String),
@@ -42,6 +49,10 @@ pub enum Error {
 impl Error {
     /// Whether the failure was a timeout (the web layer answers 504 instead of 502).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Error::Request { source, .. } if source.is_timeout())
+        match self {
+            Error::Timeout { .. } => true,
+            Error::Request { source, .. } => source.is_timeout(),
+            _ => false,
+        }
     }
 }

@@ -15,7 +15,6 @@ use mr_federation::{parse_key_document, ServerKeys, MAX_KEY_DOCUMENT_BYTES};
 use tracing::{debug, warn};
 
 use crate::dialer::Dialer;
-use crate::limited_body::read_limited;
 
 /// Servers whose keys are remembered at once.
 const MAX_CACHED_SERVERS: u64 = 10_000;
@@ -102,7 +101,7 @@ async fn fetch(dialer: &Dialer, server: &str, now: u64) -> Option<ServerKeys> {
             return None;
         }
     };
-    let body = match read_limited(response, MAX_KEY_DOCUMENT_BYTES).await {
+    let body = match dialer.read_small(response, MAX_KEY_DOCUMENT_BYTES).await {
         Ok(body) => body,
         Err(err) => {
             warn!(%server, error = %err, "cannot read the server's key document");

@@ -12,6 +12,8 @@ pub enum LimitedBodyError {
     TooLarge { limit: usize },
     #[error("reading the answer failed: {0}")]
     Read(#[from] reqwest::Error),
+    #[error("the answer did not arrive within {after:?}")]
+    TimedOut { after: std::time::Duration },
 }
 
 /// Reads the whole body if it is at most `limit` bytes; stops reading (and drops the

@@ -11,6 +11,9 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 
+/// The errcode of media created but not uploaded yet (504), also read from other servers.
+pub const NOT_YET_UPLOADED: &str = "M_NOT_YET_UPLOADED";
+
 /// An error as the Matrix client-server API describes it.
 #[derive(Debug, Clone)]
 pub struct MatrixError {
@@ -96,7 +99,7 @@ impl MatrixError {
     pub fn not_yet_uploaded() -> Self {
         Self::new(
             StatusCode::GATEWAY_TIMEOUT,
-            "M_NOT_YET_UPLOADED",
+            NOT_YET_UPLOADED,
             "The media has not been uploaded yet",
         )
     }

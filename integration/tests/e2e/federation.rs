@@ -288,6 +288,57 @@ fn media_over_federation_with_two_synapses() {
         "the federation thumbnail carries the same bytes"
     );
 
+    // 2c. An async upload over federation: our endpoint waits up to the asker's
+    //     `timeout_ms` for the bytes (504 M_NOT_YET_UPLOADED without them), so hs2's user,
+    //     asking before the bytes are there, gets them once they arrive.
+    let created: serde_json::Value = s
+        .https
+        .post(format!(
+            "{}/_matrix/media/v1/create",
+            s.hs1.federation_url()
+        ))
+        .bearer_auth(&alice)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let pending_id = crate::common::media_id_in(&created);
+    let pending_path = format!("/_matrix/federation/v1/media/download/{pending_id}?timeout_ms=0");
+    assert_eq!(
+        matrix_error(s.signed_get(&pending_path, &s.hs1.server_name, &pending_path)),
+        (504, "M_NOT_YET_UPLOADED".into())
+    );
+    let late_bytes = random_bytes(50_000);
+    let via_hs2 = std::thread::scope(|scope| {
+        let asking = scope.spawn(|| {
+            s.http
+                .get(format!(
+                    "{}/_matrix/client/v1/media/download/{}/{pending_id}?timeout_ms=20000",
+                    s.hs2.client_url(),
+                    s.hs1.server_name
+                ))
+                .bearer_auth(&bob)
+                .send()
+                .unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        let put = s
+            .https
+            .put(format!(
+                "{}/_matrix/media/v3/upload/{}/{pending_id}",
+                s.hs1.federation_url(),
+                s.hs1.server_name
+            ))
+            .bearer_auth(&alice)
+            .body(late_bytes.clone())
+            .send()
+            .unwrap();
+        assert_eq!(put.status(), 200);
+        asking.join().unwrap()
+    });
+    assert_eq!(via_hs2.status(), 200, "hs2 waited for the upload on A");
+    assert!(via_hs2.bytes().unwrap().as_ref() == late_bytes.as_slice());
+
     // 3. Our federation endpoint checks X-Matrix.
     let path = format!("/_matrix/federation/v1/media/download/{local_id}");
     let no_auth = s
@@ -567,6 +618,9 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
     let script_origin = origin_name.clone();
     let origin_key = Arc::new(SigningKey::from_seed("remote1", [9u8; 32]).unwrap());
     let script_key = origin_key.clone();
+    // "pending" is an async upload that is not there at the first request, then is.
+    let pending_asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let script_pending = pending_asked.clone();
     let remote = Remote::start(
         "127.0.0.1",
         Arc::new(move |path: &str| {
@@ -612,6 +666,16 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
             }
             match id {
                 "small" => multipart(Some(b"small bytes"), None),
+                "pending"
+                    if script_pending.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 =>
+                {
+                    (
+                        "504 Gateway Timeout".to_owned(),
+                        vec![("Content-Type".into(), "application/json".into())],
+                        br#"{"errcode":"M_NOT_YET_UPLOADED","error":"not yet"}"#.to_vec(),
+                    )
+                }
+                "pending" => multipart(Some(b"uploaded at last"), None),
                 "stalled" | "held" => multipart(Some(&stalled_bytes()), None),
                 "small-3" => multipart(Some(b"small bytes"), None),
                 "big" => multipart(Some(&vec![b'x'; 300_000]), None),
@@ -695,6 +759,25 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
 
     assert_eq!(body_of("small"), b"small bytes");
 
+    // An async upload still pending at its origin: the origin is told how long it may
+    // wait, its 504 M_NOT_YET_UPLOADED is passed on, and nothing is backed off: asked
+    // again, the origin is asked again and answers with the bytes.
+    assert_eq!(
+        matrix_error(get("pending")),
+        (504, "M_NOT_YET_UPLOADED".into())
+    );
+    assert_eq!(body_of("pending"), b"uploaded at last");
+    assert_eq!(remote.count("/pending"), 2);
+    assert!(
+        remote
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.ends_with("/pending?timeout_ms=10000")),
+        "half of federation.request_timeout_ms (20 s)"
+    );
+
     // Fetches running at once are capped: with one allowed (a held one),
     // a second media is refused with 429 and its origin is not asked.
     let one_at_a_time = MediaRepo::start(&repo_yaml(
@@ -765,11 +848,12 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
         .lock()
         .unwrap()
         .iter()
-        .any(|p| p.ends_with("/legacy?allow_remote=false&allow_redirect=true")));
+        .any(|p| p.ends_with("/legacy?allow_remote=false&allow_redirect=true&timeout_ms=10000")));
     assert_eq!(matrix_error(get("unknown")), (404, "M_NOT_FOUND".into()));
-    // Nothing of the refused ones was kept: only small, redirected and legacy are stored.
+    // Nothing of the refused ones was kept: only small, pending, redirected and legacy are
+    // stored.
     let media = repo.dir().join("media");
-    assert_eq!(count_files(&media) - count_files(&media.join("tmp")), 3);
+    assert_eq!(count_files(&media) - count_files(&media.join("tmp")), 4);
     assert_eq!(count_files(&media.join("tmp")), 0);
 
     // A broken origin: 502, then backed off: neither that media nor another one from the

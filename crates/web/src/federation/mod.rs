@@ -1,4 +1,5 @@
-//! Serving our media to other servers: `GET /_matrix/federation/v1/media/download/{id}`.
+//! Serving our media to other servers: `GET /_matrix/federation/v1/media/download/{id}`
+//! and `…/thumbnail/{id}`.
 //!
 //! The path names no server: the media is `mxc://<destination>/<id>`, where the destination
 //! comes from the request's X-Matrix header and must be one of our homeservers. The
@@ -17,7 +18,8 @@ use mr_federation::{parse_header, verify};
 use crate::error::{MatrixError, MatrixResult};
 use crate::headers::content_disposition;
 use crate::media::body::MediaBody;
-use crate::media::MediaRef;
+use crate::media::{download, MediaRef};
+use crate::query::{self, DownloadQuery};
 use crate::state::AppState;
 use multipart_body::MultipartFrames;
 
@@ -96,7 +98,9 @@ pub async fn media_thumbnail(
     multipart_answer(&state, &served, disposition, thumbnail.fresh).await
 }
 
-/// The X-Matrix-checked request's media: one of our homeservers' (never remote media).
+/// The X-Matrix-checked request's media: one of our homeservers' (never remote media),
+/// waiting up to the request's `timeout_ms` for an async upload still pending, as client
+/// downloads do (then 504 `M_NOT_YET_UPLOADED`).
 async fn our_media(
     req: &HttpRequest,
     state: &web::Data<AppState>,
@@ -104,13 +108,9 @@ async fn our_media(
 ) -> MatrixResult<std::sync::Arc<mr_storage::MediaRecord>> {
     let destination = authenticate(req, state).await?;
     let media = MediaRef::parse(&destination, media_id)?;
-    // Through the row cache, as client downloads (see `mr_storage::row_cache`).
-    let record = state
-        .db
-        .media_row(&media.origin, &media.media_id)
-        .await
-        .map_err(|err| MatrixError::internal("reading media metadata failed", &err))?
-        .ok_or_else(|| MatrixError::not_found("Media not found"))?;
+    let query: DownloadQuery = query::read(req)?;
+    let wait = download::wait_limit(&query, &state.config())?;
+    let record = download::find_media(state, &media, wait).await?;
     crate::media::quarantine::refuse_quarantined(&record)?;
     state.access.note(&record.origin, &record.media_id);
     Ok(record)

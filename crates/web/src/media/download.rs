@@ -92,7 +92,7 @@ pub async fn legacy_plain(
 }
 
 /// How long to wait for a created-but-not-uploaded media (`timeout_ms`).
-fn wait_limit(query: &DownloadQuery, config: &Config) -> MatrixResult<Duration> {
+pub(crate) fn wait_limit(query: &DownloadQuery, config: &Config) -> MatrixResult<Duration> {
     let asked = match &query.timeout_ms {
         None => config.downloads.default_timeout_ms,
         Some(text) => text
@@ -106,7 +106,7 @@ fn wait_limit(query: &DownloadQuery, config: &Config) -> MatrixResult<Duration> 
 
 /// The media's row (through the process's row cache: no query for a media served in the
 /// last `MEDIA_ROW_TTL`), waiting up to `wait` for a pending async upload to arrive.
-async fn find_media(
+pub(crate) async fn find_media(
     state: &AppState,
     media: &MediaRef,
     wait: Duration,

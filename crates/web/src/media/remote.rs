@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{now_ms, remote_shared, MediaRef};
-use crate::error::{MatrixError, MatrixResult};
+use crate::error::{MatrixError, MatrixResult, NOT_YET_UPLOADED};
 use crate::state::AppState;
 
 /// `Location` hops followed for one media.
@@ -268,6 +268,9 @@ impl RemoteMedia {
                 self.destination_failures.invalidate(&media.origin);
                 Ok(record)
             }
+            // Pending at its origin: the next request asks again (the origin said how long
+            // it waited), so nothing is backed off.
+            Err(failure) if failure.error.errcode == NOT_YET_UPLOADED => Err(failure.error),
             Err(failure) => {
                 self.remember_failure(
                     &self.media_failures,
@@ -498,6 +501,16 @@ async fn copy_shared(
     Ok(record)
 }
 
+/// The `timeout_ms` sent to an origin: how long it may wait for an async upload still
+/// pending there. Our default wait, but at most half of our wait for its answer, so that it
+/// answers 504 `M_NOT_YET_UPLOADED` (which we pass on) before we give up on it as down.
+fn origin_wait_ms(config: &mr_config::Config) -> u64 {
+    config
+        .downloads
+        .default_timeout_ms
+        .min(config.federation.request_timeout_ms / 2)
+}
+
 /// Fetches the media from its origin, stores it, and publishes it for the other repos.
 async fn fetch_from_origin(
     state: &actix_web::web::Data<AppState>,
@@ -508,7 +521,7 @@ async fn fetch_from_origin(
 ) -> FetchResult {
     let config = state.config();
     let dialer = state.remote.dialer()?;
-    let fetched = download(dialer, media, as_server, key).await?;
+    let fetched = download(dialer, media, as_server, key, origin_wait_ms(&config)).await?;
     let max_bytes = config.downloads.max_bytes;
     if fetched.declared_len.is_some_and(|len| len > max_bytes) {
         return Err(remote_too_large(max_bytes).into());
@@ -844,15 +857,20 @@ impl Tail {
     }
 }
 
-/// The federation endpoint, its redirects, and the legacy fallback.
+/// The federation endpoint, its redirects, and the legacy fallback; the origin may wait up
+/// to `wait_ms` for a pending async upload.
 async fn download(
     dialer: &Dialer,
     media: &MediaRef,
     as_server: &str,
     key: &SigningKey,
+    wait_ms: u64,
 ) -> Fetch<Fetched> {
     let origin = &media.origin;
-    let path = format!("/_matrix/federation/v1/media/download/{}", media.media_id);
+    let path = format!(
+        "/_matrix/federation/v1/media/download/{}?timeout_ms={wait_ms}",
+        media.media_id
+    );
     let authorization = sign_request(
         key,
         &RequestToSign {
@@ -896,25 +914,35 @@ async fn download(
             MediaResponse::Redirect { location, .. } => follow(dialer, origin, &location).await,
         };
     }
-    let errcode = error_code(response).await;
+    let errcode = error_code(dialer, response).await;
     if status == reqwest::StatusCode::NOT_FOUND && errcode.as_deref() == Some("M_UNRECOGNIZED")
         || status == reqwest::StatusCode::METHOD_NOT_ALLOWED
     {
-        return legacy_download(dialer, media).await;
+        return legacy_download(dialer, media, wait_ms).await;
     }
+    Err(refusal(origin, status, errcode.as_deref()))
+}
+
+/// What an origin's error answer means for our client: 404 is the media's absence, 504
+/// `M_NOT_YET_UPLOADED` an async upload still pending there (passed on as such), anything
+/// else the origin failing.
+fn refusal(origin: &str, status: reqwest::StatusCode, errcode: Option<&str>) -> FetchError {
     if status == reqwest::StatusCode::NOT_FOUND {
-        return Err(MatrixError::not_found("Media not found on its server").into());
+        return MatrixError::not_found("Media not found on its server").into();
+    }
+    if status == reqwest::StatusCode::GATEWAY_TIMEOUT && errcode == Some(NOT_YET_UPLOADED) {
+        return MatrixError::not_yet_uploaded().into();
     }
     warn!(%origin, %status, ?errcode, "remote refused the media download");
-    Err(origin_failed(origin, status))
+    origin_failed(origin, status)
 }
 
 /// `/_matrix/media/v3/download/{origin}/{id}?allow_remote=false&allow_redirect=true` for
 /// servers that predate the federation media endpoints. Unsigned: it is a public endpoint.
-async fn legacy_download(dialer: &Dialer, media: &MediaRef) -> Fetch<Fetched> {
+async fn legacy_download(dialer: &Dialer, media: &MediaRef, wait_ms: u64) -> Fetch<Fetched> {
     let origin = &media.origin;
     let path = format!(
-        "/_matrix/media/v3/download/{origin}/{}?allow_remote=false&allow_redirect=true",
+        "/_matrix/media/v3/download/{origin}/{}?allow_remote=false&allow_redirect=true&timeout_ms={wait_ms}",
         media.media_id
     );
     let response = dialer
@@ -961,11 +989,9 @@ async fn raw_answer(
                 .map_err(|err| remote_error(origin, &err))?;
             continue;
         }
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(MatrixError::not_found("Media not found on its server").into());
-        }
         if !status.is_success() {
-            return Err(origin_failed(origin, status));
+            let errcode = error_code(dialer, response).await;
+            return Err(refusal(origin, status, errcode.as_deref()));
         }
         return Ok(Fetched {
             content_type: header_text(&response, reqwest::header::CONTENT_TYPE),
@@ -989,8 +1015,9 @@ fn header_text(response: &reqwest::Response, name: reqwest::header::HeaderName) 
 }
 
 /// The `errcode` of a remote's JSON error, if it sent one.
-async fn error_code(response: reqwest::Response) -> Option<String> {
-    let body = mr_remote::read_limited(response, MAX_ERROR_BODY_BYTES)
+async fn error_code(dialer: &Dialer, response: reqwest::Response) -> Option<String> {
+    let body = dialer
+        .read_small(response, MAX_ERROR_BODY_BYTES)
         .await
         .ok()?;
     let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
