@@ -110,6 +110,17 @@ impl Stack {
         destination: &str,
         signed_path: &str,
     ) -> reqwest::blocking::Response {
+        self.signed_get_at(&self.repo, path, destination, signed_path)
+    }
+
+    /// [`Stack::signed_get`] to `repo`'s endpoint.
+    fn signed_get_at(
+        &self,
+        repo: &MediaRepo,
+        path: &str,
+        destination: &str,
+        signed_path: &str,
+    ) -> reqwest::blocking::Response {
         let key = SigningKey::from_file(self.hs2.signing_key_path()).unwrap();
         let header = sign_request(
             &key,
@@ -123,7 +134,7 @@ impl Stack {
         )
         .unwrap();
         self.http
-            .get(format!("{}{path}", self.repo.base_url()))
+            .get(format!("{}{path}", repo.base_url()))
             .header("Authorization", header)
             .send()
             .unwrap()
@@ -447,6 +458,52 @@ fn media_over_federation_with_two_synapses() {
     assert_eq!(matrix_error(refused).0, 502);
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(count_files(&untrusting.dir().join("media")), 0);
+
+    // 6. A media whose file is gone from the datastore (no cache to serve it from): 404
+    //    over federation, as on the client endpoint, not a 500.
+    let uncached = MediaRepo::start(&repo_yaml(
+        &s.hs1.server_name,
+        &s.hs1.client_url(),
+        &s.hs1.signing_key_path().display().to_string(),
+        &trusting(&s.ca),
+        "cache:\n  backend: none\n",
+    ))
+    .unwrap();
+    let lost_bytes = random_bytes(10_000);
+    let uploaded: serde_json::Value = s
+        .http
+        .post(format!("{}/_matrix/media/v3/upload", uncached.base_url()))
+        .bearer_auth(&alice)
+        .body(lost_bytes.clone())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let lost_id = crate::common::media_id_in(&uploaded);
+    let sha = sha256_hex(&lost_bytes);
+    let file = uncached
+        .dir()
+        .join("media")
+        .join(&sha[..2])
+        .join(&sha[2..4])
+        .join(&sha);
+    std::fs::remove_file(file).unwrap();
+    let lost_path = format!("/_matrix/federation/v1/media/download/{lost_id}");
+    assert_eq!(
+        matrix_error(s.signed_get_at(&uncached, &lost_path, &s.hs1.server_name, &lost_path)),
+        (404, "M_NOT_FOUND".into())
+    );
+    let client = s
+        .http
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{}/{lost_id}",
+            uncached.base_url(),
+            s.hs1.server_name
+        ))
+        .bearer_auth(&alice)
+        .send()
+        .unwrap();
+    assert_eq!(matrix_error(client), (404, "M_NOT_FOUND".into()));
 }
 
 /// A small remote server for what Synapse cannot be made to do: plain HTTP behind a TLS

@@ -127,7 +127,7 @@ async fn multipart_answer(
     let size = record.size_bytes;
     let body = match fresh {
         Some(bytes) => MediaBody::in_memory(state.clone(), bytes, 0, size.saturating_sub(1)),
-        None => MediaBody::open(
+        None => match MediaBody::open(
             state.clone(),
             &record.sha256,
             &record.location,
@@ -136,7 +136,11 @@ async fn multipart_answer(
             size.saturating_sub(1),
         )
         .await
-        .map_err(|err| MatrixError::internal("opening media content failed", &err))?,
+        {
+            Ok(body) => body,
+            // A file gone from the datastore is 404, as on the client endpoints.
+            Err(err) => return Err(download::open_failed(state, record, err).await),
+        },
     };
     let frames = MultipartFrames::new(
         &record.content_type,

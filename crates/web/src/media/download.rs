@@ -269,6 +269,19 @@ pub async fn locate(
     Ok(Located::Stored(record))
 }
 
+/// The answer when `record`'s bytes cannot be opened: 404 when its file is gone (see
+/// [`file_missing`]), else 500.
+pub(crate) async fn open_failed(
+    state: &AppState,
+    record: &MediaRecord,
+    err: mr_storage::Error,
+) -> MatrixError {
+    match err {
+        mr_storage::Error::NotFound { .. } => file_missing(state, record).await,
+        other => MatrixError::internal("opening media content failed", &other),
+    }
+}
+
 /// The answer when `record`'s file is not in the datastore. The row may be a cached copy
 /// from before another process purged the media (`MEDIA_ROW_TTL`): it is forgotten, and
 /// only a row the database still holds is worth an ERROR.
@@ -362,13 +375,7 @@ pub async fn respond_with(
     };
     let mut body = match opened {
         Ok(body) => body,
-        Err(mr_storage::Error::NotFound { .. }) => return Err(file_missing(state, record).await),
-        Err(other) => {
-            return Err(MatrixError::internal(
-                "opening media content failed",
-                &other,
-            ))
-        }
+        Err(err) => return Err(open_failed(state, record, err).await),
     };
     Ok(match body.take_ready() {
         Some(bytes) => response.body(bytes),
