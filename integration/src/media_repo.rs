@@ -193,6 +193,18 @@ impl MediaRepo {
         &self.dir
     }
 
+    /// Where the file datastore in `DIR/media` (as the tests configure it) keeps `bytes`:
+    /// content-addressed by SHA-256, `media/ab/cd/abcd…`.
+    pub fn content_file(&self, bytes: &[u8]) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let sha = hex::encode(Sha256::digest(bytes));
+        self.dir
+            .join("media")
+            .join(&sha[..2])
+            .join(&sha[2..4])
+            .join(&sha)
+    }
+
     /// `DIR/config.yaml`
     pub fn config_path(&self) -> PathBuf {
         self.dir.join(CONFIG_FILE)

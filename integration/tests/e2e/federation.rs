@@ -82,6 +82,18 @@ impl Stack {
         }
     }
 
+    /// Another media-repo for hs1 like A (not behind hs1's nginx), with `extra` config.
+    fn another_repo(&self, extra: &str) -> MediaRepo {
+        MediaRepo::start(&repo_yaml(
+            &self.hs1.server_name,
+            &self.hs1.client_url(),
+            &self.hs1.signing_key_path().display().to_string(),
+            &trusting(&self.ca),
+            extra,
+        ))
+        .unwrap()
+    }
+
     /// Uploads on `hs`'s own client API; returns the media id.
     fn upload_on(&self, hs: &FederatingSynapse, token: &str, bytes: &[u8]) -> String {
         let body: serde_json::Value = self
@@ -179,14 +191,7 @@ fn media_over_federation_with_two_synapses() {
             "the second download is served from A's copy"
         );
     }
-    let sha = sha256_hex(&remote_bytes);
-    let stored = s
-        .repo
-        .dir()
-        .join("media")
-        .join(&sha[..2])
-        .join(&sha[2..4])
-        .join(&sha);
+    let stored = s.repo.content_file(&remote_bytes);
     assert_eq!(std::fs::read(&stored).unwrap(), remote_bytes);
 
     // 2. hs2 fetches media uploaded through A over A's federation endpoint (through nginx
@@ -404,14 +409,7 @@ fn media_over_federation_with_two_synapses() {
         .unwrap();
     assert_eq!(frozen.status(), 404);
     //    With it off: allow_remote=false never fetches, and without it the legacy path does.
-    let unfrozen = MediaRepo::start(&repo_yaml(
-        &s.hs1.server_name,
-        &s.hs1.client_url(),
-        &s.hs1.signing_key_path().display().to_string(),
-        &trusting(&s.ca),
-        "downloads:\n  legacy_freeze:\n    enabled: false\n",
-    ))
-    .unwrap();
+    let unfrozen = s.another_repo("downloads:\n  legacy_freeze:\n    enabled: false\n");
     let no_remote = s
         .http
         .get(format!(
@@ -461,14 +459,7 @@ fn media_over_federation_with_two_synapses() {
 
     // 6. A media whose file is gone from the datastore (no cache to serve it from): 404
     //    over federation, as on the client endpoint, not a 500.
-    let uncached = MediaRepo::start(&repo_yaml(
-        &s.hs1.server_name,
-        &s.hs1.client_url(),
-        &s.hs1.signing_key_path().display().to_string(),
-        &trusting(&s.ca),
-        "cache:\n  backend: none\n",
-    ))
-    .unwrap();
+    let uncached = s.another_repo("cache:\n  backend: none\n");
     let lost_bytes = random_bytes(10_000);
     let uploaded: serde_json::Value = s
         .http
@@ -480,14 +471,7 @@ fn media_over_federation_with_two_synapses() {
         .json()
         .unwrap();
     let lost_id = crate::common::media_id_in(&uploaded);
-    let sha = sha256_hex(&lost_bytes);
-    let file = uncached
-        .dir()
-        .join("media")
-        .join(&sha[..2])
-        .join(&sha[2..4])
-        .join(&sha);
-    std::fs::remove_file(file).unwrap();
+    std::fs::remove_file(uncached.content_file(&lost_bytes)).unwrap();
     let lost_path = format!("/_matrix/federation/v1/media/download/{lost_id}");
     assert_eq!(
         matrix_error(s.signed_get_at(&uncached, &lost_path, &s.hs1.server_name, &lost_path)),

@@ -55,14 +55,7 @@ fn number_after(out: &str, prefix: &str) -> u64 {
 }
 
 fn object_path(s: &Stack, bytes: &[u8]) -> std::path::PathBuf {
-    use sha2::{Digest, Sha256};
-    let sha = hex::encode(Sha256::digest(bytes));
-    s.repo
-        .dir()
-        .join("media")
-        .join(&sha[..2])
-        .join(&sha[2..4])
-        .join(&sha)
+    s.repo.content_file(bytes)
 }
 
 fn assert_serves(s: &Stack, server: &str, id: &str, bytes: &[u8]) {
@@ -383,16 +376,7 @@ fn remote_media_is_purged_by_last_access() {
     );
     assert_eq!(number_after(&out, "purged "), 1, "{out}");
     assert_eq!(number_after(&out, "deleted "), 1, "{out}");
-    let stored = |bytes: &[u8]| {
-        use sha2::{Digest, Sha256};
-        let sha = hex::encode(Sha256::digest(bytes));
-        repo.dir()
-            .join("media")
-            .join(&sha[..2])
-            .join(&sha[2..4])
-            .join(&sha)
-            .exists()
-    };
+    let stored = |bytes: &[u8]| repo.content_file(bytes).exists();
     assert!(
         !stored(&idle_bytes),
         "not downloaded since the cutoff: purged"

@@ -60,15 +60,7 @@ impl Shared {
     }
 
     fn stored_in(repo: &MediaRepo, bytes: &[u8]) -> Option<Vec<u8>> {
-        let sha = hex::encode(Sha256::digest(bytes));
-        std::fs::read(
-            repo.dir()
-                .join("media")
-                .join(&sha[..2])
-                .join(&sha[2..4])
-                .join(&sha),
-        )
-        .ok()
+        std::fs::read(repo.content_file(bytes)).ok()
     }
 }
 
