@@ -915,6 +915,52 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
     assert_eq!(remote.count("/small-2"), 0);
     assert!(started.elapsed() < Duration::from_secs(5));
 
+    // The metrics tell each of these fetches by how it ended, and the back-offs.
+    let metric = |name: &str| repo.metric_value(name).unwrap_or(-1.0);
+    for (outcome, count) in [
+        ("stored", 4.0), // small, pending, redirected, legacy
+        ("not_found", 1.0),
+        ("not_yet_uploaded", 1.0),
+        ("too_large", 1.0),
+        ("timeout", 0.0),
+        ("failed", 3.0), // malformed, forbidden, broken
+        ("error", 0.0),
+    ] {
+        assert_eq!(
+            metric(&format!(
+                "media_repo_remote_fetches_total{{outcome=\"{outcome}\"}}"
+            )),
+            count,
+            "{outcome}"
+        );
+    }
+    let stored_bytes = [
+        "small bytes",
+        "uploaded at last",
+        "raw bytes of redirected",
+        "legacy bytes",
+    ]
+    .iter()
+    .map(|b| b.len())
+    .sum::<usize>();
+    assert_eq!(
+        metric("media_repo_remote_stored_bytes_total{source=\"origin\"}"),
+        stored_bytes as f64
+    );
+    assert_eq!(
+        metric("media_repo_remote_stored_bytes_total{source=\"shared_cache\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric("media_repo_remote_backoff_refusals_total{scope=\"media\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric("media_repo_remote_backoff_refusals_total{scope=\"origin\"}"),
+        1.0
+    );
+    assert_eq!(metric("media_repo_remote_fetches_in_flight"), 0.0);
+
     // A request for our media signed by an origin whose key document has expired: 401.
     let ours = crate::common::users();
     let uploaded: serde_json::Value = http

@@ -113,6 +113,27 @@ fn remote_media_is_fetched_once_for_repos_sharing_the_shards() {
         Shared::stored_in(&s.b, &bytes).as_deref(),
         Some(bytes.as_slice())
     );
+    // The metrics say the same: one repo stored the bytes from hs2, the other from the
+    // shared cache (counted once each row is written, which a streamed answer may precede).
+    let stored_from = |source: &str| -> f64 {
+        [&s.a, &s.b]
+            .iter()
+            .map(|repo| {
+                repo.metric_value(&format!(
+                    "media_repo_remote_stored_bytes_total{{source=\"{source}\"}}"
+                ))
+                .unwrap_or(0.0)
+            })
+            .sum()
+    };
+    wait_until(
+        "both repos to count their stored bytes",
+        LOG_TIMEOUT,
+        || stored_from("origin") + stored_from("shared_cache") >= 2.0 * bytes.len() as f64,
+    )
+    .unwrap();
+    assert_eq!(stored_from("origin"), bytes.len() as f64);
+    assert_eq!(stored_from("shared_cache"), bytes.len() as f64);
 
     // A blob that lost a chunk in the cache is never stored wrong: B fetches it itself.
     let damaged = random_bytes(3 * 1024 * 1024 + 7);

@@ -6,6 +6,7 @@ pub mod download;
 pub mod early_thumbnails;
 pub mod quarantine;
 pub mod remote;
+pub mod remote_metrics;
 pub mod remote_shared;
 pub mod row_headers;
 pub mod slots;

@@ -34,6 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::remote_metrics::{self, Scope, Source};
 use super::{now_ms, remote_shared, MediaRef};
 use crate::error::{MatrixError, MatrixResult, NOT_YET_UPLOADED};
 use crate::state::AppState;
@@ -183,6 +184,7 @@ impl RemoteMedia {
                 None
             }
         };
+        remote_metrics::register();
         RemoteMedia {
             dialer,
             keys: KeyStore::default(),
@@ -224,9 +226,11 @@ impl RemoteMedia {
             return Err(MatrixError::not_found("Media not found"));
         }
         if let Some(failure) = self.remembered_failure(&self.media_failures, &mxc) {
+            remote_metrics::backed_off(Scope::Media);
             return Err(failure);
         }
         if let Some(failure) = self.remembered_failure(&self.destination_failures, &media.origin) {
+            remote_metrics::backed_off(Scope::Origin);
             return Err(failure);
         }
         if self.in_flight.len() >= max_fetches {
@@ -242,7 +246,9 @@ impl RemoteMedia {
         let (progress, receiver) = watch::channel(FetchProgress::default());
         entry.insert(receiver.clone());
         let (state, media, as_server) = (state.clone(), media.clone(), as_server.to_owned());
+        let running = remote_metrics::Running::start();
         tokio::spawn(async move {
+            let _running = running;
             // Whatever happens to this task (even a panic), the next request starts afresh;
             // waiters of a task that died see its channel close and answer 500.
             let _entry = InFlightEntry {
@@ -253,7 +259,12 @@ impl RemoteMedia {
             let stored = state.db.get_media(&media.origin, &media.media_id).await;
             let result = match stored {
                 Ok(Some(record)) => Ok(record),
-                _ => fetch_and_store(&state, &media, &as_server, &key, &progress).await,
+                _ => {
+                    let fetched =
+                        fetch_and_store(&state, &media, &as_server, &key, &progress).await;
+                    remote_metrics::fetch_ended(fetched.as_ref().err().map(|f| &f.error));
+                    fetched
+                }
             };
             let outcome = state.remote.finish(&media, result);
             progress.send_modify(|p| p.outcome = Some(outcome));
@@ -498,6 +509,7 @@ async fn copy_shared(
         .await
         .map_err(|err| err.error.message.to_string())?;
     info!(mxc = %media.mxc(), size = object.size, "remote media copied from the shared cache");
+    remote_metrics::stored(Source::SharedCache, object.size);
     Ok(record)
 }
 
@@ -550,6 +562,7 @@ async fn fetch_from_origin(
     .await?;
     let record = record_row(state, media, head, &object, claim).await?;
     info!(mxc = %media.mxc(), size = object.size, "remote media fetched");
+    remote_metrics::stored(Source::Origin, object.size);
     if let Ok(file) = state.datastore.open(&record.location).await {
         let shared = remote_shared::SharedRecord {
             sha256: record.sha256.clone(),
