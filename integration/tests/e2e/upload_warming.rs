@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use integration::wait_until;
-use sha2::{Digest, Sha256};
 
 use crate::common::{matrix_error, random_bytes, users, Options, Stack};
 
@@ -30,14 +29,7 @@ fn stored_blobs(s: &Stack) -> f64 {
 /// Uploads `bytes` with the pause before the row and removes the stored file during it;
 /// returns `(server, media_id)` once the upload answered.
 fn upload_and_remove_its_file(s: &Stack, bytes: Vec<u8>) -> (String, String) {
-    let sha256 = hex::encode(Sha256::digest(&bytes));
-    let file: PathBuf = s
-        .repo
-        .dir()
-        .join("media")
-        .join(&sha256[0..2])
-        .join(&sha256[2..4])
-        .join(&sha256);
+    let file: PathBuf = s.repo.content_file(&bytes);
     let request = s
         .http
         .post(s.url("/_matrix/media/v3/upload"))
