@@ -58,6 +58,22 @@ const MAX_ERROR_BODY_BYTES: usize = 16 * 1024;
 
 type FetchResult = Result<MediaRecord, FetchError>;
 
+/// A remote media body may arrive as slowly as it likes for this long (bounded only by
+/// `federation.idle_timeout_ms` between bytes)...
+const SLOW_BODY_GRACE: Duration = Duration::from_secs(60);
+/// ...and must then keep up at least this average rate over the time since: a peer that
+/// trickles bytes just often enough to dodge the idle timeout cannot hold one of the
+/// `federation.max_concurrent_fetches` slots for ever. (256 KiB/s: 100 MiB within 7 min 40 s.)
+const MIN_BODY_BYTES_PER_SEC: f64 = 256.0 * 1024.0;
+
+/// Whether a body that delivered `received` bytes in `elapsed` is too slow to go on with.
+fn too_slow(elapsed: Duration, received: u64) -> bool {
+    let Some(after_grace) = elapsed.checked_sub(SLOW_BODY_GRACE) else {
+        return false;
+    };
+    (received as f64) < after_grace.as_secs_f64() * MIN_BODY_BYTES_PER_SEC
+}
+
 /// Read size when serving a fetch in progress from its temp file.
 const TAIL_READ_CHUNK: usize = 64 * 1024;
 
@@ -658,25 +674,35 @@ async fn store(
         .datastore
         .writer(max_bytes)
         .map_err(|err| MatrixError::internal("opening a datastore temp file failed", &err))?;
+    let stalled = |what: &str| {
+        let mut e = MatrixError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "M_UNKNOWN",
+            format!("The server {origin} {what}"),
+        );
+        e.retry_after_secs = Some(MEDIA_BACKOFF_START.as_secs());
+        FetchError {
+            error: e,
+            origin_down: true,
+        }
+    };
+    let started = Instant::now();
+    let mut total = 0u64;
     let received: Fetch<()> = async {
         loop {
-            let next = tokio::time::timeout(idle, body.next()).await.map_err(|_| {
-                let mut e = MatrixError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "M_UNKNOWN",
-                    format!("The server {origin} stopped sending the media"),
-                );
-                e.retry_after_secs = Some(MEDIA_BACKOFF_START.as_secs());
-                FetchError {
-                    error: e,
-                    origin_down: true,
-                }
-            })?;
+            let next = tokio::time::timeout(idle, body.next())
+                .await
+                .map_err(|_| stalled("stopped sending the media"))?;
             let Some(chunk) = next else { return Ok(()) };
             let chunk = chunk.map_err(|why| {
                 warn!(%origin, error = %why, "remote media body failed");
                 bad_gateway(format!("The server {origin} sent a broken answer"))
             })?;
+            total += chunk.len() as u64;
+            if too_slow(started.elapsed(), total) {
+                warn!(%origin, bytes = total, secs = started.elapsed().as_secs(), "remote media arrives too slowly; abandoned");
+                return Err(stalled("sends the media too slowly"));
+            }
             writer.write(chunk).await.map_err(|err| match err {
                 mr_storage::Error::TooLarge { .. } => remote_too_large(max_bytes),
                 other => MatrixError::internal("writing remote media failed", &other),
@@ -1035,4 +1061,23 @@ async fn error_code(dialer: &Dialer, response: reqwest::Response) -> Option<Stri
         .ok()?;
     let json: serde_json::Value = serde_json::from_slice(&body).ok()?;
     json.get("errcode")?.as_str().map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_too_slow_only_after_the_grace_and_below_the_rate() {
+        let rate = MIN_BODY_BYTES_PER_SEC as u64;
+        // Within the grace, however little arrived.
+        assert!(!too_slow(SLOW_BODY_GRACE, 0));
+        assert!(!too_slow(Duration::from_secs(1), 1));
+        // Ten seconds past it: ten seconds' worth at the floor rate is enough, less is not.
+        let later = SLOW_BODY_GRACE + Duration::from_secs(10);
+        assert!(!too_slow(later, 10 * rate));
+        assert!(too_slow(later, 10 * rate - 1));
+        // A trickle of one byte per idle timeout is cut off soon after the grace.
+        assert!(too_slow(SLOW_BODY_GRACE + Duration::from_secs(1), 5));
+    }
 }
