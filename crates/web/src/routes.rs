@@ -41,6 +41,8 @@ pub enum Read {
     FederationThumbnail,
     /// `/_synapse/admin/v1/users/{user_id}/media`: admins only.
     AdminUserMedia,
+    /// `/_synapse/admin/v1/media/{server}/{media_id}`: admins only.
+    AdminMediaInfo,
     Metrics,
     CacheStatus,
 }
@@ -162,6 +164,7 @@ fn read_routes(resource: actix_web::Resource, read: Read) -> actix_web::Resource
         Read::LegacyThumbnail => get_and_head(media::thumbnail::legacy),
         Read::FederationThumbnail => get_and_head(crate::federation::media_thumbnail),
         Read::AdminUserMedia => get_and_head(crate::admin::synapse::user_media),
+        Read::AdminMediaInfo => get_and_head(crate::admin::synapse::media_info),
         Read::Metrics => get_and_head(metrics::render),
         Read::CacheStatus => get_and_head(health::cache_status),
     };
@@ -222,6 +225,9 @@ fn register_plain_reads(cfg: &mut web::ServiceConfig) {
 /// The public listener: media API, health and readiness. No operator endpoint.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     register_plain_reads(cfg);
+    // The admin POST routes first: the admin read `media/{server}/{media_id}` would also
+    // match `media/protect/{media_id}` and answer its POST with 405.
+    crate::admin::configure(cfg);
     register_reads(cfg, Listener::Public);
     for version in ["v3", "r0"] {
         let legacy = format!("/_matrix/media/{version}");
@@ -237,7 +243,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     serve(cfg, "/_matrix/media/v1/create", |resource| {
         resource.route(web::post().to(upload::create))
     });
-    crate::admin::configure(cfg);
     cfg.default_service(TrackRoute::new(UNMATCHED).around(web::to(unknown_path)));
 }
 

@@ -375,14 +375,16 @@ fn quarantine_reaches_every_shard_of_two_repos() {
 }
 
 /// The JSON's shape: keys and value types, not values (arrays by their first element).
-/// Synapse on SQLite answers `authenticated` as the integer 1 (on Postgres `true`): both
-/// count as a bool here.
+/// Synapse on SQLite answers `authenticated` (and, in a media's info,
+/// `safe_from_quarantine`) as the integer 1 (on Postgres `true`): both count as a bool here.
 fn shape(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| match (k.as_str(), v) {
-                    ("authenticated", Value::Number(_)) => (k.clone(), json!("bool")),
+                    ("authenticated" | "safe_from_quarantine", Value::Number(_)) => {
+                        (k.clone(), json!("bool"))
+                    }
                     _ => (k.clone(), shape(v)),
                 })
                 .collect(),
@@ -539,4 +541,43 @@ fn admin_api_checks_admins_and_answers_like_synapse() {
         Some(&admin2),
     );
     assert_eq!(matrix_error(bad), matrix_error(bad_reference));
+
+    // One media's info: ours in Synapse's shape; unknown media 404 on both; admins only.
+    let info = |base: &str, token: &str, server: &str, id: &str| {
+        get(base, &format!("{synapse}/media/{server}/{id}"), Some(token))
+    };
+    let mine = info(&a, &admin, &hs1, &ours[0]);
+    let reference = info(&b2, &admin2, &hs2, &theirs[0]);
+    assert_eq!(mine.status(), 200);
+    assert_eq!(reference.status(), 200);
+    let (mine, reference): (Value, Value) = (mine.json().unwrap(), reference.json().unwrap());
+    assert_eq!(shape(&mine), shape(&reference), "{mine} vs {reference}");
+    let mine = &mine["media_info"];
+    assert_eq!(mine["media_id"], ours[0].as_str());
+    assert_eq!(mine["user_id"], format!("@alice:{hs1}"));
+    assert_eq!(mine["media_type"], "image/png");
+    let bytes = picture(20, 20, ImageFormat::Png);
+    assert_eq!(mine["media_length"], bytes.len());
+    assert_eq!(mine["sha256"], sha256_hex(&bytes));
+    assert_eq!(mine["safe_from_quarantine"], true, "protected above");
+    assert_eq!(
+        matrix_error(info(&a, &admin, &hs1, "NoSuchMedia")),
+        matrix_error(info(&b2, &admin2, &hs2, "NoSuchMedia"))
+    );
+    assert_eq!(
+        matrix_error(info(&a, &alice, &hs1, &ours[0])),
+        (403, "M_FORBIDDEN".into())
+    );
+    //    Another server's media A keeps: its origin, no uploader, its file. (The one
+    //    media of hs2's alice protected from her quarantine above.)
+    assert_eq!(s.download(&s.a, &alice, &hs2, &theirs[0]).status(), 200);
+    let remote = info(&a, &admin, &hs2, &theirs[0]);
+    assert_eq!(remote.status(), 200);
+    let remote: Value = remote.json().unwrap();
+    let remote = &remote["media_info"];
+    assert_eq!(remote["media_origin"], hs2.as_str());
+    assert_eq!(remote["user_id"], Value::Null);
+    assert_eq!(remote["safe_from_quarantine"], Value::Null);
+    assert!(remote["filesystem_id"].is_string(), "{remote}");
+    assert_eq!(remote["sha256"], sha256_hex(&bytes));
 }

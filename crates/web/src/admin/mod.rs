@@ -8,9 +8,10 @@
 //! * `own.rs`: `/_media_repo/v1/admin/...`, the same and what Synapse lacks (quarantine by
 //!   origin server and by content hash, and lifting those).
 //!
-//! POST routes are registered by [`configure`]; the one GET (`users/{user_id}/media`) is in
-//! the route table (`routes::get_routes`) like every read, and [`add_writes`] adds the
-//! other methods of such a path to its resource.
+//! POST routes are registered by [`configure`] (before the reads: see `routes::configure`);
+//! the GETs (`users/{user_id}/media`, `media/{server}/{media_id}`) are in the route table
+//! (`routes::get_routes`) like every read, and [`add_writes`] adds the other methods of
+//! such a path (DELETE) to its resource.
 
 pub mod auth;
 pub mod own;
@@ -112,10 +113,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// The admin GET paths of the route table.
 pub fn get_routes() -> Vec<(String, Read)> {
-    vec![(
-        format!("{SYNAPSE_ADMIN}/users/{{user_id}}/media"),
-        Read::AdminUserMedia,
-    )]
+    vec![
+        (
+            format!("{SYNAPSE_ADMIN}/users/{{user_id}}/media"),
+            Read::AdminUserMedia,
+        ),
+        (
+            format!("{SYNAPSE_ADMIN}/media/{{server}}/{{media_id}}"),
+            Read::AdminMediaInfo,
+        ),
+    ]
 }
 
 /// Adds the non-GET methods of an admin read's path to its resource (one resource per
@@ -123,6 +130,7 @@ pub fn get_routes() -> Vec<(String, Read)> {
 pub fn add_writes(read: Read, resource: actix_web::Resource) -> actix_web::Resource {
     match read {
         Read::AdminUserMedia => resource.route(web::delete().to(purge::synapse_delete_user_media)),
+        Read::AdminMediaInfo => resource.route(web::delete().to(purge::synapse_delete_media)),
         _ => resource,
     }
 }

@@ -28,16 +28,11 @@ const DEFAULT_LIMIT: u64 = 100;
 /// Dec 1970 in milliseconds, Aug 2920 in seconds).
 const EARLIEST_BEFORE_TS_MS: i64 = 30_000_000_000;
 
-/// Registers the purge routes that are not another route's other method (the user media
-/// DELETE joins its GET's resource, see `admin::add_writes`). After the quarantine routes:
-/// `media/{server}/{media_id}` would also match `media/protect/{media_id}`.
+/// Registers the purge routes that are not another route's other method (the DELETEs of
+/// a user's media and of one media join their GETs' resources, see `admin::add_writes`).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let (s, o) = (SYNAPSE_ADMIN, OWN_ADMIN);
-    let routes: [(String, actix_web::Route); 6] = [
-        (
-            format!("{s}/media/{{server}}/{{media_id}}"),
-            web::delete().to(synapse_delete_media),
-        ),
+    let routes: [(String, actix_web::Route); 5] = [
         (
             format!("{s}/purge_media_cache"),
             web::post().to(synapse_purge_media_cache),

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::{db_error, local_user, require_admin};
 use crate::error::{MatrixError, MatrixResult};
-use crate::media::MediaRef;
+use crate::media::{download, MediaRef};
 use crate::query::{self, PageQuery};
 use crate::state::AppState;
 
@@ -150,8 +150,9 @@ pub async fn user_media(
         .await
         .map_err(db_error)?;
     let returned = page.len() as u64;
+    let config = state.config();
     let mut body = json!({
-        "media": page.iter().map(synapse_media).collect::<Vec<Value>>(),
+        "media": page.iter().map(|m| synapse_media(m, &config)).collect::<Vec<Value>>(),
         "total": total,
     });
     if from.saturating_add(limit) < total {
@@ -160,8 +161,47 @@ pub async fn user_media(
     Ok(HttpResponse::Ok().json(body))
 }
 
-/// One media as Synapse's `LocalMedia` attributes.
-fn synapse_media(m: &MediaRecord) -> Value {
+/// `GET /_synapse/admin/v1/media/{server}/{media_id}` → `{"media_info": {...}}`: one of
+/// our homeservers' media, or another server's media we keep, as Synapse's
+/// `QueryMediaById` answers (404 "Unknown media" for neither).
+pub async fn media_info(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> MatrixResult<HttpResponse> {
+    require_admin(&req, &state).await?;
+    let (server, media_id) = path.into_inner();
+    let media = MediaRef::parse(&server, &media_id)?;
+    let record = state
+        .db
+        .get_media(&media.origin, &media.media_id)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| MatrixError::not_found("Unknown media"))?;
+    let last_access_ms = state
+        .db
+        .last_access_ms(&media.origin, &media.media_id)
+        .await
+        .map_err(db_error)?;
+    let config = state.config();
+    let mut info = synapse_media(&record, &config);
+    info["last_access_ts"] = json!(last_access_ms);
+    if download::is_ours(&config, &record.origin) {
+        info["media_origin"] = Value::Null;
+        info["filesystem_id"] = Value::Null;
+    } else {
+        // Synapse's remote media fields: no uploader, no protection, its file's name.
+        info["media_origin"] = json!(record.origin);
+        info["user_id"] = Value::Null;
+        info["safe_from_quarantine"] = Value::Null;
+        info["filesystem_id"] = json!(record.location);
+    }
+    Ok(HttpResponse::Ok().json(json!({ "media_info": info })))
+}
+
+/// One media as Synapse's `LocalMedia` attributes; `authenticated`: served only on the
+/// authenticated endpoints (the legacy freeze covers it).
+fn synapse_media(m: &MediaRecord, config: &mr_config::Config) -> Value {
     json!({
         "media_id": m.media_id,
         "media_type": m.content_type,
@@ -169,12 +209,13 @@ fn synapse_media(m: &MediaRecord) -> Value {
         "upload_name": m.upload_name,
         "created_ts": m.created_at_ms,
         "url_cache": null,
-        // Synapse answers null until a media is downloaded; no access time is kept here.
+        // Synapse answers null until a media is downloaded; lists do not read the access
+        // times (`media_info` does).
         "last_access_ts": null,
         "quarantined_by": m.quarantined_by,
         "safe_from_quarantine": m.safe_from_quarantine,
         "user_id": m.user_id,
-        "authenticated": true,
+        "authenticated": download::is_frozen(config, m),
         "sha256": m.sha256,
     })
 }

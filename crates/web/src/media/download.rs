@@ -146,7 +146,7 @@ pub(crate) async fn find_media(
 }
 
 /// Whether `origin` is one of the homeservers this repo serves (its media is never fetched).
-fn is_ours(config: &Config, origin: &str) -> bool {
+pub(crate) fn is_ours(config: &Config, origin: &str) -> bool {
     config
         .homeservers
         .iter()
@@ -160,7 +160,7 @@ fn may_fetch_for_legacy(query: &DownloadQuery, config: &Config) -> bool {
 }
 
 /// Legacy paths only serve media that arrived before the freeze.
-fn is_frozen(config: &Config, record: &MediaRecord) -> bool {
+pub(crate) fn is_frozen(config: &Config, record: &MediaRecord) -> bool {
     let freeze = &config.downloads.legacy_freeze;
     freeze.enabled
         && freeze
