@@ -799,6 +799,17 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
     };
 
     assert_eq!(body_of("small"), b"small bytes");
+    // The fetch runs on its own task; its log lines name the media and the request.
+    let logs = repo.logs();
+    let fetched = logs
+        .lines()
+        .find(|line| line.contains("remote media fetched"))
+        .expect("the fetch is logged");
+    assert!(
+        fetched.contains(&format!("remote_fetch{{mxc=mxc://{origin}/small"))
+            && fetched.contains("request{"),
+        "{fetched}"
+    );
 
     // An async upload still pending at its origin: the origin is told how long it may
     // wait, its 504 M_NOT_YET_UPLOADED is passed on, and nothing is backed off: asked

@@ -213,6 +213,25 @@ fn one_generation_for_many_requests_and_the_same_bytes_everywhere() {
         })
         .unwrap();
     settle(&s);
+    // Pre-generation runs on after the upload was answered; its log lines name the media.
+    s.repo
+        .wait_for(
+            "pre-generation to be logged",
+            Duration::from_secs(10),
+            || s.repo.logs().contains("thumbnails pre-generated"),
+        )
+        .unwrap();
+    let logs = s.repo.logs();
+    let done = logs
+        .lines()
+        .find(|line| line.contains("thumbnails pre-generated"))
+        .expect("pre-generation is logged");
+    assert!(
+        done.contains(&format!(
+            "pregenerate_thumbnails{{mxc=mxc://{server}/{id}}}"
+        )),
+        "{done}"
+    );
     let before = generations(&s);
     // A size no configured one covers: made on demand, once. The requests that join the
     // generation are answered from its bytes while it is stored, the one that made it

@@ -32,7 +32,7 @@ use mr_storage::content;
 use mr_storage::MediaRecord;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 use super::remote_metrics::{self, Scope, Source};
 use super::{now_ms, remote_shared, MediaRef};
@@ -263,7 +263,9 @@ impl RemoteMedia {
         entry.insert(receiver.clone());
         let (state, media, as_server) = (state.clone(), media.clone(), as_server.to_owned());
         let running = remote_metrics::Running::start();
-        tokio::spawn(async move {
+        // The fetch outlives the request that started it; its lines carry both.
+        let span = tracing::info_span!("remote_fetch", %mxc, as_server = %as_server);
+        let fetch = async move {
             let _running = running;
             // Whatever happens to this task (even a panic), the next request starts afresh;
             // waiters of a task that died see its channel close and answer 500.
@@ -284,7 +286,8 @@ impl RemoteMedia {
             };
             let outcome = state.remote.finish(&media, result);
             progress.send_modify(|p| p.outcome = Some(outcome));
-        });
+        };
+        tokio::spawn(fetch.instrument(span));
         Ok(receiver)
     }
 

@@ -25,7 +25,7 @@ use prometheus::{register_int_counter, register_int_gauge, IntCounter, IntGauge}
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use super::body::fill_from_datastore;
 use super::download::{self, Api, Located};
@@ -863,7 +863,12 @@ impl Thumbnailer {
             max_pixels: config.thumbnails.max_pixels,
         };
         let state = state.clone();
-        actix_web::rt::spawn(async move {
+        // Runs on after the upload was answered; its lines carry the upload's request too.
+        let span = tracing::info_span!(
+            "pregenerate_thumbnails",
+            mxc = %format_args!("mxc://{}/{}", media.origin, media.media_id)
+        );
+        let pregenerate = async move {
             let claims = match early {
                 Some(early) => {
                     state
@@ -878,7 +883,8 @@ impl Thumbnailer {
                 Self::pregenerate_from_datastore(&state, &media, claims, limits).await;
             }
             info!(origin = %media.origin, media_id = %media.media_id, "thumbnails pre-generated");
-        });
+        };
+        actix_web::rt::spawn(pregenerate.instrument(span));
     }
 
     /// Stores the thumbnails `early` makes, handing each to its claim's waiters; returns
