@@ -20,3 +20,4 @@ pub mod route_metrics;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod test_hooks;

@@ -590,3 +590,61 @@ fn thumbnails_made_as_the_upload_arrives_are_those_made_after_it() {
         "a failed upload is counted as no stored one"
     );
 }
+
+/// A request that joins a pre-generated thumbnail while it is being stored is answered
+/// from its bytes, which do not pass the cache: the thumbnail is copied into the cache once
+/// stored, without waiting for another request. (The debug build's
+/// `x-media-repo-test-thumbnail-pause-ms` hook holds the store back long enough to join.)
+#[test]
+fn a_thumbnail_joined_while_it_is_stored_reaches_the_cache() {
+    const PAUSE_MS: u64 = 4_000;
+    let s = Stack::start(Options::default());
+    let alice = &users().alice;
+    let stored_blobs = || {
+        s.repo
+            .metric_value(
+                "media_repo_cache_requests_total{backend=\"memory\",op=\"blob_put\",result=\"stored\"}",
+            )
+            .unwrap_or(0.0)
+    };
+    let response = s
+        .http
+        .post(s.url("/_matrix/media/v3/upload"))
+        .bearer_auth(alice)
+        .header("Content-Type", "image/png")
+        .header("x-media-repo-test-thumbnail-pause-ms", PAUSE_MS.to_string())
+        .body(picture(640, 480, ImageFormat::Png))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().unwrap();
+    let uri = answer["content_uri"].as_str().unwrap().to_owned();
+    let (server, id) = uri
+        .strip_prefix("mxc://")
+        .and_then(|rest| rest.split_once('/'))
+        .unwrap();
+    // The upload warms the cache with itself.
+    s.repo
+        .wait_for(
+            "the upload to warm the cache",
+            Duration::from_secs(10),
+            || stored_blobs() >= 1.0,
+        )
+        .unwrap();
+    // Made at once, then held before its store: this request joins it.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = stored_blobs();
+    let joined = thumbnail(&s, server, id, "width=96&height=96&method=crop");
+    assert_eq!(joined.status(), 200);
+    assert!(
+        fresh_bytes(&s) >= 1.0,
+        "answered from the thumbnail's bytes while it was being stored"
+    );
+    s.repo
+        .wait_for(
+            "the joined thumbnail to reach the cache",
+            Duration::from_millis(PAUSE_MS) + Duration::from_secs(10),
+            || stored_blobs() > before,
+        )
+        .unwrap();
+}

@@ -805,6 +805,7 @@ impl Thumbnailer {
         claim: Claim,
         answered_here: bool,
     ) {
+        crate::test_hooks::pause_before_thumbnail_store(&media.sha256).await;
         let stored = self.store(state, media, fresh).await;
         let joins = Arc::clone(&claim.joins);
         // Requests join until the claim is dropped: only then is `any` final.

@@ -179,7 +179,7 @@ async fn store_body(
             return Err(quarantined_content());
         }
     };
-    test_hooks::pause_before_record(req).await;
+    crate::test_hooks::pause_before_record(req, &stored.0.sha256).await;
     Ok(stored)
 }
 
@@ -303,35 +303,6 @@ async fn record_stored(
         }
     }
     inserted
-}
-
-/// A pause between storing an upload's bytes and writing its row, so a test can make a
-/// concurrent request act in that window. Only in debug builds, and only when the
-/// process runs with `MEDIA_REPO_TEST_HOOKS=1`; the request asks for it with the header
-/// `X-Media-Repo-Test-Pause-Ms`.
-mod test_hooks {
-    use actix_web::HttpRequest;
-
-    #[cfg(debug_assertions)]
-    pub async fn pause_before_record(req: &HttpRequest) {
-        /// Longest pause a request may ask for.
-        const MAX_PAUSE_MS: u64 = 30_000;
-        if std::env::var_os("MEDIA_REPO_TEST_HOOKS").is_none_or(|v| v != "1") {
-            return;
-        }
-        let pause_ms = req
-            .headers()
-            .get("x-media-repo-test-pause-ms")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if let Some(ms) = pause_ms {
-            tracing::info!(ms, "test hook: pausing before the media row is written");
-            tokio::time::sleep(std::time::Duration::from_millis(ms.min(MAX_PAUSE_MS))).await;
-        }
-    }
-
-    #[cfg(not(debug_assertions))]
-    pub async fn pause_before_record(_req: &HttpRequest) {}
 }
 
 fn record(
