@@ -18,11 +18,13 @@ pub mod own;
 pub mod purge;
 pub mod synapse;
 
-use actix_web::web;
+use actix_web::{web, HttpRequest};
 
 pub use auth::{require_admin, AdminAuth};
 
+use crate::auth::User;
 use crate::error::{MatrixError, MatrixResult};
+use crate::media::MediaRef;
 use crate::routes::{serve, Read};
 use crate::state::AppState;
 
@@ -152,6 +154,19 @@ pub(crate) fn local_user(state: &AppState, user_id: &str) -> MatrixResult<String
         return Err(MatrixError::bad_param("Can only look up local users"));
     }
     Ok(user_id.to_owned())
+}
+
+/// The admin making the call and the media its path names: how every admin endpoint on
+/// `{server}/{media_id}` starts (the caller first, so a non-admin never learns whether an
+/// id is valid).
+pub(crate) async fn admin_and_media(
+    req: &HttpRequest,
+    state: &AppState,
+    path: web::Path<(String, String)>,
+) -> MatrixResult<(User, MediaRef)> {
+    let admin = require_admin(req, state).await?;
+    let (server, media_id) = path.into_inner();
+    Ok((admin, MediaRef::parse(&server, &media_id)?))
 }
 
 pub(crate) fn db_error(err: mr_storage::Error) -> MatrixError {

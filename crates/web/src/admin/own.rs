@@ -6,7 +6,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::{db_error, local_user, require_admin};
+use super::{admin_and_media, db_error, local_user, require_admin};
 use crate::error::{MatrixError, MatrixResult};
 use crate::media::{now_ms, quarantine, MediaRef};
 use crate::state::AppState;
@@ -65,9 +65,7 @@ pub async fn quarantine_media(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> MatrixResult<HttpResponse> {
-    let admin = require_admin(&req, &state).await?;
-    let (server, media_id) = path.into_inner();
-    let media = MediaRef::parse(&server, &media_id)?;
+    let (admin, media) = admin_and_media(&req, &state, path).await?;
     let (n, pending) = quarantine_one(&state, &media, &admin.user_id).await?;
     Ok(answer("num_quarantined", n, pending))
 }
@@ -77,9 +75,7 @@ pub async fn unquarantine_media(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> MatrixResult<HttpResponse> {
-    require_admin(&req, &state).await?;
-    let (server, media_id) = path.into_inner();
-    let media = MediaRef::parse(&server, &media_id)?;
+    let (_, media) = admin_and_media(&req, &state, path).await?;
     let lifted = state
         .db
         .unquarantine_media(&media.origin, &media.media_id)
@@ -219,9 +215,7 @@ async fn set_safe(
     state: web::Data<AppState>,
     safe: bool,
 ) -> MatrixResult<HttpResponse> {
-    require_admin(&req, &state).await?;
-    let (server, media_id) = path.into_inner();
-    let media = MediaRef::parse(&server, &media_id)?;
+    let (_, media) = admin_and_media(&req, &state, path).await?;
     let found = state
         .db
         .set_safe_from_quarantine(&media.origin, &media.media_id, safe)

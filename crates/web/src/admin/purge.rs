@@ -12,7 +12,7 @@ use mr_storage::PurgeScope;
 use serde_json::json;
 
 use super::synapse::non_negative;
-use super::{db_error, local_user, require_admin, OWN_ADMIN, SYNAPSE_ADMIN};
+use super::{admin_and_media, db_error, local_user, require_admin, OWN_ADMIN, SYNAPSE_ADMIN};
 use crate::error::{MatrixError, MatrixResult};
 use crate::media::MediaRef;
 use crate::purge::{PurgeReport, Purger};
@@ -218,9 +218,8 @@ pub async fn purge_media(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> MatrixResult<HttpResponse> {
-    require_admin(&req, &state).await?;
-    let (server, media_id) = path.into_inner();
-    let scope = media_scope(MediaRef::parse(&server, &media_id)?);
+    let (_, media) = admin_and_media(&req, &state, path).await?;
+    let scope = media_scope(media);
     Ok(HttpResponse::Ok().json(run(&state, &scope).await?))
 }
 

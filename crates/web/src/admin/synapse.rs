@@ -9,7 +9,7 @@ use mr_storage::quarantine::MediaOrder;
 use mr_storage::MediaRecord;
 use serde_json::{json, Value};
 
-use super::{db_error, local_user, require_admin};
+use super::{admin_and_media, db_error, local_user, require_admin};
 use crate::error::{MatrixError, MatrixResult};
 use crate::media::{download, MediaRef};
 use crate::query::{self, PageQuery};
@@ -24,9 +24,7 @@ pub async fn quarantine_media(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> MatrixResult<HttpResponse> {
-    let admin = require_admin(&req, &state).await?;
-    let (server, media_id) = path.into_inner();
-    let media = MediaRef::parse(&server, &media_id)?;
+    let (admin, media) = admin_and_media(&req, &state, path).await?;
     super::own::quarantine_one(&state, &media, &admin.user_id).await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
@@ -37,9 +35,7 @@ pub async fn unquarantine_media(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> MatrixResult<HttpResponse> {
-    require_admin(&req, &state).await?;
-    let (server, media_id) = path.into_inner();
-    let media = MediaRef::parse(&server, &media_id)?;
+    let (_, media) = admin_and_media(&req, &state, path).await?;
     state
         .db
         .unquarantine_media(&media.origin, &media.media_id)
@@ -169,9 +165,7 @@ pub async fn media_info(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> MatrixResult<HttpResponse> {
-    require_admin(&req, &state).await?;
-    let (server, media_id) = path.into_inner();
-    let media = MediaRef::parse(&server, &media_id)?;
+    let (_, media) = admin_and_media(&req, &state, path).await?;
     let record = state
         .db
         .get_media(&media.origin, &media.media_id)
