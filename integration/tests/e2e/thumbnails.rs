@@ -597,7 +597,8 @@ fn thumbnails_made_as_the_upload_arrives_are_those_made_after_it() {
 /// `x-media-repo-test-thumbnail-pause-ms` hook holds the store back long enough to join.)
 #[test]
 fn a_thumbnail_joined_while_it_is_stored_reaches_the_cache() {
-    const PAUSE_MS: u64 = 4_000;
+    // Long enough that the request below lands inside it on a loaded machine too.
+    const PAUSE_MS: u64 = 8_000;
     let s = Stack::start(Options::default());
     let alice = &users().alice;
     let stored_blobs = || {
