@@ -324,6 +324,16 @@ fn media_over_federation_with_two_synapses() {
         matrix_error(s.signed_get(&pending_path, &s.hs1.server_name, &pending_path)),
         (504, "M_NOT_YET_UPLOADED".into())
     );
+    //     A bad thumbnail request for it is refused at once, not after the wait.
+    let bad_thumbnail = format!(
+        "/_matrix/federation/v1/media/thumbnail/{pending_id}?width=abc&height=32&timeout_ms=20000"
+    );
+    let started = Instant::now();
+    assert_eq!(
+        matrix_error(s.signed_get(&bad_thumbnail, &s.hs1.server_name, &bad_thumbnail)),
+        (400, "M_INVALID_PARAM".into())
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "no wait");
     let late_bytes = random_bytes(50_000);
     let via_hs2 = std::thread::scope(|scope| {
         let asking = scope.spawn(|| {

@@ -75,7 +75,8 @@ pub async fn media_download(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> MatrixResult<HttpResponse> {
-    let record = our_media(&req, &state, &path.into_inner()).await?;
+    let media = signed_media(&req, &state, &path.into_inner()).await?;
+    let record = our_media(&req, &state, &media).await?;
     let disposition = content_disposition(&record.content_type, record.upload_name.as_deref());
     multipart_answer(&state, &record, disposition, None).await
 }
@@ -87,8 +88,10 @@ pub async fn media_thumbnail(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> MatrixResult<HttpResponse> {
-    let record = our_media(&req, &state, &path.into_inner()).await?;
+    let media = signed_media(&req, &state, &path.into_inner()).await?;
+    // Before any wait for a pending upload, as on the client endpoint.
     let asked = crate::media::thumbnail::asked(&req)?;
+    let record = our_media(&req, &state, &media).await?;
     let thumbnail = state
         .thumbnails
         .thumbnail_of(&state, &record, asked)
@@ -98,19 +101,28 @@ pub async fn media_thumbnail(
     multipart_answer(&state, &served, disposition, thumbnail.fresh).await
 }
 
-/// The X-Matrix-checked request's media: one of our homeservers' (never remote media),
-/// waiting up to the request's `timeout_ms` for an async upload still pending, as client
-/// downloads do (then 504 `M_NOT_YET_UPLOADED`).
-async fn our_media(
+/// The media an X-Matrix-checked request names: `media_id` of the homeserver (one of ours)
+/// it was signed for.
+async fn signed_media(
     req: &HttpRequest,
     state: &web::Data<AppState>,
     media_id: &str,
-) -> MatrixResult<std::sync::Arc<mr_storage::MediaRecord>> {
+) -> MatrixResult<MediaRef> {
     let destination = authenticate(req, state).await?;
-    let media = MediaRef::parse(&destination, media_id)?;
+    MediaRef::parse(&destination, media_id)
+}
+
+/// The row of `media` (never remote media: its origin is one of ours), waiting up to the
+/// request's `timeout_ms` for an async upload still pending, as client downloads do (then
+/// 504 `M_NOT_YET_UPLOADED`).
+async fn our_media(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    media: &MediaRef,
+) -> MatrixResult<std::sync::Arc<mr_storage::MediaRecord>> {
     let query: DownloadQuery = query::read(req)?;
     let wait = download::wait_limit(&query, &state.config())?;
-    let record = download::find_media(state, &media, wait).await?;
+    let record = download::find_media(state, media, wait).await?;
     crate::media::quarantine::refuse_quarantined(&record)?;
     state.access.note(&record.origin, &record.media_id);
     Ok(record)
