@@ -1,7 +1,10 @@
 //! Fixtures: a database of either backend, isolated per test and cleaned up even when the
 //! test fails.
 
-use mr_storage::Database;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use mr_storage::{Database, FileDatastore};
 use sqlx::Connection;
 use tempfile::TempDir;
 
@@ -118,3 +121,36 @@ macro_rules! on_both_backends {
     };
 }
 pub(crate) use on_both_backends;
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The files in `store`'s temp dir.
+pub fn temp_files(store: &FileDatastore) -> Vec<PathBuf> {
+    files_under(&store.root().join("tmp"))
+}
+
+/// Waits until the temp dir is empty: a dropped writer or staged object removes its temp
+/// file on the blocking pool, a moment after the drop (`writer.rs`, `drop_off_thread`).
+pub async fn wait_for_no_temp_files(store: &FileDatastore) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !temp_files(store).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "temp files left behind: {:?}",
+            temp_files(store)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -8,7 +8,7 @@ use mr_storage::content::{
 };
 use mr_storage::{Database, Error, FileDatastore, MediaRecord, PendingUpload, StagedObject};
 
-use crate::common::{on_both_backends, Fixture};
+use crate::common::{on_both_backends, wait_for_no_temp_files, Fixture};
 
 on_both_backends!(
     a_claim_or_a_row_keeps_content,
@@ -86,10 +86,6 @@ async fn a_claim_or_a_row_keeps_content(fx: &Fixture) {
         .unwrap());
 }
 
-fn temp_files(store: &FileDatastore) -> usize {
-    std::fs::read_dir(store.root().join("tmp")).unwrap().count()
-}
-
 /// The upload path's claim refuses bytes whose hash is quarantined or that quarantined
 /// media holds, writing nothing and keeping nothing; other bytes are stored as before.
 async fn quarantined_content_is_refused_by_the_claim(fx: &Fixture) {
@@ -117,7 +113,8 @@ async fn quarantined_content_is_refused_by_the_claim(fx: &Fixture) {
         !store.path_of(&location).unwrap().exists(),
         "nothing at the content address"
     );
-    assert_eq!(temp_files(&store), 0, "the temp file is gone");
+    // The temp file goes.
+    wait_for_no_temp_files(&store).await;
 
     // Bytes that a quarantined media holds are refused the same way.
     let (held, claim) = commit_claimed(&db, &store, stage(&store, b"held").await, 1)

@@ -1,12 +1,13 @@
 //! The file datastore on real directories: content addressing, dedup, limits, aborts.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use mr_storage::{Error, FileDatastore, StoredObject, WRITE_BATCH_BYTES};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
+
+use crate::common::{files_under, temp_files, wait_for_no_temp_files};
 
 fn store() -> (tempfile::TempDir, FileDatastore) {
     let dir = tempfile::tempdir().unwrap();
@@ -16,24 +17,6 @@ fn store() -> (tempfile::TempDir, FileDatastore) {
 
 fn sha_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
-
-fn temp_files(store: &FileDatastore) -> Vec<PathBuf> {
-    files_under(&store.root().join("tmp"))
 }
 
 fn object_files(store: &FileDatastore) -> Vec<PathBuf> {
@@ -62,19 +45,6 @@ async fn read_all(store: &FileDatastore, location: &str) -> Vec<u8> {
         .await
         .unwrap();
     out
-}
-
-/// Waits for the background file task of a dropped writer to clean up.
-async fn wait_for_no_temp_files(store: &FileDatastore) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !temp_files(store).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "temp files left behind: {:?}",
-            temp_files(store)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
