@@ -21,8 +21,8 @@ pub struct FederationConfig {
     pub extra_ca_file: Option<PathBuf>,
     /// Milliseconds a remote server may take to answer a request (until the response
     /// head; a media body may stream for longer, bounded by `idle_timeout_ms`). An origin
-    /// is asked to wait at most half of this for an async upload pending there. Default
-    /// 20000.
+    /// is asked to wait for an async upload pending there as long as our client waits, but
+    /// at most half of this. Default 20000.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Milliseconds to wait for a connection to a remote server. Default 5000.

@@ -727,6 +727,7 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
                     )
                 }
                 "pending" => multipart(Some(b"uploaded at last"), None),
+                "waited" => multipart(Some(b"waited for"), None),
                 "stalled" | "held" => multipart(Some(&stalled_bytes()), None),
                 "small-3" => multipart(Some(b"small bytes"), None),
                 "big" => multipart(Some(&vec![b'x'; 300_000]), None),
@@ -839,6 +840,25 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
             .any(|p| p.ends_with("/pending?timeout_ms=10000")),
         "half of federation.request_timeout_ms (20 s)"
     );
+    //    A client that waits less has the origin wait no longer either.
+    let waited = http
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{origin}/waited?timeout_ms=1500",
+            repo.base_url()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(waited.status(), 200);
+    assert!(
+        remote
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.ends_with("/waited?timeout_ms=1500")),
+        "the client's timeout_ms"
+    );
 
     // Fetches running at once are capped: with one allowed (a held one),
     // a second media is refused with 429 and its origin is not asked.
@@ -912,10 +932,10 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
         .iter()
         .any(|p| p.ends_with("/legacy?allow_remote=false&allow_redirect=true&timeout_ms=10000")));
     assert_eq!(matrix_error(get("unknown")), (404, "M_NOT_FOUND".into()));
-    // Nothing of the refused ones was kept: only small, pending, redirected and legacy are
-    // stored.
+    // Nothing of the refused ones was kept: only small, pending, waited, redirected and
+    // legacy are stored.
     let media = repo.dir().join("media");
-    assert_eq!(count_files(&media) - count_files(&media.join("tmp")), 4);
+    assert_eq!(count_files(&media) - count_files(&media.join("tmp")), 5);
     assert_eq!(count_files(&media.join("tmp")), 0);
 
     // A broken origin: 502, then backed off: neither that media nor another one from the
@@ -939,7 +959,7 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
     // The metrics tell each of these fetches by how it ended, and the back-offs.
     let metric = |name: &str| repo.metric_value(name).unwrap_or(-1.0);
     for (outcome, count) in [
-        ("stored", 4.0), // small, pending, redirected, legacy
+        ("stored", 5.0), // small, pending, waited, redirected, legacy
         ("not_found", 1.0),
         ("not_yet_uploaded", 1.0),
         ("too_large", 1.0),
@@ -958,6 +978,7 @@ fn remote_fetch_limits_redirects_fallback_and_backoff() {
     let stored_bytes = [
         "small bytes",
         "uploaded at last",
+        "waited for",
         "raw bytes of redirected",
         "legacy bytes",
     ]

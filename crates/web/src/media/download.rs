@@ -246,7 +246,7 @@ pub async fn locate(
                 }
                 None => return Err(err),
             };
-            let progress = state.remote.start(state, media, &as_server).await?;
+            let progress = state.remote.start(state, media, &as_server, wait).await?;
             if !streamable {
                 Arc::new(remote::wait_for_stored(progress).await?)
             } else {

@@ -212,12 +212,14 @@ impl RemoteMedia {
     }
 
     /// Starts fetching `media` from its origin as `as_server` (one of ours), or joins the
-    /// fetch already running; the receiver follows its progress to the end.
+    /// fetch already running; the receiver follows its progress to the end. `wait`: how
+    /// long the asking client waits for a pending upload (see [`origin_wait_ms`]).
     pub async fn start(
         &self,
         state: &actix_web::web::Data<AppState>,
         media: &MediaRef,
         as_server: &str,
+        wait: Duration,
     ) -> MatrixResult<watch::Receiver<FetchProgress>> {
         let max_fetches = state.config().federation.max_concurrent_fetches as usize;
         let key = self
@@ -262,6 +264,7 @@ impl RemoteMedia {
         let (progress, receiver) = watch::channel(FetchProgress::default());
         entry.insert(receiver.clone());
         let (state, media, as_server) = (state.clone(), media.clone(), as_server.to_owned());
+        let origin_wait_ms = origin_wait_ms(&state.config(), wait);
         let running = remote_metrics::Running::start();
         // The fetch outlives the request that started it; its lines carry both.
         let span = tracing::info_span!("remote_fetch", %mxc, as_server = %as_server);
@@ -278,8 +281,12 @@ impl RemoteMedia {
             let result = match stored {
                 Ok(Some(record)) => Ok(record),
                 _ => {
-                    let fetched =
-                        fetch_and_store(&state, &media, &as_server, &key, &progress).await;
+                    let asker = Asker {
+                        as_server: &as_server,
+                        key: &key,
+                        origin_wait_ms,
+                    };
+                    let fetched = fetch_and_store(&state, &media, &asker, &progress).await;
                     remote_metrics::fetch_ended(fetched.as_ref().err().map(|f| &f.error));
                     fetched
                 }
@@ -434,8 +441,7 @@ fn origin_failed(origin: &str, status: reqwest::StatusCode) -> FetchError {
 async fn fetch_and_store(
     state: &actix_web::web::Data<AppState>,
     media: &MediaRef,
-    as_server: &str,
-    key: &SigningKey,
+    asker: &Asker<'_>,
     progress: &watch::Sender<FetchProgress>,
 ) -> FetchResult {
     let config = state.config();
@@ -458,14 +464,14 @@ async fn fetch_and_store(
                         p.temp_path = None;
                         p.bytes_in_file = 0;
                     });
-                    return fetch_from_origin(state, media, as_server, key, progress).await;
+                    return fetch_from_origin(state, media, asker, progress).await;
                 }
             }
         }
         match cache.try_lease(&lease_key, remote_shared::LEASE_TTL).await {
             Some(lease) => {
                 let result = tokio::select! {
-                    result = fetch_from_origin(state, media, as_server, key, progress) => result,
+                    result = fetch_from_origin(state, media, asker, progress) => result,
                     _ = remote_shared::keep_renewing(cache, &lease) => unreachable_renewal(),
                 };
                 cache.release(lease).await;
@@ -473,7 +479,7 @@ async fn fetch_and_store(
             }
             None if Instant::now() >= give_up_waiting => {
                 info!(mxc = %media.mxc(), "the repo fetching this media takes too long; fetching it too");
-                return fetch_from_origin(state, media, as_server, key, progress).await;
+                return fetch_from_origin(state, media, asker, progress).await;
             }
             None => {
                 tokio::time::sleep(wait).await;
@@ -532,13 +538,20 @@ async fn copy_shared(
     Ok(record)
 }
 
+/// Who a fetch asks as, and how long the origin may wait for a pending upload.
+struct Asker<'a> {
+    as_server: &'a str,
+    key: &'a SigningKey,
+    origin_wait_ms: u64,
+}
+
 /// The `timeout_ms` sent to an origin: how long it may wait for an async upload still
-/// pending there. Our default wait, but at most half of our wait for its answer, so that it
-/// answers 504 `M_NOT_YET_UPLOADED` (which we pass on) before we give up on it as down.
-fn origin_wait_ms(config: &mr_config::Config) -> u64 {
-    config
-        .downloads
-        .default_timeout_ms
+/// pending there. As long as the client that started the fetch waits (`asked`: its
+/// `timeout_ms`, or our default), but at most half of our wait for the origin's answer, so
+/// that it answers 504 `M_NOT_YET_UPLOADED` (which we pass on) before we give up on it.
+fn origin_wait_ms(config: &mr_config::Config, asked: Duration) -> u64 {
+    u64::try_from(asked.as_millis())
+        .unwrap_or(u64::MAX)
         .min(config.federation.request_timeout_ms / 2)
 }
 
@@ -546,13 +559,12 @@ fn origin_wait_ms(config: &mr_config::Config) -> u64 {
 async fn fetch_from_origin(
     state: &actix_web::web::Data<AppState>,
     media: &MediaRef,
-    as_server: &str,
-    key: &SigningKey,
+    asker: &Asker<'_>,
     progress: &watch::Sender<FetchProgress>,
 ) -> FetchResult {
     let config = state.config();
     let dialer = state.remote.dialer()?;
-    let fetched = download(dialer, media, as_server, key, origin_wait_ms(&config)).await?;
+    let fetched = download(dialer, media, asker).await?;
     let max_bytes = config.downloads.max_bytes;
     if fetched.declared_len.is_some_and(|len| len > max_bytes) {
         return Err(remote_too_large(max_bytes).into());
@@ -899,15 +911,14 @@ impl Tail {
     }
 }
 
-/// The federation endpoint, its redirects, and the legacy fallback; the origin may wait up
-/// to `wait_ms` for a pending async upload.
-async fn download(
-    dialer: &Dialer,
-    media: &MediaRef,
-    as_server: &str,
-    key: &SigningKey,
-    wait_ms: u64,
-) -> Fetch<Fetched> {
+/// The federation endpoint, its redirects, and the legacy fallback, asked as `asker` says
+/// (the origin may wait up to its `origin_wait_ms` for a pending async upload).
+async fn download(dialer: &Dialer, media: &MediaRef, asker: &Asker<'_>) -> Fetch<Fetched> {
+    let Asker {
+        as_server,
+        key,
+        origin_wait_ms: wait_ms,
+    } = *asker;
     let origin = &media.origin;
     let path = format!(
         "/_matrix/federation/v1/media/download/{}?timeout_ms={wait_ms}",
